@@ -1,0 +1,1 @@
+"""nanoloop-jax: looped transformers in JAX/Flax."""
