@@ -1,0 +1,250 @@
+"""Two-way conversion between nanoLOOP (PyTorch) state_dicts and nanoloop-jax params.
+
+nanoLOOP name                          nanoloop-jax path
+transformer.wte.weight (V, D)          wte/embedding (V, D)       (lm_head.weight is tied to it)
+transformer.wpe.weight                 wpe/embedding
+transformer.prelude.{j}.<block>        prelude_{j}/<block>
+transformer.recur.{j}.<block>          loop/recur_{j}/<block>
+transformer.coda.{j}.<block>           coda_{j}/<block>
+transformer.ln_f.weight                ln_f/scale
+norm_recur.weight                      loop/norm_recur/scale
+inject.weight (D, 2D)                  loop/inject/kernel (2D, D)
+<block>: ln_1.weight -> ln_1/scale, attn.c_attn.weight (3D, D) -> attn/c_attn/kernel (D, 3D), ...
+PyTorch Linear weights are (out, in); ours are (in, out), hence the transposes.
+
+Command line:
+  python -m nanoloop_jax.convert ckpt.pt OUT_DIR               # nanoLOOP ckpt.pt -> nanoloop-jax checkpoint
+  python -m nanoloop_jax.convert OUT_DIR ckpt.pt --to-nanoloop   # and back (needs the [torch] extra)
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+import numpy as np
+
+from nanoloop_jax.model import ModelConfig
+
+_TORCH_PREFIX = "_orig_mod."  # torch.compile wraps the module and prefixes every key
+_SECTION = {"prelude": "prelude_{}", "recur": "loop/recur_{}", "coda": "coda_{}"}
+_JAX_SECTION = re.compile(r"^(prelude|coda)_(\d+)/(.*)$|^loop/recur_(\d+)/(.*)$")
+_GPT_FIELDS = (
+    "block_size", "vocab_size", "n_prelude", "n_block", "n_coda", "n_loop", "n_head", "n_embd",
+    "dropout", "bias", "bptt_k", "input_injection",
+)
+
+
+class ConversionError(ValueError):
+    """A state_dict that does not fit the model it claims to be."""
+
+
+def _leaf_to_jax(leaf: str) -> tuple[str, bool]:
+    """Map the tail of a torch name ('attn.c_attn.weight') to ('attn/c_attn/kernel', transpose?)."""
+    parts = leaf.split(".")
+    kind = parts[-1]
+    module = "/".join(parts[:-1])
+    if module.split("/")[-1].startswith("ln") or module == "norm_recur":
+        if kind != "weight":
+            raise ConversionError(f"unexpected norm parameter {leaf!r} (RMSNorm has only a weight)")
+        return f"{module}/scale", False
+    return f"{module}/{'kernel' if kind == 'weight' else 'bias'}", kind == "weight"
+
+
+def torch_name_to_jax(name: str) -> tuple[str, bool]:
+    """A nanoLOOP state_dict key -> (slash-separated params path, whether to transpose)."""
+    if name.startswith("transformer."):
+        rest = name[len("transformer."):]
+        if rest in ("wte.weight", "wpe.weight"):
+            return f"{rest.split('.')[0]}/embedding", False
+        if rest == "ln_f.weight":
+            return "ln_f/scale", False
+        section, j, leaf = rest.split(".", 2)
+        path, transpose = _leaf_to_jax(leaf)
+        return f"{_SECTION[section].format(j)}/{path}", transpose
+    if name.startswith(("inject.", "norm_recur.")):
+        path, transpose = _leaf_to_jax(name)
+        return f"loop/{path}", transpose
+    raise ConversionError(f"unknown nanoLOOP parameter {name!r}")
+
+
+def jax_path_to_torch(path: str) -> str:
+    """Inverse of torch_name_to_jax for a slash-separated params path."""
+    if path in ("wte/embedding", "wpe/embedding"):
+        return f"transformer.{path.split('/')[0]}.weight"
+    if path == "ln_f/scale":
+        return "transformer.ln_f.weight"
+    leaf_map = {"scale": "weight", "kernel": "weight", "bias": "bias"}
+    *module, kind = path.split("/")
+    module = "/".join(module)
+    if module in ("loop/inject", "loop/norm_recur"):
+        return f"{module.split('/')[1]}.{leaf_map[kind]}"
+    m = _JAX_SECTION.match(module + "/")
+    if m is None:
+        raise ConversionError(f"unknown nanoloop-jax parameter {path!r}")
+    section, j, inner = ("recur", m.group(4), m.group(5)) if m.group(4) else (m.group(1), m.group(2), m.group(3))
+    inner = inner.rstrip("/").replace("/", ".")
+    return f"transformer.{section}.{j}.{inner}.{leaf_map[kind]}"
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    out = {}
+    for k, v in tree.items():
+        path = f"{prefix}{k}"
+        out.update(_flatten(v, path + "/") if isinstance(v, dict) else {path: v})
+    return out
+
+
+def _unflatten(flat: dict[str, np.ndarray]) -> dict:
+    tree: dict = {}
+    for path, v in flat.items():
+        node = tree
+        *parents, leaf = path.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = v
+    return tree
+
+
+def config_from_model_args(model_args: dict, **jax_knobs) -> ModelConfig:
+    """ModelConfig from nanoLOOP's model_args dict (its GPTConfig fields) plus optional JAX knobs."""
+    unknown = set(model_args) - set(_GPT_FIELDS)
+    if unknown:
+        raise ConversionError(f"unknown nanoLOOP model_args {sorted(unknown)}")
+    return ModelConfig(**{k: model_args[k] for k in _GPT_FIELDS if k in model_args}, **jax_knobs).validate()
+
+
+def model_args_from_config(config: ModelConfig) -> dict:
+    """nanoLOOP's model_args dict for a ModelConfig (JAX-only knobs dropped)."""
+    return {k: getattr(config, k) for k in _GPT_FIELDS}
+
+
+def from_nanoloop(state_dict: dict, model_args: dict, **jax_knobs) -> tuple[ModelConfig, dict]:
+    """nanoLOOP state_dict (name -> array) and model_args -> (ModelConfig, params as numpy float32)."""
+    config = config_from_model_args(model_args, **jax_knobs)
+    sd = {(k[len(_TORCH_PREFIX):] if k.startswith(_TORCH_PREFIX) else k): np.asarray(v) for k, v in state_dict.items()}
+    head = sd.pop("lm_head.weight", None)
+    if head is not None and "transformer.wte.weight" in sd and not np.array_equal(head, sd["transformer.wte.weight"]):
+        raise ConversionError("lm_head.weight differs from transformer.wte.weight; nanoLOOP ties them")
+    flat = {}
+    for name, value in sd.items():
+        path, transpose = torch_name_to_jax(name)
+        flat[path] = np.ascontiguousarray(value.T if transpose else value).astype(np.float32)
+    params = _unflatten(flat)
+    _check_against_config(config, params)
+    return config, params
+
+
+def to_nanoloop(config: ModelConfig, params: dict) -> tuple[dict[str, np.ndarray], dict]:
+    """(ModelConfig, params) -> (nanoLOOP state_dict with numpy arrays, model_args); inverse of from_nanoloop."""
+    sd = {}
+    for path, value in _flatten(params).items():
+        value = np.asarray(value, dtype=np.float32)
+        name = jax_path_to_torch(path)
+        sd[name] = np.ascontiguousarray(value.T) if path.endswith("/kernel") else value
+    sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    return sd, model_args_from_config(config)
+
+
+def _check_against_config(config: ModelConfig, params: dict) -> None:
+    """Compare every shape with a freshly initialised model of this config; one line per mismatch."""
+    import jax
+
+    from nanoloop_jax.model import LoopedGPT
+
+    abstract = jax.eval_shape(
+        lambda k: LoopedGPT(config).init({"params": k, "noise": k}, np.zeros((1, 1), np.int32)),
+        jax.random.PRNGKey(0),
+    )
+    import flax.linen as nn
+
+    want = {p: tuple(v.shape) for p, v in _flatten(nn.unbox(abstract["params"])).items()}
+    got = {p: tuple(v.shape) for p, v in _flatten(params).items()}
+    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    if missing or extra:
+        raise ConversionError(
+            f"state_dict does not match model_args: missing {[jax_path_to_torch(p) for p in missing]}, "
+            f"unexpected {[jax_path_to_torch(p) for p in extra]}"
+        )
+    bad = [f"{jax_path_to_torch(p)} {got[p]} != {want[p]}" for p in want if want[p] != got[p]]
+    if bad:
+        raise ConversionError(f"shape mismatch: {'; '.join(bad)}")
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError:
+        raise ImportError(
+            "reading or writing a nanoLOOP ckpt.pt needs PyTorch: install the extra with "
+            "`uv sync --extra torch` (or `pip install 'nanoloop-jax[torch]'`)"
+        ) from None
+    return torch
+
+
+def load_nanoloop_ckpt(path: str) -> dict:
+    """Read a nanoLOOP ckpt.pt with torch.load(weights_only=True): never unpickles arbitrary objects."""
+    torch = _import_torch()
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
+        raise ConversionError(f"{path} is not a nanoLOOP checkpoint (expected keys 'model' and 'model_args')")
+    out = dict(ckpt)
+    out["model"] = {k: v.detach().cpu().float().numpy() for k, v in ckpt["model"].items()}
+    return out
+
+
+def save_nanoloop_ckpt(path: str, config: ModelConfig, params: dict, iter_num: int = 0,
+                       best_val_loss: float = 1e9, run_config: dict | None = None) -> None:
+    """Write a ckpt.pt that nanoLOOP's sample.py / train.py (resume, fresh optimizer) can load."""
+    torch = _import_torch()
+    sd, model_args = to_nanoloop(config, jax_to_numpy(params))
+    ckpt = {
+        "model": {k: torch.from_numpy(np.array(v)) for k, v in sd.items()},
+        "model_args": model_args,
+        "iter_num": int(iter_num),
+        "best_val_loss": float(best_val_loss),
+        "config": run_config or {},
+    }
+    torch.save(ckpt, path)
+
+
+def jax_to_numpy(tree):
+    """Fetch a (possibly sharded) params tree to host numpy arrays."""
+    import jax
+
+    return jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("src", help="nanoLOOP ckpt.pt (or a nanoloop-jax OUT_DIR with --to-nanoloop)")
+    parser.add_argument("dst", help="nanoloop-jax OUT_DIR (or the ckpt.pt to write with --to-nanoloop)")
+    parser.add_argument("--to-nanoloop", action="store_true", help="convert a nanoloop-jax checkpoint to ckpt.pt")
+    args = parser.parse_args(argv)
+    from nanoloop_jax import checkpoint
+
+    try:
+        if args.to_nanoloop:
+            loaded = checkpoint.load_params(args.src)
+            save_nanoloop_ckpt(args.dst, loaded.model_config, loaded.params, iter_num=loaded.step,
+                               best_val_loss=loaded.best_val_loss)
+            print(f"wrote nanoLOOP checkpoint {args.dst} (iter {loaded.step})")
+        else:
+            ckpt = load_nanoloop_ckpt(args.src)
+            config, params = from_nanoloop(ckpt["model"], ckpt["model_args"])
+            checkpoint.write_params_only(
+                args.dst, config, params, step=int(ckpt.get("iter_num", 0)),
+                best_val_loss=float(ckpt.get("best_val_loss", 1e9)),
+                source={"converted_from": str(args.src), "nanoloop_config": ckpt.get("config", {})},
+            )
+            print(f"wrote nanoloop-jax checkpoint to {args.dst} (iter {ckpt.get('iter_num', 0)})")
+    except (ConversionError, ImportError, FileNotFoundError, checkpoint.CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,99 @@
+"""Text <-> token ids: character-level from a dataset's meta.json, else GPT-2 BPE (tiktoken).
+
+The same rule as nanoGPT's sample.py: a data dir whose meta has char tables (`stoi`/`itos`) is
+character-level; anything else, including no meta at all, is GPT-2.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+
+import tiktoken
+
+from nanoloop_jax.data import DataError, load_meta
+
+GPT2_EOT = 50256  # <|endoftext|>, the document separator that prepare.py appends
+
+
+@functools.cache
+def gpt2_encoding() -> tiktoken.Encoding:
+    """tiktoken's gpt2 encoding, with a one-line DataError if its files cannot be fetched."""
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:  # requests, urllib and hash errors all mean the same to the user
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise DataError(
+            f"could not load tiktoken's gpt2 encoding ({reason}); it downloads once, so offline set "
+            "TIKTOKEN_CACHE_DIR to an absolute path holding its cached files"
+        ) from e
+
+
+class Tokenizer:
+    """encode/decode plus vocab_size and eot_token (None for character-level)."""
+
+    def __init__(
+        self,
+        name: str,
+        vocab_size: int,
+        eot_token: int | None,
+        stoi: Mapping[str, int] | None = None,
+        encoding: tiktoken.Encoding | None = None,
+    ) -> None:
+        self.name = name  # "char" or "gpt2"
+        self.vocab_size = vocab_size
+        self.eot_token = eot_token
+        self._stoi = dict(stoi) if stoi is not None else None
+        self._itos = {i: ch for ch, i in self._stoi.items()} if self._stoi is not None else None
+        self._encoding = encoding
+
+    @classmethod
+    def char(cls, stoi: Mapping[str, int]) -> Tokenizer:
+        """A character-level tokenizer from a char -> id table."""
+        return cls("char", len(stoi), None, stoi=stoi)
+
+    @classmethod
+    def gpt2(cls) -> Tokenizer:
+        """GPT-2 BPE, 50,257 tokens."""
+        enc = gpt2_encoding()
+        return cls("gpt2", enc.n_vocab, enc.eot_token, encoding=enc)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`; for GPT-2, a literal <|endoftext|> becomes the eot token."""
+        if self._stoi is None:
+            return self._encoding.encode(text, allowed_special={"<|endoftext|>"})
+        unknown = [ch for ch in dict.fromkeys(text) if ch not in self._stoi]
+        if unknown:
+            # repr() keeps the message on one line even for '\t' or '\r'.
+            listed = ", ".join(repr(ch) for ch in unknown)
+            raise ValueError(
+                f"characters not in the model's vocabulary: {listed} "
+                f"(the {self.vocab_size}-character vocabulary comes from the dataset's meta.json)"
+            )
+        return [self._stoi[ch] for ch in text]
+
+    def decode(self, ids: list[int]) -> str:
+        """The text of token ids; ids outside the vocabulary raise ValueError."""
+        ids = [int(i) for i in ids]  # accepts numpy/jax integer arrays too
+        bad = sorted({i for i in ids if not 0 <= i < self.vocab_size})
+        if bad:
+            # A model whose vocab is padded (50304 for GPT-2) can emit these unless sampling masks them.
+            raise ValueError(f"token ids outside the {self.vocab_size}-token vocabulary: {bad[:10]}")
+        if self._itos is None:
+            return self._encoding.decode(ids)
+        return "".join(self._itos[i] for i in ids)
+
+
+def load_tokenizer(data_dir_or_meta: str | os.PathLike | Mapping | None) -> Tokenizer:
+    """The tokenizer for a data dir or an already-loaded meta dict; None or no meta.json means GPT-2."""
+    if data_dir_or_meta is None or isinstance(data_dir_or_meta, Mapping):
+        meta = data_dir_or_meta
+    else:
+        meta = load_meta(data_dir_or_meta)
+    if meta is not None and "stoi" in meta:
+        return Tokenizer.char(meta["stoi"])
+    tokenizer = meta.get("tokenizer", "gpt2") if meta is not None else "gpt2"
+    if tokenizer != "gpt2":
+        raise DataError(f"meta.json names tokenizer {tokenizer!r}; only 'gpt2' and char-level are supported")
+    return Tokenizer.gpt2()
