@@ -1,0 +1,91 @@
+"""Tokenizer: char-level from meta.json, GPT-2 BPE otherwise, one-line errors."""
+
+import json
+import os
+import pathlib
+
+import pytest
+
+from nanoloop_jax import tokenizer as tokenizer_lib
+from nanoloop_jax.data import DataError
+from nanoloop_jax.tokenizer import Tokenizer, load_tokenizer
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+TIKTOKEN_CACHE = REPO_ROOT.parent / "shared" / "data" / "tiktoken_cache"
+if TIKTOKEN_CACHE.is_dir():  # offline copy of the gpt2 files, when this checkout has one beside it
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(TIKTOKEN_CACHE))
+
+
+@pytest.fixture
+def gpt2() -> Tokenizer:
+    """The GPT-2 tokenizer, or a skip when its files can be neither found nor downloaded."""
+    try:
+        return Tokenizer.gpt2()
+    except DataError as e:
+        pytest.skip(f"tiktoken gpt2 files unavailable offline: {e}")
+
+
+def char_meta(chars: str) -> dict:
+    return {
+        "vocab_size": len(chars),
+        "itos": {str(i): c for i, c in enumerate(chars)},
+        "stoi": {c: i for i, c in enumerate(chars)},
+    }
+
+
+def test_char_round_trip_from_data_dir(tmp_path):
+    (tmp_path / "meta.json").write_text(json.dumps(char_meta("\n abc")))
+    tok = load_tokenizer(tmp_path)
+    assert (tok.name, tok.vocab_size, tok.eot_token) == ("char", 5, None)
+    assert tok.encode("ab c\n") == [2, 3, 1, 4, 0]
+    assert tok.decode(tok.encode("cab\nba ")) == "cab\nba "
+
+
+def test_char_unknown_characters_listed_once_on_one_line():
+    tok = load_tokenizer(char_meta("abc"))
+    with pytest.raises(ValueError) as excinfo:
+        tok.encode("abXc\tX\né")
+    message = str(excinfo.value)
+    assert "\n" not in message
+    assert "'X', '\\t', '\\n', 'é'" in message
+    assert message.count("'X'") == 1
+    assert "meta.json" in message
+
+
+def test_decode_rejects_ids_outside_vocab():
+    with pytest.raises(ValueError, match=r"outside the 3-token vocabulary: \[3, 7\]"):
+        load_tokenizer(char_meta("abc")).decode([0, 3, 7, 3])
+
+
+def test_gpt2_round_trip_and_eot(gpt2):
+    assert (gpt2.name, gpt2.vocab_size, gpt2.eot_token) == ("gpt2", 50257, 50256)
+    assert gpt2.encode("hello world") == [31373, 995]
+    ids = gpt2.encode("First Citizen:<|endoftext|>Before we proceed")
+    assert 50256 in ids
+    assert gpt2.decode(ids) == "First Citizen:<|endoftext|>Before we proceed"
+
+
+def test_no_meta_or_bpe_meta_means_gpt2(tmp_path, gpt2):
+    assert load_tokenizer(tmp_path).name == "gpt2"
+    assert load_tokenizer(None).name == "gpt2"
+    (tmp_path / "meta.json").write_text(json.dumps({"tokenizer": "gpt2", "vocab_size": 50257}))
+    assert load_tokenizer(tmp_path).vocab_size == 50257
+
+
+def test_unknown_tokenizer_name():
+    with pytest.raises(DataError, match="'sentencepiece'"):
+        load_tokenizer({"tokenizer": "sentencepiece"})
+
+
+def test_unloadable_gpt2_files_give_one_line(monkeypatch):
+    def offline(name):
+        raise ConnectionError("Name or service\nnot known")
+
+    monkeypatch.setattr(tokenizer_lib.tiktoken, "get_encoding", offline)
+    tokenizer_lib.gpt2_encoding.cache_clear()
+    try:
+        with pytest.raises(DataError, match="TIKTOKEN_CACHE_DIR") as excinfo:
+            tokenizer_lib.gpt2_encoding()
+        assert "\n" not in str(excinfo.value) and "Name or service not known" in str(excinfo.value)
+    finally:
+        tokenizer_lib.gpt2_encoding.cache_clear()  # later tests load the real encoding again
