@@ -31,8 +31,18 @@ _TORCH_PREFIX = "_orig_mod."  # torch.compile wraps the module and prefixes ever
 _SECTION = {"prelude": "prelude_{}", "recur": "loop/recur_{}", "coda": "coda_{}"}
 _JAX_SECTION = re.compile(r"^(prelude|coda)_(\d+)/(.*)$|^loop/recur_(\d+)/(.*)$")
 _GPT_FIELDS = (
-    "block_size", "vocab_size", "n_prelude", "n_block", "n_coda", "n_loop", "n_head", "n_embd",
-    "dropout", "bias", "bptt_k", "input_injection",
+    "block_size",
+    "vocab_size",
+    "n_prelude",
+    "n_block",
+    "n_coda",
+    "n_loop",
+    "n_head",
+    "n_embd",
+    "dropout",
+    "bias",
+    "bptt_k",
+    "input_injection",
 )
 
 
@@ -55,7 +65,7 @@ def _leaf_to_jax(leaf: str) -> tuple[str, bool]:
 def torch_name_to_jax(name: str) -> tuple[str, bool]:
     """A nanoLOOP state_dict key -> (slash-separated params path, whether to transpose)."""
     if name.startswith("transformer."):
-        rest = name[len("transformer."):]
+        rest = name[len("transformer.") :]
         if rest in ("wte.weight", "wpe.weight"):
             return f"{rest.split('.')[0]}/embedding", False
         if rest == "ln_f.weight":
@@ -123,7 +133,7 @@ def model_args_from_config(config: ModelConfig) -> dict:
 def from_nanoloop(state_dict: dict, model_args: dict, **jax_knobs) -> tuple[ModelConfig, dict]:
     """nanoLOOP state_dict (name -> array) and model_args -> (ModelConfig, params as numpy float32)."""
     config = config_from_model_args(model_args, **jax_knobs)
-    sd = {(k[len(_TORCH_PREFIX):] if k.startswith(_TORCH_PREFIX) else k): np.asarray(v) for k, v in state_dict.items()}
+    sd = {(k[len(_TORCH_PREFIX) :] if k.startswith(_TORCH_PREFIX) else k): np.asarray(v) for k, v in state_dict.items()}
     head = sd.pop("lm_head.weight", None)
     if head is not None and "transformer.wte.weight" in sd and not np.array_equal(head, sd["transformer.wte.weight"]):
         raise ConversionError("lm_head.weight differs from transformer.wte.weight; nanoLOOP ties them")
@@ -194,8 +204,14 @@ def load_nanoloop_ckpt(path: str) -> dict:
     return out
 
 
-def save_nanoloop_ckpt(path: str, config: ModelConfig, params: dict, iter_num: int = 0,
-                       best_val_loss: float = 1e9, run_config: dict | None = None) -> None:
+def save_nanoloop_ckpt(
+    path: str,
+    config: ModelConfig,
+    params: dict,
+    iter_num: int = 0,
+    best_val_loss: float = 1e9,
+    run_config: dict | None = None,
+) -> None:
     """Write a ckpt.pt that nanoLOOP's sample.py / train.py (resume, fresh optimizer) can load."""
     torch = _import_torch()
     sd, model_args = to_nanoloop(config, jax_to_numpy(params))
@@ -227,14 +243,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.to_nanoloop:
             loaded = checkpoint.load_params(args.src)
-            save_nanoloop_ckpt(args.dst, loaded.model_config, loaded.params, iter_num=loaded.step,
-                               best_val_loss=loaded.best_val_loss)
+            save_nanoloop_ckpt(
+                args.dst,
+                loaded.model_config,
+                loaded.params,
+                iter_num=loaded.step,
+                best_val_loss=loaded.best_val_loss,
+            )
             print(f"wrote nanoLOOP checkpoint {args.dst} (iter {loaded.step})")
         else:
             ckpt = load_nanoloop_ckpt(args.src)
             config, params = from_nanoloop(ckpt["model"], ckpt["model_args"])
             checkpoint.write_params_only(
-                args.dst, config, params, step=int(ckpt.get("iter_num", 0)),
+                args.dst,
+                config,
+                params,
+                step=int(ckpt.get("iter_num", 0)),
                 best_val_loss=float(ckpt.get("best_val_loss", 1e9)),
                 source={"converted_from": str(args.src), "nanoloop_config": ckpt.get("config", {})},
             )
@@ -247,4 +271,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

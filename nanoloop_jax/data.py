@@ -44,9 +44,7 @@ def load_meta(data_dir: str | os.PathLike) -> dict | None:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise DataError(
-            f"{path} is not valid JSON ({e}); re-run: python data/{data_dir.name}/prepare.py"
-        ) from e
+        raise DataError(f"{path} is not valid JSON ({e}); re-run: python data/{data_dir.name}/prepare.py") from e
 
 
 class BatchSampler:

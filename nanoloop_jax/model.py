@@ -60,15 +60,11 @@ class ModelConfig:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"model.{name} must be a non-negative integer, got {getattr(self, name)!r}")
         if self.n_embd % self.n_head:
-            raise ValueError(
-                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
-            )
+            raise ValueError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
         if self.bptt_k is not None and (not isinstance(self.bptt_k, int) or self.bptt_k < 1):
             raise ValueError(f"model.bptt_k must be None (full backprop) or an integer >= 1, got {self.bptt_k!r}")
         if self.input_injection not in INPUT_INJECTIONS:
-            raise ValueError(
-                f"model.input_injection must be one of {INPUT_INJECTIONS}, got {self.input_injection!r}"
-            )
+            raise ValueError(f"model.input_injection must be one of {INPUT_INJECTIONS}, got {self.input_injection!r}")
         if self.attention not in ATTENTION_IMPLS:
             raise ValueError(f"model.attention must be one of {ATTENTION_IMPLS}, got {self.attention!r}")
         for name in ("dtype", "param_dtype"):
@@ -172,9 +168,7 @@ def _warn_once(msg: str) -> None:
         warnings.warn(msg, stacklevel=3)
 
 
-def attention_weights(
-    q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array, mask_BxTxS: jax.Array | None = None
-) -> jax.Array:
+def attention_weights(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array, mask_BxTxS: jax.Array | None = None) -> jax.Array:
     """Softmax attention weights in float32, scale 1/sqrt(K); causal (last T keys = queries) by default."""
     scale = 1.0 / math.sqrt(q_BxTxHxK.shape[-1])
     att_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK, preferred_element_type=jnp.float32)
@@ -197,9 +191,7 @@ class CausalSelfAttention(nn.Module):
             Dense, use_bias=cfg.bias, dtype=_jnp_dtype(cfg.dtype), param_dtype=_jnp_dtype(cfg.param_dtype)
         )
         self.c_attn = dense(3 * cfg.n_embd, ("embed", "qkv"))
-        self.c_proj = dense(
-            cfg.n_embd, ("heads", "embed"), init_std=0.02 / math.sqrt(2 * cfg.n_layer_total)
-        )
+        self.c_proj = dense(cfg.n_embd, ("heads", "embed"), init_std=0.02 / math.sqrt(2 * cfg.n_layer_total))
         self.attn_dropout = nn.Dropout(cfg.dropout)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
@@ -228,9 +220,7 @@ class CausalSelfAttention(nn.Module):
             _warn_once("cuDNN attention has no attention-weight dropout; using xla attention while dropout > 0")
             use_cudnn = False
         if use_cudnn:
-            return jax.nn.dot_product_attention(
-                q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, is_causal=True, implementation="cudnn"
-            )
+            return jax.nn.dot_product_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, is_causal=True, implementation="cudnn")
         att_BxHxTxS = attention_weights(q_BxTxHxK, k_BxSxHxK, mask_BxTxS)
         att_BxHxTxS = self.attn_dropout(att_BxHxTxS, deterministic=not train)
         return jnp.einsum("bhts,bshk->bthk", att_BxHxTxS.astype(v_BxSxHxK.dtype), v_BxSxHxK)
@@ -281,7 +271,12 @@ class Block(nn.Module):
         return self.attn.qkv(self.ln_1(x_BxTxD))
 
     def attn_residual(
-        self, x_BxTxD: jax.Array, q: jax.Array, k: jax.Array, v: jax.Array, mask_BxTxS: jax.Array | None = None
+        self,
+        x_BxTxD: jax.Array,
+        q: jax.Array,
+        k: jax.Array,
+        v: jax.Array,
+        mask_BxTxS: jax.Array | None = None,
     ) -> jax.Array:
         """x + attention output, given q for x and (possibly cached) k, v."""
         y_BxTxHxK = self.attn.attend(q, k, v, mask_BxTxS, train=self.train)
@@ -356,12 +351,18 @@ class LoopedGPT(nn.Module):
         cfg = self.config
         dtype, param_dtype = _jnp_dtype(cfg.dtype), _jnp_dtype(cfg.param_dtype)
         self.wte = nn.Embed(
-            cfg.vocab_size, cfg.n_embd, embedding_init=_normal(0.02, ("vocab", "embed")),
-            dtype=dtype, param_dtype=param_dtype,
+            cfg.vocab_size,
+            cfg.n_embd,
+            embedding_init=_normal(0.02, ("vocab", "embed")),
+            dtype=dtype,
+            param_dtype=param_dtype,
         )
         self.wpe = nn.Embed(
-            cfg.block_size, cfg.n_embd, embedding_init=_normal(0.02, ("pos", "embed")),
-            dtype=dtype, param_dtype=param_dtype,
+            cfg.block_size,
+            cfg.n_embd,
+            embedding_init=_normal(0.02, ("pos", "embed")),
+            dtype=dtype,
+            param_dtype=param_dtype,
         )
         self.drop = nn.Dropout(cfg.dropout)
         self.ln_f = rms_norm(cfg, "ln_f")

@@ -79,9 +79,7 @@ def read_shakespeare(out_dir: str | os.PathLike, input_path: str | os.PathLike |
         raise PrepareError(f"could not read {path} ({_one_line(e)})") from e
 
 
-def prepare_shakespeare_char(
-    out_dir: str | os.PathLike, input_path: str | os.PathLike | None = None
-) -> dict[str, int]:
+def prepare_shakespeare_char(out_dir: str | os.PathLike, input_path: str | os.PathLike | None = None) -> dict[str, int]:
     """Character-level tiny-shakespeare (nanoGPT data/shakespeare_char): vocab = every char in the text."""
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -104,9 +102,7 @@ def prepare_shakespeare_char(
     return {"train_tokens": len(train_ids), "val_tokens": len(val_ids), "vocab_size": vocab_size}
 
 
-def prepare_shakespeare(
-    out_dir: str | os.PathLike, input_path: str | os.PathLike | None = None
-) -> dict[str, int]:
+def prepare_shakespeare(out_dir: str | os.PathLike, input_path: str | os.PathLike | None = None) -> dict[str, int]:
     """GPT-2 BPE tiny-shakespeare (nanoGPT data/shakespeare): the first 90% of the text is train."""
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

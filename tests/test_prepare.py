@@ -50,9 +50,7 @@ def test_shakespeare_char(tmp_path, text_file, shakespeare_text, capsys):
     meta = json.loads((out / "meta.json").read_text())  # plain JSON; no pickle is written at all
     assert not (out / "meta.pkl").exists()
     assert meta["vocab_size"] == len(set(shakespeare_text)) == counts["vocab_size"]
-    assert "".join(meta["itos"][str(i)] for i in range(meta["vocab_size"])) == "".join(
-        sorted(set(shakespeare_text))
-    )
+    assert "".join(meta["itos"][str(i)] for i in range(meta["vocab_size"])) == "".join(sorted(set(shakespeare_text)))
     tok = load_tokenizer(out)
     train, val = read_bin(out / "train.bin"), read_bin(out / "val.bin")
     assert tok.decode(train) + tok.decode(val) == shakespeare_text
@@ -108,9 +106,7 @@ def test_openwebtext_missing_text_field(tmp_path, enc):
     corpus = tmp_path / "c.jsonl"
     corpus.write_text('{"body": "a"}\n{"body": "b"}\n')
     with pytest.raises(prepare.PrepareError, match=r"no column 'text' .*pass --text_field"):
-        prepare.prepare_openwebtext(
-            tmp_path / "out", dataset=str(corpus), num_proc=1, cache_dir=tmp_path / "hf"
-        )
+        prepare.prepare_openwebtext(tmp_path / "out", dataset=str(corpus), num_proc=1, cache_dir=tmp_path / "hf")
 
 
 def test_openwebtext_never_passes_trust_remote_code(monkeypatch, tmp_path, enc):

@@ -1,0 +1,168 @@
+"""On-disk checkpoints: an orbax CheckpointManager under OUT_DIR/checkpoints, config.json beside it.
+
+OUT_DIR/
+  config.json                    the run's config, readable (written by train.py)
+  checkpoints/<step>/params      orbax StandardSave of the params pytree
+  checkpoints/<step>/opt_state   orbax StandardSave of the optax state (absent in converted checkpoints)
+  checkpoints/<step>/meta        JSON: step, best_val_loss, model_config, run config, provenance
+
+Orbax writes each step into a temporary directory and renames it only when complete, so a crash,
+kill -9 or SIGTERM mid-save leaves the previous step restorable. Restores always pass an abstract
+target with shardings, so a checkpoint written on any mesh loads onto any other (or one device).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from nanoloop_jax.model import LoopedGPT, ModelConfig
+
+CKPT_SUBDIR = "checkpoints"
+ITEMS = ("params", "opt_state", "meta")
+
+
+class CheckpointError(Exception):
+    """A missing or unreadable checkpoint (one-line message)."""
+
+
+@dataclasses.dataclass
+class Loaded:
+    """What load_params returns."""
+
+    model_config: ModelConfig
+    params: Any
+    step: int
+    best_val_loss: float
+    meta: dict
+
+
+def ckpt_dir(out_dir: str) -> str:
+    return os.path.join(os.path.abspath(out_dir), CKPT_SUBDIR)
+
+
+def manager(out_dir: str, *, max_to_keep: int | None = None, async_save: bool = True) -> ocp.CheckpointManager:
+    """The run's CheckpointManager (every process of a multi-host run must create it)."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True)
+    return ocp.CheckpointManager(ckpt_dir(out_dir), options=options, item_names=ITEMS)
+
+
+def latest_step(out_dir: str) -> int | None:
+    """The newest complete checkpoint step in OUT_DIR, or None."""
+    if not os.path.isdir(ckpt_dir(out_dir)):
+        return None
+    steps = ocp.utils.checkpoint_steps(ckpt_dir(out_dir))
+    return max(steps) if steps else None
+
+
+def config_to_dict(config: ModelConfig) -> dict:
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(d: dict) -> ModelConfig:
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    return ModelConfig(**{k: v for k, v in d.items() if k in fields}).validate()
+
+
+def save(mngr: ocp.CheckpointManager, step: int, *, params, opt_state, meta: dict) -> None:
+    """Save params, optimizer state and JSON meta at `step` (asynchronously where enabled)."""
+    items = {"params": ocp.args.StandardSave(params), "meta": ocp.args.JsonSave(meta)}
+    if opt_state is not None:
+        items["opt_state"] = ocp.args.StandardSave(opt_state)
+    mngr.save(step, args=ocp.args.Composite(**items), force=True)
+
+
+def read_meta(out_dir: str, step: int | None = None) -> dict:
+    """The JSON meta of a checkpoint (latest by default)."""
+    step = latest_step(out_dir) if step is None else step
+    if step is None:
+        raise CheckpointError(f"no checkpoint in {out_dir}; train one with train.py or convert a ckpt.pt")
+    with open(os.path.join(ckpt_dir(out_dir), str(step), "meta", "metadata")) as f:
+        return json.load(f)
+
+
+def has_opt_state(out_dir: str, step: int) -> bool:
+    return os.path.isdir(os.path.join(ckpt_dir(out_dir), str(step), "opt_state"))
+
+
+def _abstract(tree, shardings):
+    """ShapeDtypeStructs carrying the target shardings, for orbax's resharding restore."""
+    return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def restore(
+    mngr: ocp.CheckpointManager,
+    step: int,
+    *,
+    abstract_params,
+    param_shardings,
+    abstract_opt_state=None,
+    opt_shardings=None,
+) -> tuple[Any, Any, dict]:
+    """Restore (params, opt_state or None, meta) onto the given shardings."""
+    items = {
+        "params": ocp.args.StandardRestore(_abstract(abstract_params, param_shardings)),
+        "meta": ocp.args.JsonRestore(),
+    }
+    if abstract_opt_state is not None:
+        items["opt_state"] = ocp.args.StandardRestore(_abstract(abstract_opt_state, opt_shardings))
+    out = mngr.restore(step, args=ocp.args.Composite(**items))
+    return out["params"], out.get("opt_state") if abstract_opt_state is not None else None, out["meta"]
+
+
+def abstract_params(config: ModelConfig):
+    """Shapes/dtypes of the params of a model (no computation), boxes stripped."""
+    variables = jax.eval_shape(
+        lambda k: LoopedGPT(config).init({"params": k, "noise": k}, np.zeros((1, 1), np.int32)),
+        jax.random.PRNGKey(0),
+    )
+    return nn.unbox(variables["params"])
+
+
+def load_params(out_dir: str, *, step: int | None = None, sharding: jax.sharding.Sharding | None = None) -> Loaded:
+    """Params of a checkpoint onto one device (or the given sharding), whatever mesh wrote it."""
+    step = latest_step(out_dir) if step is None else step
+    if step is None:
+        raise CheckpointError(f"no checkpoint in {out_dir}; train one with train.py or convert a ckpt.pt")
+    meta = read_meta(out_dir, step)
+    config = config_from_dict(meta["model_config"])
+    shapes = abstract_params(config)
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    mngr = ocp.CheckpointManager(ckpt_dir(out_dir), item_names=ITEMS)
+    try:
+        params, _, _ = restore(
+            mngr,
+            step,
+            abstract_params=shapes,
+            param_shardings=jax.tree_util.tree_map(lambda _: sharding, shapes),
+        )
+    finally:
+        mngr.close()
+    return Loaded(config, params, int(meta["step"]), float(meta.get("best_val_loss", float("inf"))), meta)
+
+
+def write_params_only(
+    out_dir: str, config: ModelConfig, params, *, step: int, best_val_loss: float, source: dict | None = None
+) -> None:
+    """A checkpoint without optimizer state (converted weights): sample.py reads it, train.py resumes from it."""
+    meta = {
+        "step": int(step),
+        "best_val_loss": float(best_val_loss),
+        "model_config": config_to_dict(config),
+        "source": source or {},
+    }
+    mngr = manager(out_dir, async_save=False)
+    try:
+        save(mngr, int(step), params=jax.tree_util.tree_map(np.asarray, params), opt_state=None, meta=meta)
+        mngr.wait_until_finished()
+    finally:
+        mngr.close()
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump({"model": config_to_dict(config), "source": source or {}}, f, indent=2, default=str)
