@@ -383,8 +383,12 @@ class LoopedGPT(nn.Module):
         )
         return logits_NxV.reshape(b, t, -1)
 
-    def initial_state(self, e_BxTxD: jax.Array) -> jax.Array:
-        """s before the first iteration: e, or N(0, 1)·D^-0.5 noise from the 'noise' rng for inject_random."""
+    def initial_state(self, e_BxTxD: jax.Array, pos_T: jax.Array) -> jax.Array:
+        """s before the first iteration: e, or N(0, 1)·D^-0.5 noise for inject_random.
+
+        The noise of position p is drawn from fold_in(key, p), so a KV-cache decoder that sees one
+        position at a time draws exactly the noise a full forward over the same window draws.
+        """
         cfg = self.config
         if cfg.input_injection != "inject_random":
             return e_BxTxD
@@ -393,8 +397,10 @@ class LoopedGPT(nn.Module):
                 "input_injection='inject_random' draws its initial state from the 'noise' rng: "
                 "call apply(..., rngs={'noise': key})"
             )
-        noise = jax.random.normal(self.make_rng("noise"), e_BxTxD.shape, jnp.float32)
-        return (noise * cfg.n_embd**-0.5).astype(e_BxTxD.dtype)
+        key = self.make_rng("noise")
+        b, _, d = e_BxTxD.shape
+        noise_TxBxD = jax.vmap(lambda p: jax.random.normal(jax.random.fold_in(key, p), (b, d)))(pos_T)
+        return (jnp.swapaxes(noise_TxBxD, 0, 1) * cfg.n_embd**-0.5).astype(e_BxTxD.dtype)
 
     @nn.compact
     def __call__(self, idx_BxT: jax.Array, *, train: bool = False, n_loop: int | None = None) -> jax.Array:
@@ -407,11 +413,12 @@ class LoopedGPT(nn.Module):
             raise ValueError(f"sequence length {t} is longer than model.block_size {cfg.block_size}")
         block = _remat(Block, cfg)
 
-        x_BxTxD = constrain(self.embed(idx_BxT, jnp.arange(t), train=train))
+        pos_T = jnp.arange(t)
+        x_BxTxD = constrain(self.embed(idx_BxT, pos_T, train=train))
         for j in range(cfg.n_prelude):
             x_BxTxD = block(cfg, train=train, name=f"prelude_{j}")(x_BxTxD)
         e_BxTxD = x_BxTxD
-        s_BxTxD = self.initial_state(e_BxTxD)
+        s_BxTxD = self.initial_state(e_BxTxD, pos_T)
 
         loop = scanned_loop(cfg)(cfg, train=train, name="loop")
         n_nograd, n_grad = cfg.loop_split(n_loop)
