@@ -83,9 +83,18 @@ class BatchSampler:
 
     def get(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """The batch for `step`: x, y of shape (batch_size, block_size), int32, y = x shifted by one."""
-        rng = np.random.default_rng([self.seed, SPLIT_IDS[self.split], step, self.process_index])
+        # Each row r of the *global* batch has its own stream [seed, split, step, r]; this process
+        # draws rows [process_index * batch_size, ...). So the global batch, and with it every loss,
+        # is the same whether 1 process or 16 draw it, and a resumed run replays the same batches.
+        first = self.process_index * self.batch_size
+        split_id = SPLIT_IDS[self.split]
         # Starts in [0, len - block_size), as nanoGPT's torch.randint(len(data) - block_size).
-        ix = rng.integers(0, self.num_tokens - self.block_size, size=self.batch_size)
+        ix = np.array(
+            [
+                np.random.default_rng([self.seed, split_id, step, row]).integers(0, self.num_tokens - self.block_size)
+                for row in range(first, first + self.batch_size)
+            ]
+        )
         # Re-open the memmap on every call, as nanoGPT does: a long-lived memmap keeps every page
         # it has touched mapped, so the process's resident memory grows towards the size of the
         # (possibly 17 GB) file. Opening costs one mmap call, nothing next to a training step.

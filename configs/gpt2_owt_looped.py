@@ -1,0 +1,27 @@
+"""124M-class looped GPT on OpenWebText, sized for one 8-GPU node or a TPU pod slice (~0.5M tokens/step).
+
+  python data/openwebtext/prepare.py
+  python train.py --config=configs/gpt2_owt_looped.py                       # 8 GPUs, data parallel
+  python train.py --config=configs/gpt2_owt_looped.py --config.mesh.fsdp=-1 --config.mesh.data=1  # FSDP
+
+nanoLOOP's train.py defaults: 2 prelude + 2 recurrent x 4 loops + 2 coda (12 effective layers), 768 wide,
+12 heads, block 1024, bptt_k 4, lr 6e-4 -> 6e-5, 600k iters, warmup 2000, beta2 0.95, weight decay 0.1.
+Global batch 480 x 1024 tokens = 491,520 tokens per step (nanoGPT's 12 x 40 micro-batches).
+"""
+
+from nanoloop_jax.config import base_config
+
+
+def get_config():
+    c = base_config()
+    c.out_dir = "out-gpt2-owt-looped"
+    c.data.dataset = "openwebtext"
+    c.data.batch_size = 480  # global; lower it and raise gradient_accumulation_steps if memory is short
+    c.data.gradient_accumulation_steps = 1
+    c.model.bptt_k = 4
+    c.model.attention = "cudnn"  # fused attention on GPUs; falls back to xla on TPU/CPU with a warning
+    c.model.remat_policy = "dots_with_no_batch_dims_saveable"  # keep matmul outputs, recompute the rest
+    c.train.eval_interval = 1000
+    c.train.eval_iters = 100
+    c.train.log_interval = 10
+    return c

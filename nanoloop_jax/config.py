@@ -1,0 +1,103 @@
+"""The base run config every configs/*.py file starts from, and its translation to a ModelConfig."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+from ml_collections import ConfigDict, config_dict
+
+from nanoloop_jax.model import ModelConfig
+
+
+def base_config() -> ConfigDict:
+    """Defaults (nanoLOOP's train.py: GPT-2 124M-class looped model on OpenWebText); every field commented."""
+    c = ConfigDict()
+    c.seed = 1337  # base seed: param init, the batch of every (step, row), dropout and noise keys
+    c.out_dir = "out"  # checkpoints, config.json and metrics.jsonl go here
+    c.init_from = "scratch"  # 'scratch' | 'resume' | path to a nanoLOOP ckpt.pt (auto-resumes if out_dir has one)
+    c.wandb = False  # also log to Weights & Biases (pip install wandb)
+    c.wandb_project = "nanoloop-jax"  # wandb project name
+    c.wandb_run_name = "looped-gpt"  # wandb run name
+
+    c.model = ConfigDict()  # maps 1:1 onto nanoloop_jax.model.ModelConfig
+    c.model.block_size = 1024  # context length (tokens)
+    c.model.vocab_size = 50304  # GPT-2's 50257 padded to a multiple of 64; char datasets use meta.json's
+    c.model.n_prelude = 2  # unique blocks run once before the loop
+    c.model.n_block = 2  # unique blocks inside the recurrent (weight-shared) block
+    c.model.n_coda = 2  # unique blocks run once after the loop
+    c.model.n_loop = 4  # iterations of the recurrent block
+    c.model.n_head = 12  # attention heads
+    c.model.n_embd = 768  # width
+    c.model.dropout = 0.0  # dropout rate (embeddings, attention weights, residual outputs)
+    c.model.bias = False  # biases in Linear layers
+    c.model.bptt_k = config_dict.placeholder(int)  # backprop through the last k iterations (None = all)
+    c.model.input_injection = "inject"  # 'inject' | 'inject_random' | 'passthrough'
+    c.model.dtype = "auto"  # compute dtype: 'auto' = bfloat16 on GPU/TPU, float32 on CPU
+    c.model.param_dtype = "float32"  # parameter (and optimizer state) storage dtype
+    c.model.remat_policy = config_dict.placeholder(str)  # jax.checkpoint_policies name, e.g. 'nothing_saveable'
+    c.model.attention = "xla"  # 'xla' | 'cudnn' (GPU fused attention; falls back to xla elsewhere)
+    c.model.norm_eps = ModelConfig.norm_eps  # RMSNorm epsilon (torch.nn.RMSNorm default: float32 eps)
+
+    c.data = ConfigDict()
+    c.data.dataset = "openwebtext"  # name under data/; shakespeare* are prepared automatically if missing
+    c.data.data_dir = ""  # directory with train.bin/val.bin[/meta.json]; '' = data/<dataset>
+    c.data.batch_size = 480  # global micro-batch (sequences, all devices) per accumulation step
+    c.data.gradient_accumulation_steps = 1  # micro-steps per optimizer step (inside one jitted step)
+
+    c.opt = ConfigDict()
+    c.opt.learning_rate = 6e-4  # peak learning rate
+    c.opt.min_lr = 6e-5  # final learning rate of the cosine decay
+    c.opt.warmup_iters = 2000  # linear warmup steps
+    c.opt.lr_decay_iters = 600000  # step at which the cosine reaches min_lr (~= max_iters)
+    c.opt.decay_lr = True  # False = constant learning_rate
+    c.opt.weight_decay = 0.1  # AdamW decoupled weight decay on >= 2-D params
+    c.opt.beta1 = 0.9  # AdamW beta1
+    c.opt.beta2 = 0.95  # AdamW beta2
+    c.opt.grad_clip = 1.0  # global-norm clip; 0 disables
+
+    c.train = ConfigDict()
+    c.train.max_iters = 600000  # optimizer steps
+    c.train.eval_interval = 2000  # evaluate (and maybe checkpoint) every this many steps
+    c.train.eval_iters = 200  # batches per split in each evaluation
+    c.train.log_interval = 1  # print a training line every this many steps
+    c.train.eval_only = False  # evaluate once and exit
+    c.train.always_save_checkpoint = True  # save at every eval, not only when val loss improves
+    c.train.keep_checkpoints = 3  # newest checkpoints kept on disk
+    c.train.async_checkpointing = True  # write checkpoints in the background while training continues
+    c.train.eval_n_loops = ""  # e.g. '1,2,4,8': also log val loss at these depths at every eval
+
+    c.mesh = ConfigDict()
+    c.mesh.data = -1  # data-parallel axis size (-1 = all remaining devices)
+    c.mesh.fsdp = 1  # FSDP axis: batch split and params/optimizer state sharded
+    c.mesh.tensor = 1  # tensor-parallel axis: heads and MLP hidden split
+    c.mesh.rules = ()  # overrides of sharding.DEFAULT_RULES, e.g. (('embed', None),)
+
+    c.distributed = ConfigDict()
+    c.distributed.initialize = "auto"  # 'auto' (cluster env or coordinator given) | True | False
+    c.distributed.coordinator_address = ""  # 'host:port' of process 0 (plain GPU clusters); '' = auto
+    c.distributed.num_processes = config_dict.placeholder(int)  # total processes (with coordinator_address)
+    c.distributed.process_id = config_dict.placeholder(int)  # this process's id (with coordinator_address)
+    c.distributed.cpu_collectives = "gloo"  # collectives for multi-process CPU runs ('' = JAX default)
+    return c
+
+
+def resolve_dtype(name: str) -> str:
+    """'auto' -> bfloat16 on accelerators, float32 on CPU."""
+    if name != "auto":
+        return name
+    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
+def model_config(cfg_model: ConfigDict, **overrides) -> ModelConfig:
+    """ModelConfig from config.model (dtype 'auto' resolved), validated, with optional field overrides."""
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    values = {k: cfg_model[k] for k in cfg_model.keys() if k in fields}
+    unknown = set(cfg_model.keys()) - fields
+    if unknown:
+        raise ValueError(f"unknown config.model fields {sorted(unknown)}; allowed: {sorted(fields)}")
+    values["dtype"] = resolve_dtype(values.get("dtype", "auto"))
+    if values.get("remat_policy") == "none":
+        values["remat_policy"] = None
+    values.update(overrides)
+    return ModelConfig(**values).validate()
