@@ -159,15 +159,23 @@ class Trainer:
             return
         mngr = checkpoint.manager(self.config.out_dir)
         with_opt = checkpoint.has_opt_state(self.config.out_dir, step)
-        params, opt_state, meta = checkpoint.restore(
-            mngr,
-            step,
-            abstract_params=abstract.params,
-            param_shardings=self.state_shardings.params,
-            abstract_opt_state=abstract.opt_state if with_opt else None,
-            opt_shardings=self.state_shardings.opt_state,
-        )
-        mngr.close()
+        try:
+            params, opt_state, meta = checkpoint.restore(
+                mngr,
+                step,
+                abstract_params=abstract.params,
+                param_shardings=self.state_shardings.params,
+                abstract_opt_state=abstract.opt_state if with_opt else None,
+                opt_shardings=self.state_shardings.opt_state,
+            )
+        except ValueError as err:
+            raise TrainingError(
+                f"the checkpoint at step {step} in {self.config.out_dir} does not fit this run's model/optimizer "
+                f"({str(err).splitlines()[0]}); resume with the same architecture and opt.grad_clip, "
+                "or use a new out_dir"
+            ) from None
+        finally:
+            mngr.close()
         if opt_state is None:
             self.logger.print("checkpoint has no optimizer state (converted weights): AdamW moments start fresh")
             opt_state = jax.jit(self.tx.init, out_shardings=self.state_shardings.opt_state)(params)

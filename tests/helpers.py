@@ -1,0 +1,83 @@
+"""Shared test helpers: a tiny prepared dataset and tiny train.py command lines."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+FIXTURE_TEXT = REPO_ROOT / "tests" / "fixtures" / "tinyshakespeare_head.txt"
+
+
+def tiny_data_dir(tmp_path: pathlib.Path) -> pathlib.Path:
+    """A char-level dataset prepared from the 60k-character fixture."""
+    from nanoloop_jax.prepare import prepare_shakespeare_char
+
+    data_dir = tmp_path / "data" / "tiny_char"
+    data_dir.mkdir(parents=True)
+    prepare_shakespeare_char(data_dir, input_path=FIXTURE_TEXT)
+    return data_dir
+
+
+def tiny_overrides(data_dir, out_dir, **extra) -> list[str]:
+    """train.py flags for a ~20k-parameter looped model that trains in well under a second per step."""
+    flags = {
+        "data.dataset": "tiny_char",
+        "data.data_dir": str(data_dir),
+        "out_dir": str(out_dir),
+        "data.batch_size": 8,
+        "model.block_size": 32,
+        "model.n_embd": 32,
+        "model.n_head": 2,
+        "model.n_prelude": 1,
+        "model.n_block": 1,
+        "model.n_coda": 1,
+        "model.n_loop": 3,
+        "model.bptt_k": 2,
+        "model.dropout": 0.1,
+        "train.max_iters": 8,
+        "train.eval_interval": 4,
+        "train.eval_iters": 2,
+        "train.log_interval": 1,
+        "train.always_save_checkpoint": True,
+        "opt.warmup_iters": 2,
+        "opt.lr_decay_iters": 8,
+    }
+    flags.update(extra)
+    return [f"--config.{k}={v}" for k, v in flags.items()]
+
+
+def train_cmd(config="configs/shakespeare_char_looped.py:cpu", *overrides) -> list[str]:
+    return [sys.executable, str(REPO_ROOT / "train.py"), f"--config={REPO_ROOT / config}", *overrides]
+
+
+def run(cmd, env=None, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        cmd, cwd=REPO_ROOT, env=env or os.environ.copy(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def train_losses(out_dir) -> dict[int, float]:
+    """step -> training loss from metrics.jsonl (the last record wins if a step was logged twice)."""
+    losses = {}
+    path = pathlib.Path(out_dir) / "metrics.jsonl"
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("event") == "train":
+            losses[rec["step"]] = rec["loss"]
+    return losses
+
+
+def wait_for(predicate, timeout=240, proc=None):
+    """Poll until predicate() is true; fail early if the process died."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"process exited early ({proc.returncode}):\n{out}\n{err}")
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting")

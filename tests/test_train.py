@@ -1,0 +1,185 @@
+"""End-to-end training: configs, clear errors, checkpoint/resume (exact, after kill -9), SIGTERM, NaN guard."""
+
+import importlib.util
+import os
+import signal
+import subprocess
+
+import jax
+import numpy as np
+import optax
+import pytest
+from helpers import REPO_ROOT, run, tiny_data_dir, tiny_overrides, train_cmd, train_losses, wait_for
+
+from nanoloop_jax import checkpoint
+from nanoloop_jax.config import model_config
+from nanoloop_jax.optim import lr_schedule
+
+CONFIGS = [
+    ("shakespeare_char", ""),
+    ("shakespeare_char", "cpu"),
+    ("shakespeare_char_looped", ""),
+    ("shakespeare_char_looped", "cpu"),
+    ("shakespeare_looped", None),
+    ("gpt2_owt_looped", None),
+]
+
+
+def _load_config(name, variant):
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, (module.get_config() if variant is None else module.get_config(variant))
+
+
+@pytest.mark.parametrize(("name", "variant"), CONFIGS)
+def test_every_config_builds_and_validates(name, variant):
+    module, config = _load_config(name, variant)
+    mc = model_config(config.model)
+    assert mc.n_loop >= 1 and config.data.dataset
+    assert "python train.py --config=configs/" in module.__doc__  # the docstring gives the exact command
+    if name == "shakespeare_char_looped" and variant == "cpu":
+        # nanoLOOP README's CPU-only run with the looped architecture
+        assert (mc.block_size, config.data.batch_size, mc.n_embd, mc.n_head, mc.dropout) == (64, 12, 128, 4, 0.0)
+        assert (config.train.max_iters, mc.bptt_k, mc.n_loop) == (2000, 2, 4)
+
+
+def test_lr_schedule_is_nanogpts():
+    from ml_collections import ConfigDict
+
+    opt = ConfigDict(dict(learning_rate=1e-3, min_lr=1e-4, warmup_iters=10, lr_decay_iters=50, decay_lr=True))
+    sched = lr_schedule(opt)
+
+    def nanogpt(it):  # nanoGPT train.py get_lr
+        if it < 10:
+            return 1e-3 * (it + 1) / 11
+        if it > 50:
+            return 1e-4
+        coeff = 0.5 * (1.0 + np.cos(np.pi * (it - 10) / 40))
+        return 1e-4 + coeff * (1e-3 - 1e-4)
+
+    for it in [0, 5, 9, 10, 11, 30, 49, 50, 51, 80]:
+        np.testing.assert_allclose(float(sched(it)), nanogpt(it), rtol=1e-5)
+
+
+def test_weight_decay_only_on_matrices():
+    from nanoloop_jax.optim import decay_mask
+
+    mask = decay_mask({"k": np.zeros((2, 3)), "scale": np.zeros(3), "emb": np.zeros((4, 2))})
+    assert mask == {"k": True, "scale": False, "emb": True}
+    assert optax  # optimizer built from optax (see optim.py)
+
+
+def test_bad_override_and_bad_value_fail_with_one_line(tmp_path):
+    typo = run(train_cmd("configs/shakespeare_char_looped.py", "--config.model.n_lop=8"))
+    assert typo.returncode != 0 and "n_lop" in typo.stderr
+    data_dir = tiny_data_dir(tmp_path)
+    bad = run(
+        train_cmd(
+            "configs/shakespeare_char_looped.py",
+            *tiny_overrides(data_dir, tmp_path / "o", **{"model.input_injection": "add"}),
+        )
+    )
+    assert bad.returncode == 1
+    assert "model.input_injection must be one of" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_missing_data_names_the_prepare_command(tmp_path):
+    res = run(
+        train_cmd(
+            "configs/gpt2_owt_looped.py",
+            f"--config.data.data_dir={tmp_path}/openwebtext",
+            f"--config.out_dir={tmp_path}/out",
+        )
+    )
+    assert res.returncode == 1
+    assert "run: python data/openwebtext/prepare.py" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.slow
+def test_train_checkpoint_and_exact_resume_after_kill(tmp_path):
+    data_dir = tiny_data_dir(tmp_path)
+    straight = tmp_path / "straight"
+    res = run(train_cmd("configs/shakespeare_char_looped.py", *tiny_overrides(data_dir, straight)))
+    assert res.returncode == 0, res.stderr
+    assert "step 8: train loss" in res.stdout and checkpoint.latest_step(str(straight)) == 8
+    want = train_losses(straight)
+    assert sorted(want) == list(range(8)) and want[7] < want[0]
+
+    # same run, killed with SIGKILL once the step-4 checkpoint is on disk, then resumed
+    killed = tmp_path / "killed"
+    cmd = train_cmd(
+        "configs/shakespeare_char_looped.py",
+        *tiny_overrides(data_dir, killed, **{"train.max_iters": 2000, "opt.lr_decay_iters": 8}),
+    )
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: checkpoint.latest_step(str(killed)) == 4, proc=proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    res = run(train_cmd("configs/shakespeare_char_looped.py", *tiny_overrides(data_dir, killed)))
+    assert res.returncode == 0, res.stderr
+    assert "resuming from it" in res.stdout and "resumed from step 4" in res.stdout
+    got = train_losses(killed)
+    for step in range(4, 8):
+        assert got[step] == want[step], (step, got[step], want[step])
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+    data_dir = tiny_data_dir(tmp_path)
+    out = tmp_path / "out"
+    cmd = train_cmd(
+        "configs/shakespeare_char_looped.py",
+        *tiny_overrides(data_dir, out, **{"train.max_iters": 100000, "train.eval_interval": 100000}),
+    )
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: (out / "metrics.jsonl").exists() and len(train_losses(out)) >= 3, proc=proc)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert "SIGTERM: saved checkpoint at step" in stdout
+    step = checkpoint.latest_step(str(out))
+    assert step is not None and step >= 3
+    loaded = checkpoint.load_params(str(out))
+    assert loaded.step == step and all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(loaded.params))
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    data_dir = tiny_data_dir(tmp_path)
+    out = tmp_path / "out"
+    res = run(train_cmd("configs/shakespeare_char_looped.py", *tiny_overrides(data_dir, out, **{"train.max_iters": 4})))
+    assert res.returncode == 0 and checkpoint.latest_step(str(out)) == 4
+    good = checkpoint.load_params(str(out)).params
+    # resume with an absurd learning rate: the loss becomes non-finite within a couple of steps
+    res = run(
+        train_cmd(
+            "configs/shakespeare_char_looped.py",
+            *tiny_overrides(data_dir, out, **{"opt.learning_rate": 1e30, "opt.decay_lr": False}),
+        )
+    )
+    assert res.returncode == 1
+    line = res.stderr.strip().splitlines()[-1]
+    assert "loss is nan at iter" in line or "loss is inf at iter" in line, res.stderr
+    assert "last good checkpoint is step 4" in line and "Traceback" not in res.stderr
+    assert checkpoint.latest_step(str(out)) == 4
+    again = checkpoint.load_params(str(out)).params
+    jax.tree_util.tree_map(np.testing.assert_array_equal, good, again)
+
+
+def test_shakespeare_configs_prepare_their_data(tmp_path):
+    env = {**os.environ, "NANOLOOP_SHAKESPEARE_PATH": str(REPO_ROOT / "tests/fixtures/tinyshakespeare_head.txt")}
+    data_dir = tmp_path / "data" / "shakespeare_char"
+    res = run(
+        train_cmd(
+            "configs/shakespeare_char_looped.py",
+            *tiny_overrides(
+                data_dir,
+                tmp_path / "out",
+                **{"data.dataset": "shakespeare_char", "train.max_iters": 1, "train.eval_interval": 1},
+            ),
+        ),
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr
+    assert (data_dir / "train.bin").exists() and (data_dir / "meta.json").exists()
