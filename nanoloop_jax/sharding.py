@@ -25,7 +25,7 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("act_batch", ("data", "fsdp")),
     ("act_length", None),
     ("act_embed", None),
-    ("vocab", "tensor"),
+    ("vocab", None),  # char vocabularies (65) rarely split evenly; the head is small next to the blocks
     ("embed", "fsdp"),
     ("qkv", "tensor"),
     ("heads", "tensor"),
@@ -109,6 +109,55 @@ def shardings_of(boxed_tree, mesh: Mesh, rules):
     return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
 
+def state_shardings(init_fn, key: jax.Array, mesh: Mesh, rules):
+    """Shardings of a train state from its logical axes; init_fn(key, boxed=True) is only shape-evaluated."""
+    boxed = jax.eval_shape(lambda k: init_fn(k, boxed=True), key)
+    shardings = shardings_of(boxed, mesh, rules)
+    check_divisible(nn.unbox(boxed), shardings)
+    return shardings
+
+
+def check_divisible(abstract_tree, shardings) -> None:
+    """One clear line when a parameter dimension does not split evenly over its mesh axes."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(abstract_tree)
+    for (path, leaf), sh in zip(flat, jax.tree_util.tree_leaves(shardings), strict=True):
+        for dim, axes in zip(leaf.shape, sh.spec, strict=False):
+            axes = (axes,) if isinstance(axes, str) else (axes or ())
+            size = int(np.prod([sh.mesh.shape[a] for a in axes])) if axes else 1
+            if dim % size:
+                name = jax.tree_util.keystr(path)
+                raise ValueError(
+                    f"{name} has a dimension of {dim} that does not split over mesh axes {axes} (size {size}); "
+                    "change config.mesh or map that logical axis to None in config.mesh.rules"
+                )
+
+
+class MeshJit:
+    """A jitted step that traces and runs with the mesh and logical-axis rules active.
+
+    The model's activation constraints (nn.with_logical_constraint) resolve at trace time, so the
+    mesh (jax.set_mesh, which must wrap the jit call, not sit inside it) and rules surround every call.
+    """
+
+    def __init__(self, fn, mesh: Mesh, rules, **jit_kwargs) -> None:
+        self.jitted, self.mesh, self.rules = jax.jit(fn, **jit_kwargs), mesh, rules
+
+    def __call__(self, *args):
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            return self.jitted(*args)
+
+    def lower(self, *args):
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            return self.jitted.lower(*args)
+
+
+def jit_step(fn, mesh: Mesh, rules, in_shardings, out_shardings, donate_argnums=()) -> MeshJit:
+    """jax.jit of a pure step with its shardings, under the mesh and logical rules."""
+    return MeshJit(
+        fn, mesh, rules, in_shardings=in_shardings, out_shardings=out_shardings, donate_argnums=donate_argnums
+    )
+
+
 def batch_sharding(mesh: Mesh, rules, ndim: int = 2) -> NamedSharding:
     """Batch arrays: leading axis split over the batch axes, the rest replicated."""
     spec = nn.logical_to_mesh_axes(("batch",) + (None,) * (ndim - 1), rules)
@@ -119,16 +168,6 @@ def accum_batch_sharding(mesh: Mesh, rules) -> NamedSharding:
     """(accum, batch, T) arrays for gradient accumulation: split the batch axis, not the micro-step one."""
     spec = nn.logical_to_mesh_axes((None, "batch", None), rules)
     return NamedSharding(mesh, spec)
-
-
-def under_mesh(fn, mesh: Mesh, rules):
-    """fn traced with the mesh and logical rules active, so the model's activation constraints apply."""
-
-    def wrapped(*args):
-        with mesh, nn.logical_axis_rules(rules):
-            return fn(*args)
-
-    return wrapped
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

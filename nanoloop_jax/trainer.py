@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -133,8 +134,8 @@ class Trainer:
     # ---- set-up -------------------------------------------------------------------------------
     def _build_state(self, step: int | None) -> None:
         """State created sharded from birth: eval_shape -> logical specs -> jit(init, out_shardings)."""
-        boxed = jax.eval_shape(lambda k: init_train_state(self.model, self.tx, k, boxed=True), self.key)
-        self.state_shardings = sharding.shardings_of(boxed, self.mesh, self.rules)
+        init_fn = functools.partial(init_train_state, self.model, self.tx)
+        self.state_shardings = sharding.state_shardings(init_fn, self.key, self.mesh, self.rules)
         abstract = jax.eval_shape(lambda k: init_train_state(self.model, self.tx, k), self.key)
         self.best_val_loss = 1e9
         init = jax.jit(lambda k: init_train_state(self.model, self.tx, k), out_shardings=self.state_shardings)
@@ -189,16 +190,20 @@ class Trainer:
         repl = sharding.replicated(self.mesh)
         self.batch_sharding = sharding.accum_batch_sharding(self.mesh, self.rules)
         self.eval_sharding = sharding.batch_sharding(self.mesh, self.rules)
-        self.train_step = jax.jit(
-            sharding.under_mesh(make_train_step(self.model, self.tx, self.schedule), self.mesh, self.rules),
+        self.train_step = sharding.jit_step(
+            make_train_step(self.model, self.tx, self.schedule),
+            self.mesh,
+            self.rules,
             in_shardings=(self.state_shardings, self.batch_sharding, repl),
             out_shardings=(self.state_shardings, repl),
             donate_argnums=0,
         )
         self.eval_steps = {}
         for n_loop in self._eval_depths():
-            self.eval_steps[n_loop] = jax.jit(
-                sharding.under_mesh(make_eval_step(self.model, n_loop), self.mesh, self.rules),
+            self.eval_steps[n_loop] = sharding.jit_step(
+                make_eval_step(self.model, n_loop),
+                self.mesh,
+                self.rules,
                 in_shardings=(self.state_shardings.params, self.eval_sharding, repl),
                 out_shardings=repl,
             )
