@@ -1,0 +1,72 @@
+"""Two processes x 4 CPU devices (jax.distributed on 127.0.0.1, gloo) through train.py == one process x 8 devices."""
+
+import os
+import signal
+import socket
+import subprocess
+
+import numpy as np
+import pytest
+from helpers import REPO_ROOT, run, tiny_data_dir, tiny_overrides, train_cmd, train_losses, wait_for
+
+from nanoloop_jax import checkpoint
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(n_devices: int) -> dict:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_devices}"
+    return env
+
+
+def _launch_pair(data_dir, out_dir, **extra):
+    port = _free_port()
+    procs = []
+    for pid in range(2):
+        flags = tiny_overrides(data_dir, out_dir, **{
+            "distributed.coordinator_address": f"127.0.0.1:{port}",
+            "distributed.num_processes": 2,
+            "distributed.process_id": pid,
+            **extra,
+        })
+        procs.append(subprocess.Popen(train_cmd("configs/shakespeare_char_looped.py", *flags), cwd=REPO_ROOT,
+                                      env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_and_resume_after_kill(tmp_path):
+    data_dir = tiny_data_dir(tmp_path)
+    single = tmp_path / "single"
+    res = run(train_cmd("configs/shakespeare_char_looped.py", *tiny_overrides(data_dir, single)), env=_env(8))
+    assert res.returncode == 0, res.stderr
+    want = train_losses(single)
+
+    multi = tmp_path / "multi"
+    procs = _launch_pair(data_dir, multi)
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+    assert "2 processes" in outs[0][0] and "iter 0:" not in outs[1][0]  # only process 0 prints
+    got = train_losses(multi)
+    assert sorted(got) == sorted(want)
+    np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)], rtol=1e-5)
+
+    # kill both processes once the step-4 checkpoint is complete, then resume the pair
+    killed = tmp_path / "killed"
+    procs = _launch_pair(data_dir, killed, **{"train.max_iters": 2000, "opt.lr_decay_iters": 8})
+    wait_for(lambda: checkpoint.latest_step(str(killed)) == 4, proc=procs[0])
+    for p in procs:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    procs = _launch_pair(data_dir, killed)
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    resumed = train_losses(killed)
+    np.testing.assert_allclose([resumed[s] for s in range(4, 8)], [want[s] for s in range(4, 8)], rtol=1e-5)
