@@ -69,6 +69,7 @@ class BatchSampler:
             name = pathlib.Path(data_dir).name
             raise DataError(f"{self.path} not found; run: python data/{name}/prepare.py")
         self.split = split
+        self.mask_path = pathlib.Path(data_dir) / f"{split}_mask.bin"
         self.batch_size = batch_size  # per process: the global batch is batch_size * process_count
         self.block_size = block_size
         self.seed = seed
@@ -81,8 +82,12 @@ class BatchSampler:
                 "use a smaller block_size or more data"
             )
 
-    def get(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        """The batch for `step`: x, y of shape (batch_size, block_size), int32, y = x shifted by one."""
+    def get(self, step: int) -> tuple[np.ndarray, ...]:
+        """The batch for `step`: x, y of shape (batch_size, block_size), int32, y = x shifted by one.
+
+        Datasets with a `<split>_mask.bin` (uint8, one flag per token: does this token count as a
+        target?) also return the mask of y, so only e.g. answer tokens enter the loss.
+        """
         # Each row r of the *global* batch has its own stream [seed, split, step, r]; this process
         # draws rows [process_index * batch_size, ...). So the global batch, and with it every loss,
         # is the same whether 1 process or 16 draw it, and a resumed run replays the same batches.
@@ -99,9 +104,13 @@ class BatchSampler:
         # it has touched mapped, so the process's resident memory grows towards the size of the
         # (possibly 17 GB) file. Opening costs one mmap call, nothing next to a training step.
         data = np.memmap(self.path, dtype=np.uint16, mode="r")
-        window = data[ix[:, None] + np.arange(self.block_size + 1)].astype(np.int32)
+        offsets = ix[:, None] + np.arange(self.block_size + 1)
+        window = data[offsets].astype(np.int32)
         del data
-        return window[:, :-1], window[:, 1:]
+        if not self.mask_path.exists():
+            return window[:, :-1], window[:, 1:]
+        mask = np.memmap(self.mask_path, dtype=np.uint8, mode="r")[offsets[:, 1:]].astype(np.int32)
+        return window[:, :-1], window[:, 1:], mask
 
 
 _DONE = object()  # queue sentinel: the producer reached stop_step
@@ -115,7 +124,7 @@ class _Failure:
 
 
 class Prefetcher:
-    """Yields (step, x, y) from `start_step` on, with the next batches prepared on a background thread."""
+    """Yields (step, x, y[, mask]) from `start_step` on, with the next batches prepared on a background thread."""
 
     def __init__(
         self, sampler: BatchSampler, start_step: int = 0, ahead: int = 2, stop_step: int | None = None
@@ -135,8 +144,7 @@ class Prefetcher:
         """Thread body: put batches in step order until stopped, stop_step is reached or get() fails."""
         try:
             while not self._stop.is_set() and (self.stop_step is None or step < self.stop_step):
-                x, y = self.sampler.get(step)
-                if not self._put((step, x, y)):
+                if not self._put((step, *self.sampler.get(step))):
                     return
                 step += 1
             self._put(_DONE)

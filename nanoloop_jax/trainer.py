@@ -48,9 +48,9 @@ class AccumSampler:
     def __init__(self, sampler: BatchSampler, accum: int) -> None:
         self.sampler, self.accum = sampler, accum
 
-    def get(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        xs, ys = zip(*(self.sampler.get(step * self.accum + m) for m in range(self.accum)), strict=True)
-        return np.stack(xs), np.stack(ys)
+    def get(self, step: int) -> tuple[np.ndarray, ...]:
+        parts = zip(*(self.sampler.get(step * self.accum + m) for m in range(self.accum)), strict=True)
+        return tuple(np.stack(p) for p in parts)
 
 
 def data_dir_of(config) -> str:
@@ -229,8 +229,9 @@ class Trainer:
         self.tokens_per_step = cfg.data.batch_size * cfg.data.gradient_accumulation_steps * self.model_config.block_size
 
     # ---- pieces of the loop ------------------------------------------------------------------
-    def _global(self, x: np.ndarray, sh) -> jax.Array:
-        return sharding.global_array(x, sh)
+    def _batch(self, arrays, sh) -> dict[str, jax.Array]:
+        """{'x', 'y'[, 'mask']} global arrays from this process's rows."""
+        return {k: sharding.global_array(a, sh) for k, a in zip(("x", "y", "mask"), arrays, strict=False)}
 
     def evaluate(self) -> dict[str, float]:
         """Mean loss over eval_iters batches of train and val (and val at extra depths)."""
@@ -241,8 +242,7 @@ class Trainer:
             for split in splits:
                 losses = []
                 for i in range(self.config.train.eval_iters):
-                    x, y = self.eval_samplers[split].get(i)
-                    batch = {"x": self._global(x, self.eval_sharding), "y": self._global(y, self.eval_sharding)}
+                    batch = self._batch(self.eval_samplers[split].get(i), self.eval_sharding)
                     losses.append(eval_step(self.state.params, batch, jax.random.fold_in(eval_key, i)))
                 name = split if n_loop == self.model_config.n_loop else f"val_n_loop_{n_loop}"
                 out[name] = float(np.mean(jax.device_get(losses)))
@@ -310,8 +310,8 @@ class Trainer:
                         break
                 if step == tcfg.max_iters:
                     break
-                _, x, y = next(prefetch)
-                batch = {"x": self._global(x, self.batch_sharding), "y": self._global(y, self.batch_sharding)}
+                _, *arrays = next(prefetch)
+                batch = self._batch(arrays, self.batch_sharding)
                 self.state, metrics = self.train_step(self.state, batch, self.key)
                 # fetch the previous step's metrics only now, so the device already runs this step
                 pending = self._flush(pending)

@@ -136,3 +136,12 @@ def test_nanogpt_meta_pkl_is_never_unpickled(tmp_path):
     (tmp_path / "meta.pkl").write_bytes(b"not even a pickle")
     with pytest.raises(DataError, match="meta.pkl is a pickle and is not loaded"):
         load_meta(tmp_path)
+
+
+def test_mask_file_gives_the_mask_of_y(tmp_path):
+    tokens = np.arange(200, dtype=np.uint16)
+    tokens.tofile(tmp_path / "train.bin")
+    (tokens % 3 == 0).astype(np.uint8).tofile(tmp_path / "train_mask.bin")
+    x, y, mask = BatchSampler(tmp_path, "train", batch_size=4, block_size=8, seed=0).get(5)
+    np.testing.assert_array_equal(mask, (y % 3 == 0).astype(np.int32))
+    assert mask.shape == y.shape == x.shape
