@@ -50,7 +50,7 @@ def test_two_processes_match_one_process_and_resume_after_kill(tmp_path):
     multi = tmp_path / "multi"
     procs = _launch_pair(data_dir, multi)
     outs = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, outs, strict=True):
+    for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err
     assert "2 processes" in outs[0][0] and "iter 0:" not in outs[1][0]  # only process 0 prints
     got = train_losses(multi)
