@@ -1,0 +1,429 @@
+"""Fast sampling: a jitted prefill, then decode steps in a lax loop over a per-layer, per-iteration KV cache.
+
+Cache: one (Y, B, S, H, K) array each for keys and values, S = block_size. Layer y of the stack is
+  prelude j -> j,  recurrent block j at loop iteration i -> n_prelude + i·n_block + j,  coda j -> last n_coda,
+so caches are sized for the n_loop being decoded with, which may differ from the trained one.
+
+Context window. Positions are learned absolute embeddings, so a token's K/V depend on its position in
+the window and cannot be reused once the window slides. The prompt keeps its last block_size tokens
+(as nanoGPT crops); when the next token would not fit, the window restarts from the last
+block_size // 2 tokens (at positions 0..), which are re-prefilled in one call. Every token is therefore
+predicted from at least block_size // 2 tokens of context and the re-prefill cost is amortised over
+block_size // 2 steps. `naive_generate` recomputes from scratch over exactly the same windows.
+
+Adaptive exit (exit_threshold = ε): a position stops iterating the recurrent block once
+‖s_i − s_{i−1}‖ / ‖s_i‖ < ε (s_{−1} is the initial state), keeping s_i. The iteration loop is a
+lax.while_loop that runs while any position of any sequence is active, so a batch of one really does
+less work. The cache entries of a skipped iteration hold a copy of the K/V of the position's last
+computed iteration (as Huginn does), so later tokens attend to defined values. Prefills apply the
+same per-position rule, which makes a forward over the window with the rule (the naive reference)
+and the incremental decoder compute the same function.
+
+Dimension legend: B batch, T positions in this call, S cache length (block_size), D n_embd, H heads,
+K head dim, V vocab, Y cache layers (n_prelude + n_block·n_loop + n_coda), C decode steps in a chunk,
+N new tokens, P prompt length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nanoloop_jax.model import Block, LoopBody, LoopedGPT, ModelConfig, rms_norm
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+    """How a token is drawn from logits; temperature 0 is greedy (argmax)."""
+
+    temperature: float = 0.8
+    top_k: int | None = 200  # keep the top_k most likely tokens; None or 0: no top-k filter
+    top_p: float | None = None  # nucleus: smallest set with probability >= top_p; None or 1: off
+    vocab_limit: int | None = None  # ids >= this (vocab padding past the tokenizer's) are never drawn
+
+
+def filter_logits(
+    logits_BxV: jax.Array, *, top_k: int | None = None, top_p: float | None = None, vocab_limit: int | None = None
+) -> jax.Array:
+    """Logits with -inf outside ids < vocab_limit, the top_k largest and the top_p nucleus (ties kept)."""
+    v = logits_BxV.shape[-1]
+    if vocab_limit is not None and vocab_limit < v:
+        logits_BxV = jnp.where(jnp.arange(v) < vocab_limit, logits_BxV, -jnp.inf)
+    if top_k and top_k < min(v, vocab_limit or v):
+        kth_Bx1 = jax.lax.top_k(logits_BxV, top_k)[0][..., -1:]
+        logits_BxV = jnp.where(logits_BxV < kth_Bx1, -jnp.inf, logits_BxV)
+    if top_p is not None and top_p < 1.0:
+        sorted_BxV = jnp.flip(jnp.sort(logits_BxV, axis=-1), axis=-1)
+        probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
+        # keep a token while the mass of the more likely ones is still short of top_p: the first always stays
+        keep_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV < top_p
+        cutoff_Bx1 = jnp.min(jnp.where(keep_BxV, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
+        logits_BxV = jnp.where(logits_BxV < cutoff_Bx1, -jnp.inf, logits_BxV)
+    return logits_BxV
+
+
+def sample_token(logits_BxV: jax.Array, key: jax.Array, sc: SampleConfig) -> jax.Array:
+    """One token id per row (int32): argmax at temperature 0, else a draw from the filtered distribution."""
+    if sc.temperature == 0:
+        return jnp.argmax(filter_logits(logits_BxV, vocab_limit=sc.vocab_limit), axis=-1).astype(jnp.int32)
+    logits_BxV = filter_logits(logits_BxV / sc.temperature, top_k=sc.top_k, top_p=sc.top_p, vocab_limit=sc.vocab_limit)
+    return jax.random.categorical(key, logits_BxV, axis=-1).astype(jnp.int32)
+
+
+class DecodeState(NamedTuple):
+    """Everything a decode step carries; n_ctx tokens of ctx are in the cache, `pending` is not yet."""
+
+    k_YxBxSxHxK: jax.Array
+    v_YxBxSxHxK: jax.Array
+    ctx_BxS: jax.Array  # the tokens of the current window, at their positions
+    pending_B: jax.Array  # the last sampled token, fed at the next step
+    n_ctx: jax.Array  # int32 scalar
+    n_new: jax.Array  # int32 scalar: tokens sampled so far (indexes the sampling key)
+
+
+class Generation(NamedTuple):
+    """Sampled tokens, the loop iterations behind each, and (optionally) the logits they came from."""
+
+    tokens_BxN: np.ndarray
+    iters_BxN: np.ndarray
+    logits_BxNxV: np.ndarray | None
+
+
+def _apply(module, params, *args, method: str, **kw):
+    return module.apply({"params": params}, *args, method=method, **kw)
+
+
+def cached_block(cfg, p, x_BxTxD, k_cache, v_cache, layer, pos0, mask_1xTxS, fill=None):
+    """One Block on T new positions: write their K/V at pos0 of cache layer `layer`, attend over the cache."""
+    block = Block(cfg)
+    q, k, v = _apply(block, p, x_BxTxD, method="attn_qkv")
+    if fill is not None:
+        # an exited position re-writes the K/V of its last computed iteration (the Huginn fill)
+        active_BxT, last_k, last_v = fill
+        k = jnp.where(active_BxT[:, :, None, None], k, last_k)
+        v = jnp.where(active_BxT[:, :, None, None], v, last_v)
+    k_cache = jax.lax.dynamic_update_slice(k_cache, k[None].astype(k_cache.dtype), (layer, 0, pos0, 0, 0))
+    v_cache = jax.lax.dynamic_update_slice(v_cache, v[None].astype(v_cache.dtype), (layer, 0, pos0, 0, 0))
+    k_BxSxHxK = jax.lax.dynamic_index_in_dim(k_cache, layer, keepdims=False)
+    v_BxSxHxK = jax.lax.dynamic_index_in_dim(v_cache, layer, keepdims=False)
+    x_BxTxD = _apply(block, p, x_BxTxD, q, k_BxSxHxK, v_BxSxHxK, mask_1xTxS, method="attn_residual")
+    return _apply(block, p, x_BxTxD, method="mlp_residual"), k_cache, v_cache, (k, v)
+
+
+def forward_window(cfg, n_loop, exit_threshold, params, tok_BxT, pos0, n_valid, k_cache, v_cache, noise_key):
+    """Hidden states (before ln_f) of T positions pos0.. , updating the cache; also loop iterations per position.
+
+    Positions t >= n_valid are padding: they start inactive (no recurrent compute is spent on them) and
+    nothing real attends to them.
+    """
+    b, t = tok_BxT.shape
+    s_max = k_cache.shape[2]
+    pos_T = pos0 + jnp.arange(t)
+    mask_1xTxS = (jnp.arange(s_max)[None, :] <= pos_T[:, None])[None]
+    model, body = LoopedGPT(cfg), LoopBody(cfg)
+    eps = 0.0 if exit_threshold is None else float(exit_threshold)
+
+    x_BxTxD = _apply(model, params, tok_BxT, pos_T, method="embed")
+    for j in range(cfg.n_prelude):
+        x_BxTxD, k_cache, v_cache, _ = cached_block(
+            cfg, params[f"prelude_{j}"], x_BxTxD, k_cache, v_cache, j, pos0, mask_1xTxS
+        )
+    e_BxTxD = x_BxTxD
+    s_BxTxD = _apply(model, params, e_BxTxD, pos_T, method="initial_state", rngs={"noise": noise_key})
+
+    def iteration(carry):
+        i, s_BxTxD, active_BxT, last_k, last_v, k_cache, v_cache, iters_BxT = carry
+        u_BxTxD = _apply(body, params["loop"], s_BxTxD, e_BxTxD, method="inject_input")
+        for j in range(cfg.n_block):
+            layer = cfg.n_prelude + i * cfg.n_block + j
+            u_BxTxD, k_cache, v_cache, (k, v) = cached_block(
+                cfg,
+                params["loop"][f"recur_{j}"],
+                u_BxTxD,
+                k_cache,
+                v_cache,
+                layer,
+                pos0,
+                mask_1xTxS,
+                (active_BxT, last_k[j], last_v[j]),
+            )
+            last_k, last_v = last_k.at[j].set(k), last_v.at[j].set(v)
+        s_new = _apply(rms_norm(cfg, "norm_recur"), params["loop"]["norm_recur"], u_BxTxD, method="__call__")
+        s_new = s_new.astype(s_BxTxD.dtype)
+        delta = jnp.linalg.norm((s_new - s_BxTxD).astype(jnp.float32), axis=-1)
+        rel_BxT = delta / jnp.maximum(jnp.linalg.norm(s_new.astype(jnp.float32), axis=-1), 1e-30)
+        s_BxTxD = jnp.where(active_BxT[..., None], s_new, s_BxTxD)
+        iters_BxT = iters_BxT + active_BxT.astype(jnp.int32)
+        active_BxT = active_BxT & ~(rel_BxT < eps)
+        return i + 1, s_BxTxD, active_BxT, last_k, last_v, k_cache, v_cache, iters_BxT
+
+    kv_shape = (cfg.n_block, b, t, cfg.n_head, cfg.n_embd // cfg.n_head)
+    active_BxT = jnp.broadcast_to(jnp.arange(t)[None] < n_valid, (b, t))
+    carry = (
+        jnp.int32(0),
+        s_BxTxD,
+        active_BxT,
+        jnp.zeros(kv_shape, k_cache.dtype),
+        jnp.zeros(kv_shape, v_cache.dtype),
+        k_cache,
+        v_cache,
+        jnp.zeros((b, t), jnp.int32),
+    )
+    carry = jax.lax.while_loop(lambda c: (c[0] < n_loop) & jnp.any(c[2]), iteration, carry)
+    i_end, s_BxTxD, _, last_k, last_v, k_cache, v_cache, iters_BxT = carry
+
+    def fill_tail(i, caches):
+        # iterations nobody reached still need their cache entries: the last computed K/V again
+        k_cache, v_cache = caches
+        for j in range(cfg.n_block):
+            at = (cfg.n_prelude + i * cfg.n_block + j, 0, pos0, 0, 0)
+            k_cache = jax.lax.dynamic_update_slice(k_cache, last_k[j][None], at)
+            v_cache = jax.lax.dynamic_update_slice(v_cache, last_v[j][None], at)
+        return k_cache, v_cache
+
+    k_cache, v_cache = jax.lax.fori_loop(i_end, n_loop, fill_tail, (k_cache, v_cache))
+    x_BxTxD = s_BxTxD
+    first_coda = cfg.n_prelude + cfg.n_block * n_loop
+    for j in range(cfg.n_coda):
+        x_BxTxD, k_cache, v_cache, _ = cached_block(
+            cfg, params[f"coda_{j}"], x_BxTxD, k_cache, v_cache, first_coda + j, pos0, mask_1xTxS
+        )
+    return x_BxTxD, k_cache, v_cache, iters_BxT
+
+
+def _logits_at(cfg, params, x_BxTxD, t) -> jax.Array:
+    """Float32 logits (B, V) of position t (traced) of the hidden states."""
+    x_Bx1xD = jax.lax.dynamic_slice_in_dim(x_BxTxD, t, 1, axis=1)
+    return _apply(LoopedGPT(cfg), params, x_Bx1xD, method="head")[:, 0]
+
+
+def _split_key(key: jax.Array, noise_key: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """(sampling key, inject_random noise key); the noise key is derived from key unless given."""
+    sample_key, derived = jax.random.split(key)
+    return sample_key, derived if noise_key is None else noise_key
+
+
+def padded_length(n: int, multiple: int, cap: int) -> int:
+    """n rounded up to a multiple, at most cap: few distinct shapes, so few compilations."""
+    return min(cap, -(-n // multiple) * multiple)
+
+
+class KVDecoder:
+    """Jitted prefill + chunked decode for one model config, depth, exit rule and sampling setting."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        sample_config: SampleConfig,
+        *,
+        n_loop: int | None = None,
+        exit_threshold: float | None = None,
+        chunk_size: int = 32,
+        return_logits: bool = False,
+    ) -> None:
+        self.cfg = config
+        self.sc = sample_config
+        self.n_loop = config.n_loop if n_loop is None else int(n_loop)
+        if self.n_loop < 1:
+            raise ValueError(f"n_loop must be >= 1, got {n_loop!r}")
+        self.exit_threshold = exit_threshold
+        self.chunk_size = chunk_size
+        self.return_logits = return_logits
+        self.n_keep = max(1, config.block_size // 2)
+        self.n_layers = config.n_prelude + config.n_block * self.n_loop + config.n_coda
+        self._forward = functools.partial(forward_window, config, self.n_loop, exit_threshold)
+        self._prefill = jax.jit(self._prefill_fn)
+        # the state (its caches) is donated: updated in place instead of copied every call
+        self._restart = jax.jit(self._restart_fn, donate_argnums=1)
+        self._decode = jax.jit(self._decode_fn, donate_argnums=1)
+
+    def _sample(self, logits_BxV, sample_key, n_new):
+        return sample_token(logits_BxV, jax.random.fold_in(sample_key, n_new), self.sc)
+
+    def _prefill_fn(self, params, prompt_BxT, n_prompt, sample_key, noise_key):
+        cfg = self.cfg
+        b, t = prompt_BxT.shape
+        shape = (self.n_layers, b, cfg.block_size, cfg.n_head, cfg.n_embd // cfg.n_head)
+        cache = jnp.zeros(shape, jnp.dtype(cfg.dtype))
+        x_BxTxD, k_cache, v_cache, iters_BxT = self._forward(params, prompt_BxT, 0, n_prompt, cache, cache, noise_key)
+        logits_BxV = _logits_at(cfg, params, x_BxTxD, n_prompt - 1)
+        tok_B = self._sample(logits_BxV, sample_key, 0)
+        ctx_BxS = jnp.zeros((b, cfg.block_size), jnp.int32).at[:, :t].set(prompt_BxT)
+        state = DecodeState(k_cache, v_cache, ctx_BxS, tok_B, jnp.int32(n_prompt), jnp.int32(1))
+        iters_B = jax.lax.dynamic_index_in_dim(iters_BxT, n_prompt - 1, axis=1, keepdims=False)
+        return state, tok_B, iters_B, logits_BxV
+
+    def _finish(self, params, st: DecodeState, x_BxD, iters_B, k_cache, v_cache, ctx_BxS, n_ctx, sample_key):
+        """Logits of the fed position, the next token, and the state that carries it."""
+        logits_BxV = _logits_at(self.cfg, params, x_BxD[:, None], 0)
+        tok_B = self._sample(logits_BxV, sample_key, st.n_new)
+        return DecodeState(k_cache, v_cache, ctx_BxS, tok_B, n_ctx, st.n_new + 1), tok_B, iters_B, logits_BxV
+
+    def _restart_fn(self, params, st: DecodeState, sample_key, noise_key):
+        """The cache is full: re-prefill the last n_keep tokens (the pending one included) at positions 0.."""
+        s_max, n_keep = self.cfg.block_size, self.n_keep
+        window_BxW = jnp.concatenate([st.ctx_BxS[:, s_max - n_keep + 1 :], st.pending_B[:, None]], axis=1)
+        x, k_cache, v_cache, iters = self._forward(
+            params, window_BxW, 0, n_keep, st.k_YxBxSxHxK, st.v_YxBxSxHxK, noise_key
+        )
+        ctx_BxS = st.ctx_BxS.at[:, :n_keep].set(window_BxW)
+        return self._finish(
+            params, st, x[:, -1], iters[:, -1], k_cache, v_cache, ctx_BxS, jnp.int32(n_keep), sample_key
+        )
+
+    def _extend(self, params, st: DecodeState, sample_key, noise_key):
+        """Feed the pending token at position n_ctx (< block_size) and sample the next."""
+        x, k_cache, v_cache, iters = self._forward(
+            params, st.pending_B[:, None], st.n_ctx, 1, st.k_YxBxSxHxK, st.v_YxBxSxHxK, noise_key
+        )
+        ctx_BxS = jax.lax.dynamic_update_slice(st.ctx_BxS, st.pending_B[:, None], (0, st.n_ctx))
+        return self._finish(params, st, x[:, 0], iters[:, 0], k_cache, v_cache, ctx_BxS, st.n_ctx + 1, sample_key)
+
+    def _decode_fn(self, params, state, n_steps, sample_key, noise_key):
+        """n_steps (<= chunk_size, and room left in the cache) extend steps in one lax loop."""
+        b, c = state.pending_B.shape[0], self.chunk_size
+        toks_BxC = jnp.zeros((b, c), jnp.int32)
+        iters_BxC = jnp.zeros((b, c), jnp.int32)
+        logits = jnp.zeros((b, c, self.cfg.vocab_size) if self.return_logits else (0,), jnp.float32)
+
+        def body(t, carry):
+            st, toks_BxC, iters_BxC, logits = carry
+            st, tok_B, it_B, logits_BxV = self._extend(params, st, sample_key, noise_key)
+            toks_BxC = toks_BxC.at[:, t].set(tok_B)
+            iters_BxC = iters_BxC.at[:, t].set(it_B)
+            if self.return_logits:
+                logits = logits.at[:, t].set(logits_BxV)
+            return st, toks_BxC, iters_BxC, logits
+
+        return jax.lax.fori_loop(0, n_steps, body, (state, toks_BxC, iters_BxC, logits))
+
+    def _out(self, toks, iters, logits, n: int) -> Generation:
+        return Generation(
+            np.asarray(toks)[:, :n], np.asarray(iters)[:, :n], np.asarray(logits)[:, :n] if self.return_logits else None
+        )
+
+    def stream(
+        self, params, prompt_BxP, max_new_tokens: int, key: jax.Array, noise_key: jax.Array | None = None
+    ) -> Iterator[Generation]:
+        """Yield new tokens as they are produced: the prefill's one, then chunks of up to chunk_size."""
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        prompt_BxP = np.asarray(prompt_BxP, np.int32)
+        if prompt_BxP.ndim != 2 or prompt_BxP.shape[1] == 0:
+            raise ValueError(f"prompt must be a non-empty (batch, length) array, got shape {prompt_BxP.shape}")
+        sample_key, noise_key = _split_key(key, noise_key)
+        s_max = self.cfg.block_size
+        window_BxP = prompt_BxP[:, -s_max:]
+        n_ctx = window_BxP.shape[1]
+        # pad to a multiple of 16 so that prompts of many lengths share a few compilations
+        padded_BxT = np.zeros((window_BxP.shape[0], padded_length(n_ctx, 16, s_max)), np.int32)
+        padded_BxT[:, :n_ctx] = window_BxP
+        state, tok_B, iters_B, logits_BxV = self._prefill(params, padded_BxT, n_ctx, sample_key, noise_key)
+        yield self._out(tok_B[:, None], iters_B[:, None], logits_BxV[:, None] if self.return_logits else None, 1)
+        done = 1
+        while done < max_new_tokens:
+            # the window is a function of the step count alone, so the host knows when the cache is full
+            # and the jitted loop needs no branch
+            if n_ctx == s_max:
+                state, tok_B, iters_B, logits_BxV = self._restart(params, state, sample_key, noise_key)
+                n_ctx, n = self.n_keep, 1
+                out = self._out(
+                    tok_B[:, None], iters_B[:, None], logits_BxV[:, None] if self.return_logits else None, 1
+                )
+            else:
+                n = min(self.chunk_size, max_new_tokens - done, s_max - n_ctx)
+                state, toks_BxC, iters_BxC, logits = self._decode(params, state, n, sample_key, noise_key)
+                n_ctx += n
+                out = self._out(toks_BxC, iters_BxC, logits, n)
+            done += n
+            yield out
+
+    def generate(self, params, prompt_BxP, max_new_tokens: int, key: jax.Array, noise_key=None) -> Generation:
+        """All max_new_tokens new tokens of every sequence (blocking)."""
+        return _concat(list(self.stream(params, prompt_BxP, max_new_tokens, key, noise_key)))
+
+
+def _concat(parts: list[Generation]) -> Generation:
+    logits = None if parts[0].logits_BxNxV is None else np.concatenate([g.logits_BxNxV for g in parts], axis=1)
+    return Generation(
+        np.concatenate([g.tokens_BxN for g in parts], axis=1),
+        np.concatenate([g.iters_BxN for g in parts], axis=1),
+        logits,
+    )
+
+
+def naive_step_fn(config: ModelConfig, sample_config: SampleConfig, *, n_loop=None, exit_threshold=None):
+    """Jitted (params, window_BxT, n_valid, key, noise_key) -> (token, iterations, logits) by full recomputation.
+
+    The window is right-padded to T; position n_valid - 1 gives the logits. Without an exit rule this is
+    exactly the model's forward (LoopedGPT.__call__); with one it is forward_window on a fresh cache.
+    """
+    n_loop = config.n_loop if n_loop is None else int(n_loop)
+
+    def step(params, window_BxT, n_valid, key, noise_key):
+        b, t = window_BxT.shape
+        if exit_threshold is None:
+            logits_BxTxV = LoopedGPT(config).apply(
+                {"params": params}, window_BxT, n_loop=n_loop, rngs={"noise": noise_key}
+            )
+            logits_BxV = jax.lax.dynamic_index_in_dim(logits_BxTxV, n_valid - 1, axis=1, keepdims=False)
+            iters_B = jnp.full((b,), n_loop, jnp.int32)
+        else:
+            n_layers = config.n_prelude + config.n_block * n_loop + config.n_coda
+            cache = jnp.zeros((n_layers, b, t, config.n_head, config.n_embd // config.n_head), jnp.dtype(config.dtype))
+            x, _, _, iters_BxT = forward_window(
+                config, n_loop, exit_threshold, params, window_BxT, 0, n_valid, cache, cache, noise_key
+            )
+            logits_BxV = _logits_at(config, params, x, n_valid - 1)
+            iters_B = jax.lax.dynamic_index_in_dim(iters_BxT, n_valid - 1, axis=1, keepdims=False)
+        return sample_token(logits_BxV, key, sample_config), iters_B, logits_BxV
+
+    return jax.jit(step)
+
+
+def naive_windows(prompt_len: int, max_new_tokens: int, block_size: int) -> list[tuple[int, int]]:
+    """(start, end) of the context window behind each new token: the decoder's rule, written out plainly."""
+    n_keep = max(1, block_size // 2)
+    start, windows = max(0, prompt_len - block_size), []
+    for end in range(prompt_len, prompt_len + max_new_tokens):
+        if end - start > block_size:
+            start = end - n_keep
+        windows.append((start, end))
+    return windows
+
+
+def naive_generate(
+    config: ModelConfig,
+    params,
+    prompt_BxP,
+    max_new_tokens: int,
+    key: jax.Array,
+    sample_config: SampleConfig,
+    *,
+    n_loop: int | None = None,
+    exit_threshold: float | None = None,
+    noise_key: jax.Array | None = None,
+    pad_multiple: int | None = None,
+) -> Generation:
+    """nanoLOOP-style generate: one full forward over the context window per new token (the reference)."""
+    seq_BxL = np.asarray(prompt_BxP, np.int32)
+    sample_key, noise_key = _split_key(key, noise_key)
+    step = naive_step_fn(config, sample_config, n_loop=n_loop, exit_threshold=exit_threshold)
+    pad_multiple = pad_multiple or config.block_size
+    toks, iters, logits = [], [], []
+    for n, (start, end) in enumerate(naive_windows(seq_BxL.shape[1], max_new_tokens, config.block_size)):
+        window_BxW = seq_BxL[:, start:end]
+        padded = np.zeros((seq_BxL.shape[0], padded_length(end - start, pad_multiple, config.block_size)), np.int32)
+        padded[:, : end - start] = window_BxW
+        tok_B, it_B, logits_BxV = step(params, padded, end - start, jax.random.fold_in(sample_key, n), noise_key)
+        seq_BxL = np.concatenate([seq_BxL, np.asarray(tok_B)[:, None]], axis=1)
+        toks.append(np.asarray(tok_B))
+        iters.append(np.asarray(it_B))
+        logits.append(np.asarray(logits_BxV))
+    return Generation(np.stack(toks, 1), np.stack(iters, 1), np.stack(logits, 1))

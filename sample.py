@@ -1,0 +1,177 @@
+"""Sample from a trained model, with nanoLOOP's sample.py flags.
+
+  python sample.py --out_dir=out-shakespeare-char-looped
+  python sample.py --out_dir=out-shakespeare-char --start="What is the answer?" --num_samples=5 --max_new_tokens=100
+  python sample.py --ckpt=path/to/nanoLOOP/ckpt.pt --start=FILE:prompt.txt --n_loop=8 --exit_threshold=0.01
+
+--out_dir holds a nanoloop-jax checkpoint (train.py, or python -m nanoloop_jax.convert) or a nanoLOOP
+ckpt.pt. The tokenizer is the character table of the checkpoint's dataset (data/<dataset>/meta.json,
+or --data_dir), else GPT-2 BPE. All num_samples samples are decoded together as one batch; the first
+one is printed as it is produced, every 32 tokens, and the others follow when the batch is done.
+Informational lines go to stderr, samples to stdout; a bad input is one line on stderr and exit code 1.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+
+flags.DEFINE_string("out_dir", "out", "Directory with a nanoloop-jax checkpoint or a nanoLOOP ckpt.pt.")
+flags.DEFINE_string("ckpt", None, "A nanoLOOP ckpt.pt to load instead of --out_dir.")
+flags.DEFINE_string("start", "\n", 'The prompt, or "FILE:prompt.txt" to read it from a file.')
+flags.DEFINE_integer("num_samples", 10, "Number of samples to draw (decoded together as a batch).")
+flags.DEFINE_integer("max_new_tokens", 500, "Tokens generated in each sample.")
+flags.DEFINE_float("temperature", 0.8, "1.0 = no change, < 1.0 = less random, > 1.0 = more random; 0 = greedy.")
+flags.DEFINE_integer(
+    "top_k", 200, "Keep only the top_k most likely tokens (0 = off; the default is capped at the vocab)."
+)
+flags.DEFINE_float("top_p", None, "Nucleus sampling: keep the smallest set of tokens with probability >= top_p.")
+flags.DEFINE_integer("seed", 1337, "Random seed.")
+flags.DEFINE_integer("n_loop", None, "Iterations of the recurrent block at test time (default: the trained value).")
+flags.DEFINE_float("exit_threshold", None, "Adaptive exit: stop iterating once ||s_i - s_i-1|| / ||s_i|| < this.")
+flags.DEFINE_string("data_dir", None, "Dataset dir whose meta.json gives the tokenizer (default: the checkpoint's).")
+FLAGS = flags.FLAGS
+CHUNK = 32  # tokens per jitted decode call: the streaming granularity
+SEPARATOR = "---------------"
+
+
+class SampleError(Exception):
+    """A bad flag or input, reported as one line."""
+
+
+def load_model(out_dir: str, ckpt: str | None):
+    """(ModelConfig, params, data dir named by the checkpoint or None, description) from either format."""
+    from nanoloop_jax import checkpoint, convert
+
+    pt_path = ckpt or os.path.join(out_dir, "ckpt.pt")
+    if ckpt is None and checkpoint.latest_step(out_dir) is not None:
+        loaded = checkpoint.load_params(out_dir)
+        data = (loaded.meta.get("config") or {}).get("data") or {}
+        data_dir = data.get("data_dir") or (os.path.join("data", data["dataset"]) if data.get("dataset") else None)
+        source = (loaded.meta.get("source") or {}).get("nanoloop_config") or {}
+        if data_dir is None and source.get("dataset"):
+            data_dir = os.path.join("data", source["dataset"])
+        return loaded.model_config, loaded.params, data_dir, f"{out_dir} (step {loaded.step})"
+    if not os.path.isfile(pt_path):
+        where = f"{ckpt} does not exist" if ckpt else f"no checkpoint in {out_dir} (no checkpoints/ and no ckpt.pt)"
+        raise SampleError(f"{where}; train one with train.py or pass --ckpt=PATH")
+    raw = convert.load_nanoloop_ckpt(pt_path)
+    config, params = convert.from_nanoloop(raw["model"], raw["model_args"])
+    dataset = (raw.get("config") or {}).get("dataset")
+    return config, params, os.path.join("data", dataset) if dataset else None, f"{pt_path} (nanoLOOP)"
+
+
+def encode_prompt(tokenizer, start: str) -> list[int]:
+    """Prompt ids; an empty prompt becomes a newline (char-level) or <|endoftext|> (GPT-2), as in nanoGPT."""
+    if start.startswith("FILE:"):
+        try:
+            with open(start[5:], encoding="utf-8") as f:
+                start = f.read()
+        except OSError as e:
+            raise SampleError(f"cannot read the prompt file {start[5:]!r}: {e.strerror}") from None
+    if start:
+        return tokenizer.encode(start)
+    if tokenizer.eot_token is not None:
+        return [tokenizer.eot_token]
+    try:
+        return tokenizer.encode("\n")
+    except ValueError:
+        print("empty prompt and no newline in the vocabulary: starting from token 0", file=sys.stderr)
+        return [0]
+
+
+def check_flags(vocab_size: int) -> int | None:
+    """Raise SampleError for a bad flag; return the top_k to use (None = off)."""
+    if FLAGS.max_new_tokens <= 0:
+        raise SampleError(f"--max_new_tokens must be positive, got {FLAGS.max_new_tokens}")
+    if FLAGS.num_samples <= 0:
+        raise SampleError(f"--num_samples must be positive, got {FLAGS.num_samples}")
+    if FLAGS.temperature < 0:
+        raise SampleError(f"--temperature must be >= 0 (0 = greedy), got {FLAGS.temperature}")
+    if FLAGS.top_p is not None and not 0 < FLAGS.top_p <= 1:
+        raise SampleError(f"--top_p must be in (0, 1], got {FLAGS.top_p}")
+    if FLAGS.n_loop is not None and FLAGS.n_loop < 1:
+        raise SampleError(f"--n_loop must be >= 1, got {FLAGS.n_loop}")
+    if FLAGS.exit_threshold is not None and FLAGS.exit_threshold < 0:
+        raise SampleError(f"--exit_threshold must be >= 0, got {FLAGS.exit_threshold}")
+    if FLAGS.top_k < 0:
+        raise SampleError(f"--top_k must be >= 0 (0 = off), got {FLAGS.top_k}")
+    if FLAGS.top_k > vocab_size:
+        # the default (200) is capped like nanoGPT's min(top_k, vocab); an explicit larger value is a mistake
+        if FLAGS["top_k"].present:
+            raise SampleError(f"--top_k={FLAGS.top_k} is larger than the {vocab_size}-token vocabulary")
+        return None
+    return FLAGS.top_k or None
+
+
+def write_samples(decoder, params, tokenizer, prompt_ids: list[int], num_samples: int, max_new_tokens: int, key, out):
+    """Decode the batch, streaming sample 0 to `out` chunk by chunk; return the mean loop iterations per token."""
+    import numpy as np
+
+    from nanoloop_jax.sampling import Generation, _concat
+
+    prompt_BxP = np.tile(np.asarray(prompt_ids, np.int32), (num_samples, 1))
+    parts: list[Generation] = []
+    shown = ""
+    for part in decoder.stream(params, prompt_BxP, max_new_tokens, key):
+        parts.append(part)
+        text = tokenizer.decode(prompt_ids + np.concatenate([p.tokens_BxN[0] for p in parts]).tolist())
+        # hold back a trailing partial UTF-8 character (GPT-2 BPE can split one across tokens)
+        text = text.rstrip("\ufffd")
+        out.write(text[len(shown) :])
+        out.flush()
+        shown = text
+    gen = _concat(parts)
+    out.write(tokenizer.decode(prompt_ids + gen.tokens_BxN[0].tolist())[len(shown) :] + "\n" + SEPARATOR + "\n")
+    for b in range(1, num_samples):
+        out.write(tokenizer.decode(prompt_ids + gen.tokens_BxN[b].tolist()) + "\n" + SEPARATOR + "\n")
+    out.flush()
+    return float(gen.iters_BxN.mean())
+
+
+def run() -> None:
+    import jax
+
+    from nanoloop_jax.sampling import KVDecoder, SampleConfig
+    from nanoloop_jax.tokenizer import load_tokenizer
+
+    config, params, ckpt_data_dir, description = load_model(FLAGS.out_dir, FLAGS.ckpt)
+    data_dir = FLAGS.data_dir or ckpt_data_dir
+    tokenizer = load_tokenizer(data_dir)
+    print(f"loaded {description}; tokenizer: {tokenizer.name} ({tokenizer.vocab_size} tokens)", file=sys.stderr)
+    if tokenizer.vocab_size > config.vocab_size:
+        raise SampleError(
+            f"the {tokenizer.name} tokenizer has {tokenizer.vocab_size} tokens but the model only "
+            f"{config.vocab_size}; pass the model's dataset with --data_dir"
+        )
+    top_k = check_flags(tokenizer.vocab_size)
+    prompt_ids = encode_prompt(tokenizer, FLAGS.start)
+    sc = SampleConfig(FLAGS.temperature, top_k, FLAGS.top_p, vocab_limit=tokenizer.vocab_size)
+    decoder = KVDecoder(config, sc, n_loop=FLAGS.n_loop, exit_threshold=FLAGS.exit_threshold, chunk_size=CHUNK)
+    key = jax.random.PRNGKey(FLAGS.seed)
+    mean_iters = write_samples(
+        decoder, params, tokenizer, prompt_ids, FLAGS.num_samples, FLAGS.max_new_tokens, key, sys.stdout
+    )
+    if FLAGS.exit_threshold is not None:
+        print(f"mean loop iterations per token: {mean_iters:.2f} of n_loop {decoder.n_loop}")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {argv[1:]}; flags are --name=value", file=sys.stderr)
+        return 1
+    logging.set_verbosity(logging.WARNING)  # orbax logs every file it reads at INFO
+    from nanoloop_jax.checkpoint import CheckpointError
+    from nanoloop_jax.convert import ConversionError
+    from nanoloop_jax.data import DataError
+
+    try:
+        run()
+    except (SampleError, CheckpointError, ConversionError, DataError, ValueError, ImportError, OSError) as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(lambda argv: sys.exit(main(argv)))
