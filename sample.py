@@ -104,16 +104,18 @@ def check_flags(vocab_size: int) -> int | None:
     return FLAGS.top_k or None
 
 
-def write_samples(decoder, params, tokenizer, prompt_ids: list[int], num_samples: int, max_new_tokens: int, key, out):
+def write_samples(
+    decoder, params, tokenizer, prompt_ids: list[int], *, num_samples, max_new_tokens, key, exit_threshold, out
+) -> float:
     """Decode the batch, streaming sample 0 to `out` chunk by chunk; return the mean loop iterations per token."""
     import numpy as np
 
-    from nanoloop_jax.sampling import Generation, _concat
+    from nanoloop_jax.sampling import Generation, concat_generations
 
     prompt_BxP = np.tile(np.asarray(prompt_ids, np.int32), (num_samples, 1))
     parts: list[Generation] = []
     shown = ""
-    for part in decoder.stream(params, prompt_BxP, max_new_tokens, key):
+    for part in decoder.stream(params, prompt_BxP, max_new_tokens, key, exit_threshold=exit_threshold):
         parts.append(part)
         text = tokenizer.decode(prompt_ids + np.concatenate([p.tokens_BxN[0] for p in parts]).tolist())
         # hold back a trailing partial UTF-8 character (GPT-2 BPE can split one across tokens)
@@ -121,7 +123,7 @@ def write_samples(decoder, params, tokenizer, prompt_ids: list[int], num_samples
         out.write(text[len(shown) :])
         out.flush()
         shown = text
-    gen = _concat(parts)
+    gen = concat_generations(parts)
     out.write(tokenizer.decode(prompt_ids + gen.tokens_BxN[0].tolist())[len(shown) :] + "\n" + SEPARATOR + "\n")
     for b in range(1, num_samples):
         out.write(tokenizer.decode(prompt_ids + gen.tokens_BxN[b].tolist()) + "\n" + SEPARATOR + "\n")
@@ -147,10 +149,17 @@ def run() -> None:
     top_k = check_flags(tokenizer.vocab_size)
     prompt_ids = encode_prompt(tokenizer, FLAGS.start)
     sc = SampleConfig(FLAGS.temperature, top_k, FLAGS.top_p, vocab_limit=tokenizer.vocab_size)
-    decoder = KVDecoder(config, sc, n_loop=FLAGS.n_loop, exit_threshold=FLAGS.exit_threshold, chunk_size=CHUNK)
-    key = jax.random.PRNGKey(FLAGS.seed)
+    decoder = KVDecoder(config, sc, n_loop=FLAGS.n_loop, chunk_size=CHUNK)
     mean_iters = write_samples(
-        decoder, params, tokenizer, prompt_ids, FLAGS.num_samples, FLAGS.max_new_tokens, key, sys.stdout
+        decoder,
+        params,
+        tokenizer,
+        prompt_ids,
+        num_samples=FLAGS.num_samples,
+        max_new_tokens=FLAGS.max_new_tokens,
+        key=jax.random.PRNGKey(FLAGS.seed),
+        exit_threshold=FLAGS.exit_threshold,
+        out=sys.stdout,
     )
     if FLAGS.exit_threshold is not None:
         print(f"mean loop iterations per token: {mean_iters:.2f} of n_loop {decoder.n_loop}")

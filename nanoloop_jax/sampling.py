@@ -77,11 +77,10 @@ def sample_token(logits_BxV: jax.Array, key: jax.Array, sc: SampleConfig) -> jax
 
 
 class DecodeState(NamedTuple):
-    """Everything a decode step carries; n_ctx tokens of ctx are in the cache, `pending` is not yet."""
+    """What a decode step carries: n_ctx positions are in the cache; `pending` is sampled but not yet fed."""
 
     k_YxBxSxHxK: jax.Array
     v_YxBxSxHxK: jax.Array
-    ctx_BxS: jax.Array  # the tokens of the current window, at their positions
     pending_B: jax.Array  # the last sampled token, fed at the next step
     n_ctx: jax.Array  # int32 scalar
     n_new: jax.Array  # int32 scalar: tokens sampled so far (indexes the sampling key)
@@ -116,18 +115,17 @@ def cached_block(cfg, p, x_BxTxD, k_cache, v_cache, layer, pos0, mask_1xTxS, fil
     return _apply(block, p, x_BxTxD, method="mlp_residual"), k_cache, v_cache, (k, v)
 
 
-def forward_window(cfg, n_loop, exit_threshold, params, tok_BxT, pos0, n_valid, k_cache, v_cache, noise_key):
+def forward_window(cfg, n_loop, params, tok_BxT, pos0, n_valid, k_cache, v_cache, noise_key, exit_threshold):
     """Hidden states (before ln_f) of T positions pos0.. , updating the cache; also loop iterations per position.
 
     Positions t >= n_valid are padding: they start inactive (no recurrent compute is spent on them) and
-    nothing real attends to them.
+    nothing real attends to them. exit_threshold is a traced scalar; 0 never exits (fixed depth).
     """
     b, t = tok_BxT.shape
     s_max = k_cache.shape[2]
     pos_T = pos0 + jnp.arange(t)
     mask_1xTxS = (jnp.arange(s_max)[None, :] <= pos_T[:, None])[None]
     model, body = LoopedGPT(cfg), LoopBody(cfg)
-    eps = 0.0 if exit_threshold is None else float(exit_threshold)
 
     x_BxTxD = _apply(model, params, tok_BxT, pos_T, method="embed")
     for j in range(cfg.n_prelude):
@@ -160,7 +158,7 @@ def forward_window(cfg, n_loop, exit_threshold, params, tok_BxT, pos0, n_valid, 
         rel_BxT = delta / jnp.maximum(jnp.linalg.norm(s_new.astype(jnp.float32), axis=-1), 1e-30)
         s_BxTxD = jnp.where(active_BxT[..., None], s_new, s_BxTxD)
         iters_BxT = iters_BxT + active_BxT.astype(jnp.int32)
-        active_BxT = active_BxT & ~(rel_BxT < eps)
+        active_BxT = active_BxT & ~(rel_BxT < exit_threshold)
         return i + 1, s_BxTxD, active_BxT, last_k, last_v, k_cache, v_cache, iters_BxT
 
     kv_shape = (cfg.n_block, b, t, cfg.n_head, cfg.n_embd // cfg.n_head)
@@ -209,13 +207,20 @@ def _split_key(key: jax.Array, noise_key: jax.Array | None) -> tuple[jax.Array, 
     return sample_key, derived if noise_key is None else noise_key
 
 
+def _threshold(exit_threshold: float | None) -> np.float32:
+    """The exit threshold as a traced value (0: never exit), so every threshold shares one compilation."""
+    if exit_threshold is not None and not exit_threshold >= 0:
+        raise ValueError(f"exit_threshold must be None or >= 0, got {exit_threshold!r}")
+    return np.float32(exit_threshold or 0.0)
+
+
 def padded_length(n: int, multiple: int, cap: int) -> int:
     """n rounded up to a multiple, at most cap: few distinct shapes, so few compilations."""
     return min(cap, -(-n // multiple) * multiple)
 
 
 class KVDecoder:
-    """Jitted prefill + chunked decode for one model config, depth, exit rule and sampling setting."""
+    """Jitted prefill + chunked decode for one model config, depth (n_loop) and sampling setting."""
 
     def __init__(
         self,
@@ -223,70 +228,42 @@ class KVDecoder:
         sample_config: SampleConfig,
         *,
         n_loop: int | None = None,
-        exit_threshold: float | None = None,
         chunk_size: int = 32,
         return_logits: bool = False,
     ) -> None:
         self.cfg = config
         self.sc = sample_config
-        self.n_loop = config.n_loop if n_loop is None else int(n_loop)
-        if self.n_loop < 1:
-            raise ValueError(f"n_loop must be >= 1, got {n_loop!r}")
-        self.exit_threshold = exit_threshold
+        self.n_loop = config.n_loop if n_loop is None else n_loop
+        if not isinstance(self.n_loop, int) or self.n_loop < 1:
+            raise ValueError(f"n_loop must be a positive integer, got {n_loop!r}")
         self.chunk_size = chunk_size
         self.return_logits = return_logits
         self.n_keep = max(1, config.block_size // 2)
         self.n_layers = config.n_prelude + config.n_block * self.n_loop + config.n_coda
-        self._forward = functools.partial(forward_window, config, self.n_loop, exit_threshold)
+        self._forward = functools.partial(forward_window, config, self.n_loop)
         self._prefill = jax.jit(self._prefill_fn)
         # the state (its caches) is donated: updated in place instead of copied every call
-        self._restart = jax.jit(self._restart_fn, donate_argnums=1)
         self._decode = jax.jit(self._decode_fn, donate_argnums=1)
 
     def _sample(self, logits_BxV, sample_key, n_new):
         return sample_token(logits_BxV, jax.random.fold_in(sample_key, n_new), self.sc)
 
-    def _prefill_fn(self, params, prompt_BxT, n_prompt, sample_key, noise_key):
+    def _prefill_fn(self, params, window_BxT, n_valid, n_new, sample_key, noise_key, exit_threshold):
+        """A fresh cache from the window's first n_valid tokens (at positions 0..), and the next token."""
         cfg = self.cfg
-        b, t = prompt_BxT.shape
+        b = window_BxT.shape[0]
         shape = (self.n_layers, b, cfg.block_size, cfg.n_head, cfg.n_embd // cfg.n_head)
         cache = jnp.zeros(shape, jnp.dtype(cfg.dtype))
-        x_BxTxD, k_cache, v_cache, iters_BxT = self._forward(params, prompt_BxT, 0, n_prompt, cache, cache, noise_key)
-        logits_BxV = _logits_at(cfg, params, x_BxTxD, n_prompt - 1)
-        tok_B = self._sample(logits_BxV, sample_key, 0)
-        ctx_BxS = jnp.zeros((b, cfg.block_size), jnp.int32).at[:, :t].set(prompt_BxT)
-        state = DecodeState(k_cache, v_cache, ctx_BxS, tok_B, jnp.int32(n_prompt), jnp.int32(1))
-        iters_B = jax.lax.dynamic_index_in_dim(iters_BxT, n_prompt - 1, axis=1, keepdims=False)
-        return state, tok_B, iters_B, logits_BxV
-
-    def _finish(self, params, st: DecodeState, x_BxD, iters_B, k_cache, v_cache, ctx_BxS, n_ctx, sample_key):
-        """Logits of the fed position, the next token, and the state that carries it."""
-        logits_BxV = _logits_at(self.cfg, params, x_BxD[:, None], 0)
-        tok_B = self._sample(logits_BxV, sample_key, st.n_new)
-        return DecodeState(k_cache, v_cache, ctx_BxS, tok_B, n_ctx, st.n_new + 1), tok_B, iters_B, logits_BxV
-
-    def _restart_fn(self, params, st: DecodeState, sample_key, noise_key):
-        """The cache is full: re-prefill the last n_keep tokens (the pending one included) at positions 0.."""
-        s_max, n_keep = self.cfg.block_size, self.n_keep
-        window_BxW = jnp.concatenate([st.ctx_BxS[:, s_max - n_keep + 1 :], st.pending_B[:, None]], axis=1)
-        x, k_cache, v_cache, iters = self._forward(
-            params, window_BxW, 0, n_keep, st.k_YxBxSxHxK, st.v_YxBxSxHxK, noise_key
+        x_BxTxD, k_cache, v_cache, iters_BxT = self._forward(
+            params, window_BxT, 0, n_valid, cache, cache, noise_key, exit_threshold
         )
-        ctx_BxS = st.ctx_BxS.at[:, :n_keep].set(window_BxW)
-        return self._finish(
-            params, st, x[:, -1], iters[:, -1], k_cache, v_cache, ctx_BxS, jnp.int32(n_keep), sample_key
-        )
+        logits_BxV = _logits_at(cfg, params, x_BxTxD, n_valid - 1)
+        tok_B = self._sample(logits_BxV, sample_key, n_new)
+        iters_B = jax.lax.dynamic_index_in_dim(iters_BxT, n_valid - 1, axis=1, keepdims=False)
+        return DecodeState(k_cache, v_cache, tok_B, jnp.int32(n_valid), n_new + 1), tok_B, iters_B, logits_BxV
 
-    def _extend(self, params, st: DecodeState, sample_key, noise_key):
-        """Feed the pending token at position n_ctx (< block_size) and sample the next."""
-        x, k_cache, v_cache, iters = self._forward(
-            params, st.pending_B[:, None], st.n_ctx, 1, st.k_YxBxSxHxK, st.v_YxBxSxHxK, noise_key
-        )
-        ctx_BxS = jax.lax.dynamic_update_slice(st.ctx_BxS, st.pending_B[:, None], (0, st.n_ctx))
-        return self._finish(params, st, x[:, 0], iters[:, 0], k_cache, v_cache, ctx_BxS, st.n_ctx + 1, sample_key)
-
-    def _decode_fn(self, params, state, n_steps, sample_key, noise_key):
-        """n_steps (<= chunk_size, and room left in the cache) extend steps in one lax loop."""
+    def _decode_fn(self, params, state, n_steps, sample_key, noise_key, exit_threshold):
+        """n_steps (<= chunk_size, and no more than the cache has room for) decode steps in one lax loop."""
         b, c = state.pending_B.shape[0], self.chunk_size
         toks_BxC = jnp.zeros((b, c), jnp.int32)
         iters_BxC = jnp.zeros((b, c), jnp.int32)
@@ -294,9 +271,15 @@ class KVDecoder:
 
         def body(t, carry):
             st, toks_BxC, iters_BxC, logits = carry
-            st, tok_B, it_B, logits_BxV = self._extend(params, st, sample_key, noise_key)
+            # feed the pending token at position n_ctx, sample the next from its logits
+            x_BxTxD, k_cache, v_cache, iters_BxT = self._forward(
+                params, st.pending_B[:, None], st.n_ctx, 1, st.k_YxBxSxHxK, st.v_YxBxSxHxK, noise_key, exit_threshold
+            )
+            logits_BxV = _logits_at(self.cfg, params, x_BxTxD, 0)
+            tok_B = self._sample(logits_BxV, sample_key, st.n_new)
+            st = DecodeState(k_cache, v_cache, tok_B, st.n_ctx + 1, st.n_new + 1)
             toks_BxC = toks_BxC.at[:, t].set(tok_B)
-            iters_BxC = iters_BxC.at[:, t].set(it_B)
+            iters_BxC = iters_BxC.at[:, t].set(iters_BxT[:, 0])
             if self.return_logits:
                 logits = logits.at[:, t].set(logits_BxV)
             return st, toks_BxC, iters_BxC, logits
@@ -309,47 +292,52 @@ class KVDecoder:
         )
 
     def stream(
-        self, params, prompt_BxP, max_new_tokens: int, key: jax.Array, noise_key: jax.Array | None = None
+        self,
+        params,
+        prompt_BxP,
+        max_new_tokens: int,
+        key: jax.Array,
+        noise_key: jax.Array | None = None,
+        exit_threshold: float | None = None,
     ) -> Iterator[Generation]:
-        """Yield new tokens as they are produced: the prefill's one, then chunks of up to chunk_size."""
+        """Yield new tokens as they are produced: one from each prefill, then chunks of up to chunk_size."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        prompt_BxP = np.asarray(prompt_BxP, np.int32)
-        if prompt_BxP.ndim != 2 or prompt_BxP.shape[1] == 0:
-            raise ValueError(f"prompt must be a non-empty (batch, length) array, got shape {prompt_BxP.shape}")
+        seq_BxL = np.asarray(prompt_BxP, np.int32)
+        if seq_BxL.ndim != 2 or seq_BxL.shape[1] == 0:
+            raise ValueError(f"prompt must be a non-empty (batch, length) array, got shape {seq_BxL.shape}")
         sample_key, noise_key = _split_key(key, noise_key)
-        s_max = self.cfg.block_size
-        window_BxP = prompt_BxP[:, -s_max:]
-        n_ctx = window_BxP.shape[1]
-        # pad to a multiple of 16 so that prompts of many lengths share a few compilations
-        padded_BxT = np.zeros((window_BxP.shape[0], padded_length(n_ctx, 16, s_max)), np.int32)
-        padded_BxT[:, :n_ctx] = window_BxP
-        state, tok_B, iters_B, logits_BxV = self._prefill(params, padded_BxT, n_ctx, sample_key, noise_key)
-        yield self._out(tok_B[:, None], iters_B[:, None], logits_BxV[:, None] if self.return_logits else None, 1)
-        done = 1
+        eps, s_max = _threshold(exit_threshold), self.cfg.block_size
+        n_keep, n_ctx, state, done = min(seq_BxL.shape[1], s_max), 0, None, 0
         while done < max_new_tokens:
-            # the window is a function of the step count alone, so the host knows when the cache is full
-            # and the jitted loop needs no branch
-            if n_ctx == s_max:
-                state, tok_B, iters_B, logits_BxV = self._restart(params, state, sample_key, noise_key)
-                n_ctx, n = self.n_keep, 1
-                out = self._out(
-                    tok_B[:, None], iters_B[:, None], logits_BxV[:, None] if self.return_logits else None, 1
+            # the window depends on the step count alone, so the host knows when the cache is full and
+            # the jitted loop needs no branch: prefill (the prompt, or the last n_keep tokens) or extend
+            if n_ctx in (0, s_max):
+                state = None  # free the old caches before the new ones are made
+                # pad to a multiple of 16 so that windows of many lengths share a few compilations
+                window_BxT = np.zeros((seq_BxL.shape[0], padded_length(n_keep, 16, s_max)), np.int32)
+                window_BxT[:, :n_keep] = seq_BxL[:, -n_keep:]
+                state, tok_B, it_B, logits_BxV = self._prefill(
+                    params, window_BxT, n_keep, done, sample_key, noise_key, eps
                 )
+                n_ctx, n, n_keep = n_keep, 1, self.n_keep
+                out = self._out(tok_B[:, None], it_B[:, None], logits_BxV[:, None] if self.return_logits else None, 1)
             else:
                 n = min(self.chunk_size, max_new_tokens - done, s_max - n_ctx)
-                state, toks_BxC, iters_BxC, logits = self._decode(params, state, n, sample_key, noise_key)
+                state, toks_BxC, iters_BxC, logits = self._decode(params, state, n, sample_key, noise_key, eps)
                 n_ctx += n
                 out = self._out(toks_BxC, iters_BxC, logits, n)
+            seq_BxL = np.concatenate([seq_BxL[:, -s_max:], out.tokens_BxN], axis=1)
             done += n
             yield out
 
-    def generate(self, params, prompt_BxP, max_new_tokens: int, key: jax.Array, noise_key=None) -> Generation:
-        """All max_new_tokens new tokens of every sequence (blocking)."""
-        return _concat(list(self.stream(params, prompt_BxP, max_new_tokens, key, noise_key)))
+    def generate(self, params, prompt_BxP, max_new_tokens: int, key: jax.Array, noise_key=None, exit_threshold=None):
+        """All max_new_tokens new tokens of every sequence (blocking), as one Generation."""
+        return concat_generations(list(self.stream(params, prompt_BxP, max_new_tokens, key, noise_key, exit_threshold)))
 
 
-def _concat(parts: list[Generation]) -> Generation:
+def concat_generations(parts: list[Generation]) -> Generation:
+    """One Generation from consecutive chunks (as stream yields them)."""
     logits = None if parts[0].logits_BxNxV is None else np.concatenate([g.logits_BxNxV for g in parts], axis=1)
     return Generation(
         np.concatenate([g.tokens_BxN for g in parts], axis=1),
@@ -378,7 +366,7 @@ def naive_step_fn(config: ModelConfig, sample_config: SampleConfig, *, n_loop=No
             n_layers = config.n_prelude + config.n_block * n_loop + config.n_coda
             cache = jnp.zeros((n_layers, b, t, config.n_head, config.n_embd // config.n_head), jnp.dtype(config.dtype))
             x, _, _, iters_BxT = forward_window(
-                config, n_loop, exit_threshold, params, window_BxT, 0, n_valid, cache, cache, noise_key
+                config, n_loop, params, window_BxT, 0, n_valid, cache, cache, noise_key, _threshold(exit_threshold)
             )
             logits_BxV = _logits_at(config, params, x, n_valid - 1)
             iters_B = jax.lax.dynamic_index_in_dim(iters_BxT, n_valid - 1, axis=1, keepdims=False)
