@@ -33,6 +33,9 @@ def base_config() -> ConfigDict:
     c.model.bias = False  # biases in Linear layers
     c.model.bptt_k = config_dict.placeholder(int)  # backprop through the last k iterations (None = all)
     c.model.input_injection = "inject"  # 'inject' | 'inject_random' | 'passthrough'
+    c.model.loop_sampling = "fixed"  # 'fixed' (n_loop) | 'poisson_lognormal' (depth drawn per training step)
+    c.model.n_loop_mean = 4.0  # poisson_lognormal: mean depth (>= bptt_k); eval/sampling still use n_loop
+    c.model.n_loop_max = 32  # poisson_lognormal: cap on the sampled depth
     c.model.dtype = "auto"  # compute dtype: 'auto' = bfloat16 on GPU/TPU, float32 on CPU
     c.model.param_dtype = "float32"  # parameter (and optimizer state) storage dtype
     c.model.remat_policy = config_dict.placeholder(str)  # jax.checkpoint_policies name, e.g. 'nothing_saveable'

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 INPUT_INJECTIONS = ("inject", "inject_random", "passthrough")
+LOOP_SAMPLINGS = ("fixed", "poisson_lognormal")
 ATTENTION_IMPLS = ("xla", "cudnn")
 DTYPES = ("float32", "bfloat16", "float16")
 # torch.nn.RMSNorm(n_embd) uses eps=None, i.e. the float32 machine epsilon.
@@ -44,6 +45,10 @@ class ModelConfig:
     bias: bool = False
     bptt_k: int | None = None
     input_injection: str = "inject"
+    # Randomized recurrence depth in training (Geiping et al. 2025); eval and sampling use n_loop.
+    loop_sampling: str = "fixed"  # "fixed" (n_loop) | "poisson_lognormal" (depth drawn per step)
+    n_loop_mean: float = 4.0  # mean depth of poisson_lognormal
+    n_loop_max: int = 32  # cap of poisson_lognormal
     # JAX knobs (not in nanoLOOP).
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"  # storage dtype
@@ -65,6 +70,16 @@ class ModelConfig:
             raise ValueError(f"model.bptt_k must be None (full backprop) or an integer >= 1, got {self.bptt_k!r}")
         if self.input_injection not in INPUT_INJECTIONS:
             raise ValueError(f"model.input_injection must be one of {INPUT_INJECTIONS}, got {self.input_injection!r}")
+        if self.loop_sampling not in LOOP_SAMPLINGS:
+            raise ValueError(f"model.loop_sampling must be one of {LOOP_SAMPLINGS}, got {self.loop_sampling!r}")
+        if self.loop_sampling != "fixed":
+            if self.bptt_k is None:
+                raise ValueError("model.loop_sampling='poisson_lognormal' needs model.bptt_k (the gradient iterations)")
+            if not self.bptt_k <= self.n_loop_mean <= self.n_loop_max:
+                raise ValueError(
+                    f"model.loop_sampling='poisson_lognormal' needs bptt_k <= n_loop_mean <= n_loop_max, got "
+                    f"{self.bptt_k}, {self.n_loop_mean}, {self.n_loop_max}"
+                )
         if self.attention not in ATTENTION_IMPLS:
             raise ValueError(f"model.attention must be one of {ATTENTION_IMPLS}, got {self.attention!r}")
         for name in ("dtype", "param_dtype"):
@@ -402,12 +417,42 @@ class LoopedGPT(nn.Module):
         noise_TxBxD = jax.vmap(lambda p: jax.random.normal(jax.random.fold_in(key, p), (b, d)))(pos_T)
         return (jnp.swapaxes(noise_TxBxD, 0, 1) * cfg.n_embd**-0.5).astype(e_BxTxD.dtype)
 
+    def _nograd_iterations(self, s_BxTxD: jax.Array, e_BxTxD: jax.Array, n_iter: jax.Array, train: bool) -> jax.Array:
+        """`n_iter` (traced) loop iterations in a lax.fori_loop on stop_gradient inputs.
+
+        Used for randomized depth: one compiled step serves every sampled depth, and since nothing
+        here is differentiated, nothing is stored for the backward pass. Same params as the scan.
+        """
+        if self.is_initializing():
+            raise ValueError("initialise the model with a static (Python int) n_loop")
+        params = jax.lax.stop_gradient(nn.unbox(self.variables["params"]["loop"]))
+        body = LoopBody(self.config, train=train, parent=None)
+        e_BxTxD = jax.lax.stop_gradient(e_BxTxD)
+        key = self.make_rng("dropout") if train and self.config.dropout > 0 else None
+
+        def iteration(i, s):
+            rngs = {"dropout": jax.random.fold_in(key, i)} if key is not None else {}
+            return body.apply({"params": params}, s, i, e_BxTxD, rngs=rngs)[0]
+
+        out_BxTxD = jax.lax.fori_loop(0, n_iter, iteration, jax.lax.stop_gradient(s_BxTxD))
+        # with no gradient-free iterations the initial state keeps its gradient, as in the static path
+        return jnp.where(n_iter > 0, out_BxTxD, s_BxTxD)
+
     @nn.compact
-    def __call__(self, idx_BxT: jax.Array, *, train: bool = False, n_loop: int | None = None) -> jax.Array:
+    def __call__(self, idx_BxT: jax.Array, *, train: bool = False, n_loop: int | jax.Array | None = None) -> jax.Array:
+        """Logits (B, T, V) in float32.
+
+        n_loop: a Python int (static: one compile per depth) or, with bptt_k set, a traced int32
+        scalar: then n_loop - bptt_k iterations run in a fori_loop without gradient and the last
+        bptt_k in the scan, so every depth shares one compiled program (randomized-depth training).
+        """
         cfg = self.config
         n_loop = cfg.n_loop if n_loop is None else n_loop
-        if not isinstance(n_loop, int) or n_loop < 1:
-            raise ValueError(f"n_loop must be a positive Python int, got {n_loop!r}")
+        dynamic = isinstance(n_loop, jax.Array)
+        if dynamic and cfg.bptt_k is None:
+            raise ValueError("a traced n_loop needs model.bptt_k (the fixed number of gradient iterations)")
+        if not dynamic and (not isinstance(n_loop, int) or n_loop < 1):
+            raise ValueError(f"n_loop must be a positive Python int or a traced int32 scalar, got {n_loop!r}")
         t = idx_BxT.shape[1]
         if t > cfg.block_size:
             raise ValueError(f"sequence length {t} is longer than model.block_size {cfg.block_size}")
@@ -421,13 +466,17 @@ class LoopedGPT(nn.Module):
         s_BxTxD = self.initial_state(e_BxTxD, pos_T)
 
         loop = scanned_loop(cfg)(cfg, train=train, name="loop")
-        n_nograd, n_grad = cfg.loop_split(n_loop)
-        if n_nograd:
-            # Truncated BPTT: the first iterations get no gradient; stop_gradient on their result means
-            # their activations are never kept for the backward pass.
-            s_BxTxD, _ = loop(s_BxTxD, jnp.arange(n_nograd), e_BxTxD)
-            s_BxTxD = jax.lax.stop_gradient(s_BxTxD)
-        s_BxTxD, _ = loop(s_BxTxD, jnp.arange(n_nograd, n_loop), e_BxTxD)
+        if dynamic:
+            s_BxTxD = self._nograd_iterations(s_BxTxD, e_BxTxD, jnp.maximum(n_loop - cfg.bptt_k, 0), train)
+            s_BxTxD, _ = loop(s_BxTxD, jnp.arange(cfg.bptt_k), e_BxTxD)
+        else:
+            n_nograd, _ = cfg.loop_split(n_loop)
+            if n_nograd:
+                # Truncated BPTT: the first iterations get no gradient; stop_gradient on their result
+                # means their activations are never kept for the backward pass.
+                s_BxTxD, _ = loop(s_BxTxD, jnp.arange(n_nograd), e_BxTxD)
+                s_BxTxD = jax.lax.stop_gradient(s_BxTxD)
+            s_BxTxD, _ = loop(s_BxTxD, jnp.arange(n_nograd, n_loop), e_BxTxD)
 
         x_BxTxD = s_BxTxD
         for j in range(cfg.n_coda):

@@ -45,20 +45,27 @@ def _rngs(key: jax.Array) -> dict[str, jax.Array]:
     return {"dropout": dropout, "noise": noise}
 
 
-def make_train_step(model: LoopedGPT, tx: optax.GradientTransformation, schedule: optax.Schedule | None = None):
-    """train_step(state, batch, key) for batch = {'x', 'y'[, 'mask']} of shape (accum, B, T).
+def make_train_step(
+    model: LoopedGPT,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule | None = None,
+    dynamic_depth: bool = False,
+):
+    """train_step(state, batch, key[, n_loop]) for batch = {'x', 'y'[, 'mask']} of shape (accum, B, T).
+
+    dynamic_depth=True adds a traced int32 n_loop argument (randomized depth): one compile for all depths.
 
     Gradient accumulation runs inside the step as a lax.scan over the leading micro-step axis
     (mean of micro-batch gradients == the gradient of the mean loss, as nanoGPT's loss / accum).
     """
 
-    def loss_fn(params, x, y, mask, key):
-        logits = model.apply({"params": params}, x, train=True, rngs=_rngs(key))
+    def loss_fn(params, x, y, mask, key, n_loop):
+        logits = model.apply({"params": params}, x, train=True, n_loop=n_loop, rngs=_rngs(key))
         return cross_entropy(logits, y, mask)
 
     grad_fn = jax.value_and_grad(loss_fn)
 
-    def train_step(state: TrainState, batch: dict, key: jax.Array) -> tuple[TrainState, dict]:
+    def train_step(state: TrainState, batch: dict, key: jax.Array, n_loop=None) -> tuple[TrainState, dict]:
         step_key = jax.random.fold_in(key, state.step)
         n_micro = batch["x"].shape[0]
         mask = batch.get("mask")
@@ -66,7 +73,7 @@ def make_train_step(model: LoopedGPT, tx: optax.GradientTransformation, schedule
         def micro(carry, inputs):
             loss_sum, grad_sum = carry
             i, x, y, m = inputs
-            loss, grads = grad_fn(state.params, x, y, m, jax.random.fold_in(step_key, i))
+            loss, grads = grad_fn(state.params, x, y, m, jax.random.fold_in(step_key, i), n_loop)
             return (loss_sum + loss, jax.tree_util.tree_map(jnp.add, grad_sum, grads)), None
 
         zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
@@ -82,7 +89,9 @@ def make_train_step(model: LoopedGPT, tx: optax.GradientTransformation, schedule
             metrics["lr"] = schedule(state.step)
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-    return train_step
+    if dynamic_depth:
+        return train_step
+    return lambda state, batch, key: train_step(state, batch, key)
 
 
 def make_eval_step(model: LoopedGPT, n_loop: int | None = None):

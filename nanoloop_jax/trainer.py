@@ -16,6 +16,7 @@ from jax.experimental import multihost_utils
 from nanoloop_jax import checkpoint, flops, sharding
 from nanoloop_jax.config import model_config
 from nanoloop_jax.data import BatchSampler, Prefetcher, load_meta
+from nanoloop_jax.depth import sample_depth
 from nanoloop_jax.metrics import MetricsLogger
 from nanoloop_jax.model import LoopedGPT
 from nanoloop_jax.optim import lr_schedule, make_optimizer
@@ -190,11 +191,12 @@ class Trainer:
         repl = sharding.replicated(self.mesh)
         self.batch_sharding = sharding.accum_batch_sharding(self.mesh, self.rules)
         self.eval_sharding = sharding.batch_sharding(self.mesh, self.rules)
+        self.dynamic_depth = self.model_config.loop_sampling != "fixed"
         self.train_step = sharding.jit_step(
-            make_train_step(self.model, self.tx, self.schedule),
+            make_train_step(self.model, self.tx, self.schedule, dynamic_depth=self.dynamic_depth),
             self.mesh,
             self.rules,
-            in_shardings=(self.state_shardings, self.batch_sharding, repl),
+            in_shardings=(self.state_shardings, self.batch_sharding, repl) + ((repl,) if self.dynamic_depth else ()),
             out_shardings=(self.state_shardings, repl),
             donate_argnums=0,
         )
@@ -312,10 +314,12 @@ class Trainer:
                     break
                 _, *arrays = next(prefetch)
                 batch = self._batch(arrays, self.batch_sharding)
-                self.state, metrics = self.train_step(self.state, batch, self.key)
+                depth = sample_depth(self.model_config, cfg.seed, step)
+                extra = (np.int32(depth),) if self.dynamic_depth else ()
+                self.state, metrics = self.train_step(self.state, batch, self.key, *extra)
                 # fetch the previous step's metrics only now, so the device already runs this step
                 pending = self._flush(pending)
-                pending = (step, metrics)
+                pending = (step, metrics, depth)
                 if self._stop_signalled():
                     pending = self._flush(pending)
                     self.save(step + 1)
@@ -337,19 +341,21 @@ class Trainer:
         """Fetch, check and log the metrics of a dispatched step."""
         if pending is None:
             return None
-        step, metrics = pending
+        step, metrics, depth = pending
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
         self._check_finite(step, m["loss"])
         now = time.time()
         dt, self._t_last = now - self._t_last, now
         if step % self.config.train.log_interval == 0:
             tok_s = self.tokens_per_step / dt if dt > 0 else float("nan")
-            mfu = flops.mfu(self.model_config, tok_s, jax.device_count())
+            mfu = flops.mfu(self.model_config, tok_s, jax.device_count(), n_loop=depth)
             mfu_txt = f", mfu {100 * mfu:.2f}%" if mfu is not None else ""
-            self.logger.print(f"iter {step}: loss {m['loss']:.4f}, time {dt * 1000:.2f}ms, tok/s {tok_s:,.0f}{mfu_txt}")
-            self.logger.write(
-                {"step": step, "event": "train", **m, "time_ms": dt * 1000, "tokens_per_s": tok_s, "mfu": mfu}
+            depth_txt = f", n_loop {depth}" if self.dynamic_depth else ""
+            self.logger.print(
+                f"iter {step}: loss {m['loss']:.4f}, time {dt * 1000:.2f}ms, tok/s {tok_s:,.0f}{mfu_txt}{depth_txt}"
             )
+            record = {"step": step, "event": "train", **m, "time_ms": dt * 1000, "tokens_per_s": tok_s}
+            self.logger.write({**record, "mfu": mfu, "n_loop": depth})
         return None
 
     def _on_sigterm(self, signum, frame) -> None:
