@@ -166,3 +166,35 @@ def write_params_only(
         mngr.close()
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump({"model": config_to_dict(config), "source": source or {}}, f, indent=2, default=str)
+
+
+@dataclasses.dataclass
+class InferenceModel:
+    """A model to evaluate or sample: weights, config, the dataset dir its checkpoint names, and a label."""
+
+    model_config: ModelConfig
+    params: Any
+    data_dir: str | None
+    description: str
+
+
+def load_model(out_dir: str | None, ckpt: str | None = None) -> InferenceModel:
+    """Params from OUT_DIR's orbax checkpoint, else from a nanoLOOP ckpt.pt (--ckpt, or OUT_DIR/ckpt.pt)."""
+    from nanoloop_jax import convert
+
+    if ckpt is None and out_dir and latest_step(out_dir) is not None:
+        loaded = load_params(out_dir)
+        data = (loaded.meta.get("config") or {}).get("data") or {}
+        data_dir = data.get("data_dir") or (os.path.join("data", data["dataset"]) if data.get("dataset") else None)
+        source = (loaded.meta.get("source") or {}).get("nanoloop_config") or {}
+        if data_dir is None and source.get("dataset"):
+            data_dir = os.path.join("data", source["dataset"])
+        return InferenceModel(loaded.model_config, loaded.params, data_dir, f"{out_dir} (step {loaded.step})")
+    pt_path = ckpt or os.path.join(out_dir or ".", "ckpt.pt")
+    if not os.path.isfile(pt_path):
+        where = f"{ckpt} does not exist" if ckpt else f"no checkpoint in {out_dir} (no checkpoints/ and no ckpt.pt)"
+        raise CheckpointError(f"{where}; train one with train.py or pass --ckpt=PATH")
+    raw = convert.load_nanoloop_ckpt(pt_path)
+    config, params = convert.from_nanoloop(raw["model"], raw["model_args"])
+    dataset = (raw.get("config") or {}).get("dataset")
+    return InferenceModel(config, params, os.path.join("data", dataset) if dataset else None, f"{pt_path} (nanoLOOP)")

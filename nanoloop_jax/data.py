@@ -23,6 +23,8 @@ import numpy as np
 
 # Part of the seed, so train and val batches at the same step are unrelated draws.
 SPLIT_IDS = {"train": 0, "val": 1}
+# Evaluation windows come from seed + this offset: unrelated to the training batches, the same in every eval.
+EVAL_SEED_OFFSET = 1_000_003
 
 
 class DataError(Exception):

@@ -15,7 +15,7 @@ from jax.experimental import multihost_utils
 
 from nanoloop_jax import checkpoint, flops, sharding
 from nanoloop_jax.config import model_config
-from nanoloop_jax.data import BatchSampler, Prefetcher, load_meta
+from nanoloop_jax.data import EVAL_SEED_OFFSET, BatchSampler, Prefetcher, load_meta
 from nanoloop_jax.depth import sample_depth
 from nanoloop_jax.metrics import MetricsLogger
 from nanoloop_jax.model import LoopedGPT
@@ -36,7 +36,6 @@ ARCH_FIELDS = (
     "vocab_size",
     "input_injection",
 )
-EVAL_SEED_OFFSET = 1_000_003  # eval windows come from their own stream, not the training batches'
 
 
 class TrainingError(Exception):
