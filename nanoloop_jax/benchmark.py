@@ -1,0 +1,191 @@
+"""Speed as a measured property: the real jitted train step on random tokens, timed, with loop-aware FLOPs.
+
+`bench.py` is the command line; this module builds the step, times it and returns a flat dict of figures
+(compile time, ms/step, tokens/s, FLOPs per token, FLOP/s, MFU, compiled memory) for printing or JSON.
+On CPU there is no peak FLOP/s to divide by, so the same run also times a large fp32 numpy matmul: the
+"matmul-peak fraction" (model FLOP/s / numpy FLOP/s) says how close the step is to what this CPU can do.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nanoloop_jax import flops
+from nanoloop_jax.config import model_config
+from nanoloop_jax.data import load_meta
+from nanoloop_jax.model import LoopedGPT, ModelConfig
+from nanoloop_jax.optim import make_optimizer
+from nanoloop_jax.steps import init_train_state, make_train_step
+
+MATMUL_SHAPE = (2048, 2048, 2048)  # (M, K, N) of the numpy reference product: ~17 GFLOP, at BLAS peak
+
+
+class NumpyMatmul:
+    """Times one fp32 numpy (BLAS) matmul of (M, K) x (K, N) per call; the reference for the matmul-peak fraction."""
+
+    def __init__(self, shape: tuple[int, int, int] = MATMUL_SHAPE) -> None:
+        m, k, n = shape
+        rng = np.random.default_rng(0)
+        self.a = rng.standard_normal((m, k), dtype=np.float32)
+        self.b = rng.standard_normal((k, n), dtype=np.float32)
+        self.out = np.empty((m, n), np.float32)
+        self.flops = 2.0 * m * k * n
+        np.matmul(self.a, self.b, out=self.out)  # warm-up: BLAS threads started, pages touched
+
+    def __call__(self) -> float:
+        """FLOP/s of one product."""
+        t0 = time.perf_counter()
+        np.matmul(self.a, self.b, out=self.out)
+        return self.flops / (time.perf_counter() - t0)
+
+
+def numpy_matmul_flops(shape: tuple[int, int, int] = MATMUL_SHAPE, repeats: int = 5) -> float:
+    """Median FLOP/s of `repeats` fp32 numpy matmuls of shape (M, K, N)."""
+    mm = NumpyMatmul(shape)
+    return statistics.median(mm() for _ in range(repeats))
+
+
+def bench_model_config(config) -> ModelConfig:
+    """config.model as a ModelConfig, with vocab_size from the dataset's meta.json when it is prepared (as train.py)."""
+    meta = load_meta(config.data.data_dir or os.path.join("data", config.data.dataset))
+    overrides = {"vocab_size": int(meta["vocab_size"])} if meta and "stoi" in meta else {}
+    return model_config(config.model, **overrides)
+
+
+def memory_stats(compiled) -> dict[str, int | None]:
+    """Argument / output / temporary / peak bytes of a compiled executable (None where the backend has none)."""
+    mem = compiled.memory_analysis()
+    if mem is None:
+        return {"argument_bytes": None, "output_bytes": None, "temp_bytes": None, "peak_bytes": None}
+    # XLA:CPU's peak_memory_in_bytes counts only the arguments; live at once are arguments, the outputs not
+    # aliased to a donated argument, and the temporaries.
+    live = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
+    peak = max(getattr(mem, "peak_memory_in_bytes", 0), live)
+    return {
+        "argument_bytes": int(mem.argument_size_in_bytes),
+        "output_bytes": int(mem.output_size_in_bytes),
+        "temp_bytes": int(mem.temp_size_in_bytes),
+        "peak_bytes": int(peak),
+    }
+
+
+def compile_train_step(config, mcfg: ModelConfig | None = None):
+    """(compiled step, state, batch, key, compile seconds) for config's model, optimizer and batch shape."""
+    mcfg = mcfg or bench_model_config(config)
+    model = LoopedGPT(mcfg)
+    tx = make_optimizer(config.opt)
+    key = jax.random.PRNGKey(config.seed)
+    state = jax.jit(lambda k: init_train_state(model, tx, k))(key)
+    accum, b, t = config.data.gradient_accumulation_steps, config.data.batch_size, mcfg.block_size
+    kx, ky = jax.random.split(jax.random.fold_in(key, 1))
+    batch = {
+        "x": jax.random.randint(kx, (accum, b, t), 0, mcfg.vocab_size, jnp.int32),
+        "y": jax.random.randint(ky, (accum, b, t), 0, mcfg.vocab_size, jnp.int32),
+    }
+    step = jax.jit(make_train_step(model, tx), donate_argnums=0)
+    t0 = time.perf_counter()
+    compiled = step.lower(state, batch, key).compile()
+    return compiled, state, batch, key, time.perf_counter() - t0
+
+
+def run_train_benchmark(
+    config, steps: int = 20, warmup: int = 3, numpy_reference: bool | None = None
+) -> dict[str, Any]:
+    """Compile and time the train step; figures as a flat dict (see module docstring).
+
+    With the numpy reference (default on CPU), every timed step is followed by one timed numpy matmul and
+    the matmul-peak fraction is the median of the per-round ratios: on a CPU shared with other jobs, load
+    that comes and goes then slows both sides of each ratio alike.
+    """
+    mcfg = bench_model_config(config)
+    compiled, state, batch, key, compile_s = compile_train_step(config, mcfg)
+    platform = jax.devices()[0].platform
+    if numpy_reference is None:
+        numpy_reference = platform == "cpu"
+    reference = NumpyMatmul() if numpy_reference else None
+    for _ in range(warmup):
+        state, metrics = compiled(state, batch, key)
+    jax.block_until_ready((state, metrics))
+    times, ref_flops = [], []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        state, metrics = compiled(state, batch, key)
+        jax.block_until_ready((state, metrics))
+        times.append(time.perf_counter() - t0)
+        if reference is not None:
+            ref_flops.append(reference())
+    step_s = statistics.median(times)
+    tokens = int(np.prod(batch["x"].shape))
+    flops_tok = flops.flops_per_token(mcfg)
+    result: dict[str, Any] = {
+        "mode": "train",
+        "device": jax.devices()[0].device_kind,
+        "platform": platform,
+        "n_loop": mcfg.n_loop,
+        "bptt_k": mcfg.bptt_k,
+        "n_embd": mcfg.n_embd,
+        "vocab_size": mcfg.vocab_size,
+        "batch_shape": list(batch["x"].shape),
+        "tokens_per_step": tokens,
+        "compile_s": compile_s,
+        "steps": steps,
+        "ms_per_step": 1000 * step_s,
+        "ms_per_step_min": 1000 * min(times),
+        "tokens_per_s": tokens / step_s,
+        "flops_per_token": flops_tok,
+        "model_flops_per_s": flops_tok * tokens / step_s,
+        "mfu": flops.mfu(mcfg, tokens / step_s, n_devices=1),
+        "loss": float(metrics["loss"]),
+        **memory_stats(compiled),
+    }
+    if reference is not None:
+        result["numpy_matmul_flops_per_s"] = statistics.median(ref_flops)
+        result["matmul_peak_fraction"] = statistics.median(
+            flops_tok * tokens / t / ref for t, ref in zip(times, ref_flops, strict=True)
+        )
+    return result
+
+
+def run_sample_benchmark(config, batch_size: int, max_new_tokens: int) -> dict[str, Any]:
+    """Decode speed of the sampler (nanoloop_jax.sampling_bench) for config's model at fresh init."""
+    from nanoloop_jax import sampling_bench  # written alongside sampling.py; imported only in sample mode
+
+    mcfg = bench_model_config(config)
+    params = jax.jit(lambda k: init_train_state(LoopedGPT(mcfg), make_optimizer(config.opt), k).params)(
+        jax.random.PRNGKey(config.seed)
+    )
+    result = sampling_bench.run_sample_benchmark(
+        mcfg, params, batch_size=batch_size, max_new_tokens=max_new_tokens, prompt_len=1
+    )
+    return {"mode": "sample", "device": jax.devices()[0].device_kind, **dict(result)}
+
+
+def format_result(r: dict[str, Any]) -> str:
+    """Human-readable lines of a result dict (train mode gets units; other modes print key: value)."""
+    if r.get("mode") != "train":
+        return "\n".join(f"{k}: {v}" for k, v in r.items())
+
+    def mib(x: int | None) -> str:
+        return "n/a" if x is None else f"{x / 2**20:,.1f} MiB"
+
+    lines = [
+        f"device: {r['device']} ({r['platform']}); batch {tuple(r['batch_shape'])} = {r['tokens_per_step']:,} tokens",
+        f"compile: {r['compile_s']:.2f} s",
+        f"step: {r['ms_per_step']:.2f} ms (median of {r['steps']}; min {r['ms_per_step_min']:.2f} ms)",
+        f"tokens/s: {r['tokens_per_s']:,.0f}",
+        f"model FLOPs/token: {r['flops_per_token']:,.0f} (loop-aware: n_loop {r['n_loop']}, bptt_k {r['bptt_k']})",
+        f"achieved: {r['model_flops_per_s'] / 1e9:,.2f} GFLOP/s",
+        "MFU: " + ("None (no peak for this device)" if r["mfu"] is None else f"{100 * r['mfu']:.2f}%"),
+        f"memory: peak {mib(r['peak_bytes'])}, temp {mib(r['temp_bytes'])}, arguments {mib(r['argument_bytes'])}",
+    ]
+    if "matmul_peak_fraction" in r:
+        lines.append(f"numpy fp32 matmul: {r['numpy_matmul_flops_per_s'] / 1e9:,.2f} GFLOP/s")
+        lines.append(f"matmul-peak fraction: {r['matmul_peak_fraction']:.3f}")
+    return "\n".join(lines)
