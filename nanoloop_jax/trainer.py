@@ -89,13 +89,21 @@ def _resolve_start(config, logger: MetricsLogger) -> tuple[str, int | None]:
     )
 
 
-def _build_model_config(config, meta: dict | None, start: str, ckpt_model: dict | None):
+def _build_model_config(config, meta: dict | None, ckpt_model: dict | None):
+    """config.model, with the vocabulary of a char-level dataset and the architecture of a checkpoint."""
     overrides = {}
     if meta and "stoi" in meta:
         overrides["vocab_size"] = int(meta["vocab_size"])  # char-level: the dataset defines the vocabulary
     if ckpt_model is not None:
         overrides.update({k: ckpt_model[k] for k in ARCH_FIELDS})
-    return model_config(config.model, **overrides)
+    mc = model_config(config.model, **overrides)
+    data_vocab = int(meta["vocab_size"]) if meta and "vocab_size" in meta else None
+    if data_vocab is not None and data_vocab > mc.vocab_size:
+        raise TrainingError(
+            f"the dataset has {data_vocab} token ids but the model's vocab_size is {mc.vocab_size}; "
+            "use a checkpoint trained on this dataset or a larger model.vocab_size"
+        )
+    return mc
 
 
 class Trainer:
@@ -116,7 +124,7 @@ class Trainer:
 
             self.imported = convert.load_nanoloop_ckpt(config.init_from)
             ckpt_model = self.imported["model_args"]
-        self.model_config = _build_model_config(config, meta, self.start, ckpt_model)
+        self.model_config = _build_model_config(config, meta, ckpt_model)
         self.model = LoopedGPT(self.model_config)
         self.mesh = sharding.make_mesh(config.mesh)
         self.rules = sharding.logical_rules(config.mesh)

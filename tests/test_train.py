@@ -183,3 +183,33 @@ def test_shakespeare_configs_prepare_their_data(tmp_path):
     )
     assert res.returncode == 0, res.stderr
     assert (data_dir / "train.bin").exists() and (data_dir / "meta.json").exists()
+
+
+@pytest.mark.slow
+def test_init_from_nanoloop_ckpt_continues_the_pytorch_run(tmp_path):
+    pytest.importorskip("torch", reason="reading ckpt.pt needs the [torch] extra")
+    from nanoloop_jax.prepare import prepare_shakespeare_char
+
+    # a char dataset within the fixture model's 37-token vocabulary
+    text_path = tmp_path / "text.txt"
+    rng = np.random.default_rng(0)
+    text_path.write_text("".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz .,\n"), size=20000)))
+    data_dir = tmp_path / "data" / "tiny37"
+    prepare_shakespeare_char(data_dir, input_path=text_path)
+    ckpt = REPO_ROOT / "tests" / "fixtures" / "prc_inject_bptt" / "ckpt.pt"
+    out = tmp_path / "out"
+    flags = tiny_overrides(
+        data_dir,
+        out,
+        **{"init_from": str(ckpt), "model.block_size": 16, "train.max_iters": 3, "train.eval_interval": 3},
+    )
+    res = run(train_cmd("configs/shakespeare_char_looped.py", *flags))
+    assert res.returncode == 0, res.stderr
+    assert "initialised from nanoLOOP checkpoint" in res.stdout
+    loaded = checkpoint.load_params(str(out))
+    assert (loaded.model_config.n_embd, loaded.model_config.vocab_size, loaded.model_config.n_loop) == (16, 37, 4)
+
+    # a dataset with more token ids than the checkpoint's vocabulary is refused in one line
+    flags = tiny_overrides(tiny_data_dir(tmp_path), tmp_path / "out2", **{"init_from": str(ckpt)})
+    res = run(train_cmd("configs/shakespeare_char_looped.py", *flags))
+    assert res.returncode == 1 and "model's vocab_size is 37" in res.stderr
