@@ -28,14 +28,26 @@ def _launch_pair(data_dir, out_dir, **extra):
     port = _free_port()
     procs = []
     for pid in range(2):
-        flags = tiny_overrides(data_dir, out_dir, **{
-            "distributed.coordinator_address": f"127.0.0.1:{port}",
-            "distributed.num_processes": 2,
-            "distributed.process_id": pid,
-            **extra,
-        })
-        procs.append(subprocess.Popen(train_cmd("configs/shakespeare_char_looped.py", *flags), cwd=REPO_ROOT,
-                                      env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        flags = tiny_overrides(
+            data_dir,
+            out_dir,
+            **{
+                "distributed.coordinator_address": f"127.0.0.1:{port}",
+                "distributed.num_processes": 2,
+                "distributed.process_id": pid,
+                **extra,
+            },
+        )
+        procs.append(
+            subprocess.Popen(
+                train_cmd("configs/shakespeare_char_looped.py", *flags),
+                cwd=REPO_ROOT,
+                env=_env(4),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     return procs
 
 

@@ -16,8 +16,17 @@ CFG = ModelConfig(
     block_size=16, vocab_size=64, n_prelude=1, n_block=1, n_coda=1, n_loop=3, n_head=4, n_embd=32, bptt_k=2
 )
 OPT = ConfigDict(
-    dict(learning_rate=1e-2, min_lr=1e-3, warmup_iters=0, lr_decay_iters=10, decay_lr=True, weight_decay=0.1,
-         beta1=0.9, beta2=0.95, grad_clip=1.0)
+    dict(
+        learning_rate=1e-2,
+        min_lr=1e-3,
+        warmup_iters=0,
+        lr_decay_iters=10,
+        decay_lr=True,
+        weight_decay=0.1,
+        beta1=0.9,
+        beta2=0.95,
+        grad_clip=1.0,
+    )
 )
 
 
@@ -50,8 +59,14 @@ def _one_step(shape):
     mesh, rules, model, tx, state, state_sh = _setup(shape)
     batch_sh = sharding.accum_batch_sharding(mesh, rules)
     repl = sharding.replicated(mesh)
-    step = sharding.jit_step(make_train_step(model, tx), mesh, rules, in_shardings=(state_sh, batch_sh, repl),
-                             out_shardings=(state_sh, repl), donate_argnums=0)
+    step = sharding.jit_step(
+        make_train_step(model, tx),
+        mesh,
+        rules,
+        in_shardings=(state_sh, batch_sh, repl),
+        out_shardings=(state_sh, repl),
+        donate_argnums=0,
+    )
     rng = np.random.default_rng(0)
     x = rng.integers(0, 64, size=(2, 8, 16)).astype(np.int32)  # 2 accumulation micro-steps of 8 rows
     batch = {"x": sharding.global_array(x, batch_sh), "y": sharding.global_array(np.roll(x, -1, -1), batch_sh)}
@@ -101,8 +116,7 @@ def test_mesh_shape_errors():
 def test_indivisible_parameter_gives_one_clear_line():
     mesh_cfg = _mesh_cfg(1, 1, 8)
     mesh = sharding.make_mesh(mesh_cfg)
-    model = LoopedGPT(ModelConfig(block_size=8, vocab_size=64, n_prelude=0, n_block=1, n_coda=0, n_head=2,
-                                  n_embd=12))
+    model = LoopedGPT(ModelConfig(block_size=8, vocab_size=64, n_prelude=0, n_block=1, n_coda=0, n_head=2, n_embd=12))
     init_fn = functools.partial(init_train_state, model, make_optimizer(OPT))
     with pytest.raises(ValueError, match="does not split over mesh axes"):
         sharding.state_shardings(init_fn, jax.random.PRNGKey(0), mesh, sharding.logical_rules(mesh_cfg))
@@ -125,8 +139,12 @@ def test_checkpoint_saved_on_fsdp_restores_on_other_meshes(tmp_path):
     abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state22)
     mngr = checkpoint.manager(str(tmp_path))
     params, opt_state, _ = checkpoint.restore(
-        mngr, 3, abstract_params=abstract.params, param_shardings=sh22.params,
-        abstract_opt_state=abstract.opt_state, opt_shardings=sh22.opt_state,
+        mngr,
+        3,
+        abstract_params=abstract.params,
+        param_shardings=sh22.params,
+        abstract_opt_state=abstract.opt_state,
+        opt_shardings=sh22.opt_state,
     )
     mngr.close()
     kernel = params["loop"]["recur_0"]["mlp"]["c_fc"]["kernel"]
