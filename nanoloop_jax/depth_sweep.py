@@ -19,7 +19,7 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from nanoloop_jax import checkpoint
 from nanoloop_jax.data import EVAL_SEED_OFFSET, BatchSampler, DataError
@@ -34,6 +34,7 @@ flags.DEFINE_integer("eval_iters", 20, "Validation batches per depth.")
 flags.DEFINE_integer("batch_size", 12, "Sequences per batch.")
 flags.DEFINE_integer("seed", 1337, "The training seed (eval batches use seed + the trainer's offset).")
 flags.DEFINE_string("plot", None, "PNG path (default: OUT_DIR/depth_sweep.png for one run).")
+flags.DEFINE_string("labels", None, "Comma-separated legend labels, one per --out_dir (default: the dirs).")
 FLAGS = flags.FLAGS
 
 
@@ -92,6 +93,7 @@ def plot(path: str, curves: dict[str, list[dict]], trained: dict[str, int]) -> N
 
 def main(argv: list[str]) -> int:
     del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every file it reads at INFO
     try:
         n_loops = [int(s) for s in FLAGS.n_loops.split(",") if s.strip()]
         if not n_loops or min(n_loops) < 1:
@@ -103,15 +105,18 @@ def main(argv: list[str]) -> int:
     if FLAGS.out_dir is None and FLAGS.ckpt is None:
         print("error: pass --out_dir=DIR (or --ckpt=ckpt.pt)", file=sys.stderr)
         return 1
+    labels = FLAGS.labels.split(",") if FLAGS.labels else [s or FLAGS.ckpt for s in sources]
+    if len(labels) != len(sources):
+        print(f"error: --labels has {len(labels)} entries for {len(sources)} runs", file=sys.stderr)
+        return 1
     curves, trained = {}, {}
     try:
-        for out_dir in sources:
+        for out_dir, label in zip(sources, labels, strict=True):
             model = checkpoint.load_model(out_dir, FLAGS.ckpt)
             data_dir = FLAGS.data_dir or model.data_dir
             if data_dir is None:
                 raise DataError("the checkpoint names no dataset; pass --data_dir=DIR")
             rows = sweep(model, data_dir, n_loops, FLAGS.eval_iters, FLAGS.batch_size, FLAGS.seed)
-            label = out_dir or FLAGS.ckpt
             print(
                 f"{model.description} (trained n_loop {model.model_config.n_loop}, {model.model_config.loop_sampling})"
             )
