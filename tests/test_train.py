@@ -1,6 +1,7 @@
 """End-to-end training: configs, clear errors, checkpoint/resume (exact, after kill -9), SIGTERM, NaN guard."""
 
 import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -148,8 +149,15 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     data_dir = tiny_data_dir(tmp_path)
     out = tmp_path / "out"
-    res = run(train_cmd("configs/shakespeare_char_looped.py", *tiny_overrides(data_dir, out, **{"train.max_iters": 4})))
+    res = run(
+        train_cmd(
+            "configs/shakespeare_char_looped.py",
+            *tiny_overrides(data_dir, out, **{"train.max_iters": 4, "train.eval_n_loops": "1,5"}),
+        )
+    )
     assert res.returncode == 0 and checkpoint.latest_step(str(out)) == 4
+    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
+    assert {"val", "val_n_loop_1", "val_n_loop_5"} <= set(evals[-1]) and "val_n_loop_1" in res.stdout
     good = checkpoint.load_params(str(out)).params
     # resume with an absurd learning rate: the loss becomes non-finite within a couple of steps
     res = run(
