@@ -1,6 +1,6 @@
 """Fast sampling: a jitted prefill, then decode steps in a lax loop over a per-layer, per-iteration KV cache.
 
-Cache: one (Y, B, S, H, K) array each for keys and values, S = block_size. Layer y of the stack is
+Cache: one (Y, B, H, K, S) array each for keys and values, S = block_size. Layer y of the stack is
   prelude j -> j,  recurrent block j at loop iteration i -> n_prelude + i·n_block + j,  coda j -> last n_coda,
 so caches are sized for the n_loop being decoded with, which may differ from the trained one.
 
@@ -79,8 +79,8 @@ def sample_token(logits_BxV: jax.Array, key: jax.Array, sc: SampleConfig) -> jax
 class DecodeState(NamedTuple):
     """What a decode step carries: n_ctx positions are in the cache; `pending` is sampled but not yet fed."""
 
-    k_YxBxSxHxK: jax.Array
-    v_YxBxSxHxK: jax.Array
+    k_caches: tuple[jax.Array, ...]  # Y layers of (B, H, K, S)
+    v_caches: tuple[jax.Array, ...]
     pending_B: jax.Array  # the last sampled token, fed at the next step
     n_ctx: jax.Array  # int32 scalar
     n_new: jax.Array  # int32 scalar: tokens sampled so far (indexes the sampling key)
@@ -98,8 +98,25 @@ def _apply(module, params, *args, method: str, **kw):
     return module.apply({"params": params}, *args, method=method, **kw)
 
 
-def cached_block(cfg, p, x_BxTxD, k_cache, v_cache, layer, pos0, mask_1xTxS, fill=None):
-    """One Block on T new positions: write their K/V at pos0 of cache layer `layer`, attend over the cache."""
+def cache_shape(b: int, h: int, k: int, s: int) -> tuple[int, ...]:
+    """One layer's K or V cache: (B, H, K, S) without size-1 B or H axes.
+
+    This is exactly the operand XLA:CPU's attention dot reads, so the dot reads the cache in place; any
+    other shape is read through a bitcast, for which XLA duplicates the in-place update and then has
+    to copy the whole cache at every layer and step.
+    """
+    return (*(d for d in (b, h) if d > 1), k, s)
+
+
+def _write(cache: jax.Array, kv_BxTxHxK: jax.Array, pos0) -> jax.Array:
+    """Store the K or V of T positions at pos0.. of one layer's cache."""
+    b, t, h, k = kv_BxTxHxK.shape
+    kv = kv_BxTxHxK.transpose(0, 2, 3, 1).reshape(cache_shape(b, h, k, t)).astype(cache.dtype)
+    return jax.lax.dynamic_update_slice(cache, kv, (0,) * (cache.ndim - 1) + (pos0,))
+
+
+def cached_block(cfg, p, x_BxTxD, k_cache, v_cache, pos0, mask_1xTxS, fill=None):
+    """One Block on T new positions: write their K/V at pos0 of this layer's cache, attend over the cache."""
     block = Block(cfg)
     q, k, v = _apply(block, p, x_BxTxD, method="attn_qkv")
     if fill is not None:
@@ -107,51 +124,43 @@ def cached_block(cfg, p, x_BxTxD, k_cache, v_cache, layer, pos0, mask_1xTxS, fil
         active_BxT, last_k, last_v = fill
         k = jnp.where(active_BxT[:, :, None, None], k, last_k)
         v = jnp.where(active_BxT[:, :, None, None], v, last_v)
-    k_cache = jax.lax.dynamic_update_slice(k_cache, k[None].astype(k_cache.dtype), (layer, 0, pos0, 0, 0))
-    v_cache = jax.lax.dynamic_update_slice(v_cache, v[None].astype(v_cache.dtype), (layer, 0, pos0, 0, 0))
-    k_BxSxHxK = jax.lax.dynamic_index_in_dim(k_cache, layer, keepdims=False)
-    v_BxSxHxK = jax.lax.dynamic_index_in_dim(v_cache, layer, keepdims=False)
+    k_cache, v_cache = _write(k_cache, k, pos0), _write(v_cache, v, pos0)
+    # the model attends over (B, S, H, K); XLA folds this transpose into the dot (see cache_shape)
+    b, _, h, hd = q.shape
+    k_BxSxHxK, v_BxSxHxK = (c.reshape(b, h, hd, -1).transpose(0, 3, 1, 2) for c in (k_cache, v_cache))
     x_BxTxD = _apply(block, p, x_BxTxD, q, k_BxSxHxK, v_BxSxHxK, mask_1xTxS, method="attn_residual")
     return _apply(block, p, x_BxTxD, method="mlp_residual"), k_cache, v_cache, (k, v)
 
 
-def forward_window(cfg, n_loop, params, tok_BxT, pos0, n_valid, k_cache, v_cache, noise_key, exit_threshold):
-    """Hidden states (before ln_f) of T positions pos0.. , updating the cache; also loop iterations per position.
+def forward_window(cfg, n_loop, params, tok_BxT, pos0, n_valid, k_caches, v_caches, noise_key, exit_threshold):
+    """Hidden states (before ln_f) of T positions pos0.., the updated caches, and loop iterations per position.
 
     Positions t >= n_valid are padding: they start inactive (no recurrent compute is spent on them) and
     nothing real attends to them. exit_threshold is a traced scalar; 0 never exits (fixed depth).
     """
     b, t = tok_BxT.shape
-    s_max = k_cache.shape[2]
+    k_caches, v_caches = list(k_caches), list(v_caches)
     pos_T = pos0 + jnp.arange(t)
-    mask_1xTxS = (jnp.arange(s_max)[None, :] <= pos_T[:, None])[None]
+    mask_1xTxS = (jnp.arange(k_caches[0].shape[-1])[None, :] <= pos_T[:, None])[None]
     model, body = LoopedGPT(cfg), LoopBody(cfg)
 
     x_BxTxD = _apply(model, params, tok_BxT, pos_T, method="embed")
     for j in range(cfg.n_prelude):
-        x_BxTxD, k_cache, v_cache, _ = cached_block(
-            cfg, params[f"prelude_{j}"], x_BxTxD, k_cache, v_cache, j, pos0, mask_1xTxS
+        x_BxTxD, k_caches[j], v_caches[j], _ = cached_block(
+            cfg, params[f"prelude_{j}"], x_BxTxD, k_caches[j], v_caches[j], pos0, mask_1xTxS
         )
     e_BxTxD = x_BxTxD
     s_BxTxD = _apply(model, params, e_BxTxD, pos_T, method="initial_state", rngs={"noise": noise_key})
 
     def iteration(carry):
-        i, s_BxTxD, active_BxT, last_k, last_v, k_cache, v_cache, iters_BxT = carry
+        s_BxTxD, active_BxT, iters_BxT, last_k, last_v, k_iter, v_iter = carry
+        last_k, last_v, k_iter, v_iter = list(last_k), list(last_v), list(k_iter), list(v_iter)
         u_BxTxD = _apply(body, params["loop"], s_BxTxD, e_BxTxD, method="inject_input")
         for j in range(cfg.n_block):
-            layer = cfg.n_prelude + i * cfg.n_block + j
-            u_BxTxD, k_cache, v_cache, (k, v) = cached_block(
-                cfg,
-                params["loop"][f"recur_{j}"],
-                u_BxTxD,
-                k_cache,
-                v_cache,
-                layer,
-                pos0,
-                mask_1xTxS,
-                (active_BxT, last_k[j], last_v[j]),
+            fill = (active_BxT, last_k[j], last_v[j])
+            u_BxTxD, k_iter[j], v_iter[j], (last_k[j], last_v[j]) = cached_block(
+                cfg, params["loop"][f"recur_{j}"], u_BxTxD, k_iter[j], v_iter[j], pos0, mask_1xTxS, fill
             )
-            last_k, last_v = last_k.at[j].set(k), last_v.at[j].set(v)
         s_new = _apply(rms_norm(cfg, "norm_recur"), params["loop"]["norm_recur"], u_BxTxD, method="__call__")
         s_new = s_new.astype(s_BxTxD.dtype)
         delta = jnp.linalg.norm((s_new - s_BxTxD).astype(jnp.float32), axis=-1)
@@ -159,40 +168,37 @@ def forward_window(cfg, n_loop, params, tok_BxT, pos0, n_valid, k_cache, v_cache
         s_BxTxD = jnp.where(active_BxT[..., None], s_new, s_BxTxD)
         iters_BxT = iters_BxT + active_BxT.astype(jnp.int32)
         active_BxT = active_BxT & ~(rel_BxT < exit_threshold)
-        return i + 1, s_BxTxD, active_BxT, last_k, last_v, k_cache, v_cache, iters_BxT
+        return s_BxTxD, active_BxT, iters_BxT, tuple(last_k), tuple(last_v), tuple(k_iter), tuple(v_iter)
 
-    kv_shape = (cfg.n_block, b, t, cfg.n_head, cfg.n_embd // cfg.n_head)
+    # Unrolled, so that every layer's cache is its own buffer that the attention reads in place (slices
+    # of a stacked cache would be copied out layer by layer). Each iteration is a while_loop of at most
+    # one trip, which skips the work once every position has exited and, unlike lax.cond, updates the
+    # caches in place.
+    zeros = jnp.zeros((b, t, cfg.n_head, cfg.n_embd // cfg.n_head), k_caches[0].dtype)
     active_BxT = jnp.broadcast_to(jnp.arange(t)[None] < n_valid, (b, t))
-    carry = (
-        jnp.int32(0),
-        s_BxTxD,
-        active_BxT,
-        jnp.zeros(kv_shape, k_cache.dtype),
-        jnp.zeros(kv_shape, v_cache.dtype),
-        k_cache,
-        v_cache,
-        jnp.zeros((b, t), jnp.int32),
-    )
-    carry = jax.lax.while_loop(lambda c: (c[0] < n_loop) & jnp.any(c[2]), iteration, carry)
-    i_end, s_BxTxD, _, last_k, last_v, k_cache, v_cache, iters_BxT = carry
-
-    def fill_tail(i, caches):
-        # iterations nobody reached still need their cache entries: the last computed K/V again
-        k_cache, v_cache = caches
-        for j in range(cfg.n_block):
-            at = (cfg.n_prelude + i * cfg.n_block + j, 0, pos0, 0, 0)
-            k_cache = jax.lax.dynamic_update_slice(k_cache, last_k[j][None], at)
-            v_cache = jax.lax.dynamic_update_slice(v_cache, last_v[j][None], at)
-        return k_cache, v_cache
-
-    k_cache, v_cache = jax.lax.fori_loop(i_end, n_loop, fill_tail, (k_cache, v_cache))
-    x_BxTxD = s_BxTxD
+    carry = (s_BxTxD, active_BxT, jnp.zeros((b, t), jnp.int32), (zeros,) * cfg.n_block, (zeros,) * cfg.n_block)
+    for i in range(n_loop):
+        layers = range(cfg.n_prelude + i * cfg.n_block, cfg.n_prelude + (i + 1) * cfg.n_block)
+        # first the entries an exited position keeps: its last computed K/V (the Huginn fill);
+        # the iteration, if it runs, overwrites those of the positions still active
+        k_iter = tuple(_write(k_caches[y], kv, pos0) for y, kv in zip(layers, carry[3], strict=True))
+        v_iter = tuple(_write(v_caches[y], kv, pos0) for y, kv in zip(layers, carry[4], strict=True))
+        carry = jax.lax.while_loop(
+            lambda c: c[0] & jnp.any(c[2]),
+            lambda c: (jnp.array(False), *iteration(c[1:])),
+            (jnp.array(True), *carry, k_iter, v_iter),
+        )[1:]
+        for y, k_c, v_c in zip(layers, carry[5], carry[6], strict=True):
+            k_caches[y], v_caches[y] = k_c, v_c
+        carry = carry[:5]
+    x_BxTxD, _, iters_BxT = carry[:3]
     first_coda = cfg.n_prelude + cfg.n_block * n_loop
     for j in range(cfg.n_coda):
-        x_BxTxD, k_cache, v_cache, _ = cached_block(
-            cfg, params[f"coda_{j}"], x_BxTxD, k_cache, v_cache, first_coda + j, pos0, mask_1xTxS
+        y = first_coda + j
+        x_BxTxD, k_caches[y], v_caches[y], _ = cached_block(
+            cfg, params[f"coda_{j}"], x_BxTxD, k_caches[y], v_caches[y], pos0, mask_1xTxS
         )
-    return x_BxTxD, k_cache, v_cache, iters_BxT
+    return x_BxTxD, tuple(k_caches), tuple(v_caches), iters_BxT
 
 
 def _logits_at(cfg, params, x_BxTxD, t) -> jax.Array:
@@ -252,8 +258,9 @@ class KVDecoder:
         """A fresh cache from the window's first n_valid tokens (at positions 0..), and the next token."""
         cfg = self.cfg
         b = window_BxT.shape[0]
-        shape = (self.n_layers, b, cfg.block_size, cfg.n_head, cfg.n_embd // cfg.n_head)
-        cache = jnp.zeros(shape, jnp.dtype(cfg.dtype))
+        cache = (
+            jnp.zeros(cache_shape(b, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size), jnp.dtype(cfg.dtype)),
+        ) * self.n_layers
         x_BxTxD, k_cache, v_cache, iters_BxT = self._forward(
             params, window_BxT, 0, n_valid, cache, cache, noise_key, exit_threshold
         )
@@ -273,7 +280,7 @@ class KVDecoder:
             st, toks_BxC, iters_BxC, logits = carry
             # feed the pending token at position n_ctx, sample the next from its logits
             x_BxTxD, k_cache, v_cache, iters_BxT = self._forward(
-                params, st.pending_B[:, None], st.n_ctx, 1, st.k_YxBxSxHxK, st.v_YxBxSxHxK, noise_key, exit_threshold
+                params, st.pending_B[:, None], st.n_ctx, 1, st.k_caches, st.v_caches, noise_key, exit_threshold
             )
             logits_BxV = _logits_at(self.cfg, params, x_BxTxD, 0)
             tok_B = self._sample(logits_BxV, sample_key, st.n_new)
@@ -364,7 +371,9 @@ def naive_step_fn(config: ModelConfig, sample_config: SampleConfig, *, n_loop=No
             iters_B = jnp.full((b,), n_loop, jnp.int32)
         else:
             n_layers = config.n_prelude + config.n_block * n_loop + config.n_coda
-            cache = jnp.zeros((n_layers, b, t, config.n_head, config.n_embd // config.n_head), jnp.dtype(config.dtype))
+            cache = (
+                jnp.zeros(cache_shape(b, config.n_head, config.n_embd // config.n_head, t), jnp.dtype(config.dtype)),
+            ) * n_layers
             x, _, _, iters_BxT = forward_window(
                 config, n_loop, params, window_BxT, 0, n_valid, cache, cache, noise_key, _threshold(exit_threshold)
             )
