@@ -80,25 +80,28 @@ def encode_prompt(tokenizer, start: str) -> list[int]:
         return [0]
 
 
-def check_flags(vocab_size: int) -> int | None:
-    """Raise SampleError for a bad flag; return the top_k to use (None = off)."""
+def check_flags() -> None:
+    """Raise SampleError for the first bad flag that needs no model to judge."""
     if FLAGS.max_new_tokens <= 0:
         raise SampleError(f"--max_new_tokens must be positive, got {FLAGS.max_new_tokens}")
     if FLAGS.num_samples <= 0:
         raise SampleError(f"--num_samples must be positive, got {FLAGS.num_samples}")
     if FLAGS.temperature < 0:
         raise SampleError(f"--temperature must be >= 0 (0 = greedy), got {FLAGS.temperature}")
+    if FLAGS.top_k < 0:
+        raise SampleError(f"--top_k must be >= 0 (0 = off), got {FLAGS.top_k}")
     if FLAGS.top_p is not None and not 0 < FLAGS.top_p <= 1:
         raise SampleError(f"--top_p must be in (0, 1], got {FLAGS.top_p}")
     if FLAGS.n_loop is not None and FLAGS.n_loop < 1:
         raise SampleError(f"--n_loop must be >= 1, got {FLAGS.n_loop}")
     if FLAGS.exit_threshold is not None and FLAGS.exit_threshold < 0:
         raise SampleError(f"--exit_threshold must be >= 0, got {FLAGS.exit_threshold}")
-    if FLAGS.top_k < 0:
-        raise SampleError(f"--top_k must be >= 0 (0 = off), got {FLAGS.top_k}")
+
+
+def effective_top_k(vocab_size: int) -> int | None:
+    """--top_k for this vocabulary (None = off): the default is capped like nanoGPT's min(top_k, vocab)."""
     if FLAGS.top_k > vocab_size:
-        # the default (200) is capped like nanoGPT's min(top_k, vocab); an explicit larger value is a mistake
-        if FLAGS["top_k"].present:
+        if FLAGS["top_k"].present:  # an explicit value larger than the vocabulary is a mistake
             raise SampleError(f"--top_k={FLAGS.top_k} is larger than the {vocab_size}-token vocabulary")
         return None
     return FLAGS.top_k or None
@@ -137,17 +140,18 @@ def run() -> None:
     from nanoloop_jax.sampling import KVDecoder, SampleConfig
     from nanoloop_jax.tokenizer import load_tokenizer
 
+    check_flags()
     config, params, ckpt_data_dir, description = load_model(FLAGS.out_dir, FLAGS.ckpt)
-    data_dir = FLAGS.data_dir or ckpt_data_dir
-    tokenizer = load_tokenizer(data_dir)
-    print(f"loaded {description}; tokenizer: {tokenizer.name} ({tokenizer.vocab_size} tokens)", file=sys.stderr)
+    tokenizer = load_tokenizer(FLAGS.data_dir or ckpt_data_dir)
     if tokenizer.vocab_size > config.vocab_size:
         raise SampleError(
             f"the {tokenizer.name} tokenizer has {tokenizer.vocab_size} tokens but the model only "
             f"{config.vocab_size}; pass the model's dataset with --data_dir"
         )
-    top_k = check_flags(tokenizer.vocab_size)
+    top_k = effective_top_k(tokenizer.vocab_size)
     prompt_ids = encode_prompt(tokenizer, FLAGS.start)
+    # only now, so that a bad input leaves exactly one line on stderr
+    print(f"loaded {description}; tokenizer: {tokenizer.name} ({tokenizer.vocab_size} tokens)", file=sys.stderr)
     sc = SampleConfig(FLAGS.temperature, top_k, FLAGS.top_p, vocab_limit=tokenizer.vocab_size)
     decoder = KVDecoder(config, sc, n_loop=FLAGS.n_loop, chunk_size=CHUNK)
     mean_iters = write_samples(
