@@ -1,23 +1,28 @@
-"""Fast sampling: a jitted prefill, then decode steps in a lax loop over a per-layer, per-iteration KV cache.
+"""Fast sampling: a jitted prefill, then decode steps in a lax loop over per-layer, per-iteration KV caches.
 
-Cache: one (Y, B, H, K, S) array each for keys and values, S = block_size. Layer y of the stack is
-  prelude j -> j,  recurrent block j at loop iteration i -> n_prelude + i·n_block + j,  coda j -> last n_coda,
-so caches are sized for the n_loop being decoded with, which may differ from the trained one.
+Caches. Every attention layer the decoder runs keeps its own K and V cache, (B, H, K, S) with
+S = block_size (see cache_shape): prelude j, then recurrent block j at loop iteration i, then coda j,
+n_prelude + n_block·n_loop + n_coda pairs in all, sized for the n_loop being decoded with (test-time
+depth may differ from the trained one). The iterations are unrolled in the traced program, so each
+cache is a buffer of its own that XLA updates and reads in place. One decode call runs up to
+chunk_size steps in a lax.fori_loop; a sampler compiles once per model, n_loop, sampling setting,
+batch size and prompt-length bucket. The exit threshold is traced, so it costs no recompilation.
 
 Context window. Positions are learned absolute embeddings, so a token's K/V depend on its position in
 the window and cannot be reused once the window slides. The prompt keeps its last block_size tokens
 (as nanoGPT crops); when the next token would not fit, the window restarts from the last
 block_size // 2 tokens (at positions 0..), which are re-prefilled in one call. Every token is therefore
-predicted from at least block_size // 2 tokens of context and the re-prefill cost is amortised over
+predicted from at least block_size // 2 tokens of context, and the re-prefill cost is spread over
 block_size // 2 steps. `naive_generate` recomputes from scratch over exactly the same windows.
 
-Adaptive exit (exit_threshold = ε): a position stops iterating the recurrent block once
-‖s_i − s_{i−1}‖ / ‖s_i‖ < ε (s_{−1} is the initial state), keeping s_i. The iteration loop is a
-lax.while_loop that runs while any position of any sequence is active, so a batch of one really does
-less work. The cache entries of a skipped iteration hold a copy of the K/V of the position's last
-computed iteration (as Huginn does), so later tokens attend to defined values. Prefills apply the
-same per-position rule, which makes a forward over the window with the rule (the naive reference)
-and the incremental decoder compute the same function.
+Adaptive exit (exit_threshold = ε > 0): a position stops iterating the recurrent block once
+‖s_i − s_{i−1}‖ / ‖s_i‖ < ε (s_{−1} is the initial state), keeping s_i; exit_threshold None or 0 runs
+all n_loop iterations. Each iteration is a lax.while_loop of at most one trip that runs while any
+position of any sequence is still active, so once all have exited the remaining iterations cost
+nothing: a batch of one really does less work. The cache entries of a skipped iteration hold a copy of
+the K/V of the position's last computed iteration (as Huginn does), so later tokens attend to defined
+values. Prefills apply the same per-position rule, which makes one forward over the window with the
+rule (the naive reference) and the incremental decoder compute the same function.
 
 Dimension legend: B batch, T positions in this call, S cache length (block_size), D n_embd, H heads,
 K head dim, V vocab, Y cache layers (n_prelude + n_block·n_loop + n_coda), C decode steps in a chunk,
@@ -315,19 +320,19 @@ class KVDecoder:
             raise ValueError(f"prompt must be a non-empty (batch, length) array, got shape {seq_BxL.shape}")
         sample_key, noise_key = _split_key(key, noise_key)
         eps, s_max = _threshold(exit_threshold), self.cfg.block_size
-        n_keep, n_ctx, state, done = min(seq_BxL.shape[1], s_max), 0, None, 0
+        n_window, n_ctx, state, done = min(seq_BxL.shape[1], s_max), 0, None, 0  # the first window: the prompt
         while done < max_new_tokens:
             # the window depends on the step count alone, so the host knows when the cache is full and
-            # the jitted loop needs no branch: prefill (the prompt, or the last n_keep tokens) or extend
+            # the jitted loop needs no branch: prefill (the prompt, later the last n_keep tokens) or extend
             if n_ctx in (0, s_max):
                 state = None  # free the old caches before the new ones are made
                 # pad to a multiple of 16 so that windows of many lengths share a few compilations
-                window_BxT = np.zeros((seq_BxL.shape[0], padded_length(n_keep, 16, s_max)), np.int32)
-                window_BxT[:, :n_keep] = seq_BxL[:, -n_keep:]
+                window_BxT = np.zeros((seq_BxL.shape[0], padded_length(n_window, 16, s_max)), np.int32)
+                window_BxT[:, :n_window] = seq_BxL[:, -n_window:]
                 state, tok_B, it_B, logits_BxV = self._prefill(
-                    params, window_BxT, n_keep, done, sample_key, noise_key, eps
+                    params, window_BxT, n_window, done, sample_key, noise_key, eps
                 )
-                n_ctx, n, n_keep = n_keep, 1, self.n_keep
+                n_ctx, n, n_window = n_window, 1, self.n_keep
                 out = self._out(tok_B[:, None], it_B[:, None], logits_BxV[:, None] if self.return_logits else None, 1)
             else:
                 n = min(self.chunk_size, max_new_tokens - done, s_max - n_ctx)
