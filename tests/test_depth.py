@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+from nanoloop_jax.config import base_config
 from nanoloop_jax.depth import sample_depth
 from nanoloop_jax.model import LoopedGPT, ModelConfig, init_params
 from nanoloop_jax.optim import make_optimizer
@@ -76,7 +77,7 @@ def test_traced_depth_equals_static_depth():
 
 def test_one_compilation_for_every_sampled_depth():
     model = LoopedGPT(CFG)
-    tx = make_optimizer(_opt())
+    tx = make_optimizer(base_config().opt)
     state = init_train_state(model, tx, jax.random.PRNGKey(0))
     traces = []
     step_fn = make_train_step(model, tx, dynamic_depth=True)
@@ -94,21 +95,3 @@ def test_one_compilation_for_every_sampled_depth():
         losses.append(float(metrics["loss"]))
     assert len(depths) == 4 and len(traces) == 1 and step._cache_size() == 1
     assert all(np.isfinite(losses))
-
-
-def _opt():
-    from ml_collections import ConfigDict
-
-    return ConfigDict(
-        dict(
-            learning_rate=1e-3,
-            min_lr=1e-4,
-            warmup_iters=0,
-            lr_decay_iters=10,
-            decay_lr=True,
-            weight_decay=0.1,
-            beta1=0.9,
-            beta2=0.95,
-            grad_clip=1.0,
-        )
-    )

@@ -8,6 +8,7 @@ import pytest
 from ml_collections import ConfigDict
 
 from nanoloop_jax import checkpoint, sharding
+from nanoloop_jax.config import base_config
 from nanoloop_jax.model import LoopedGPT, ModelConfig
 from nanoloop_jax.optim import make_optimizer
 from nanoloop_jax.steps import init_train_state, make_train_step
@@ -15,19 +16,8 @@ from nanoloop_jax.steps import init_train_state, make_train_step
 CFG = ModelConfig(
     block_size=16, vocab_size=64, n_prelude=1, n_block=1, n_coda=1, n_loop=3, n_head=4, n_embd=32, bptt_k=2
 )
-OPT = ConfigDict(
-    dict(
-        learning_rate=1e-2,
-        min_lr=1e-3,
-        warmup_iters=0,
-        lr_decay_iters=10,
-        decay_lr=True,
-        weight_decay=0.1,
-        beta1=0.9,
-        beta2=0.95,
-        grad_clip=1.0,
-    )
-)
+OPT = base_config().opt
+OPT.update(dict(learning_rate=1e-2, min_lr=1e-3, warmup_iters=0, lr_decay_iters=10))
 
 
 def _mesh_cfg(data, fsdp, tensor):
