@@ -2,6 +2,7 @@
 
 import csv
 import functools
+import importlib.util
 import json
 import pathlib
 
@@ -10,11 +11,13 @@ import numpy as np
 import pytest
 
 from nanoloop_jax import addition, checkpoint, eval_addition
+from nanoloop_jax.config import model_config
 from nanoloop_jax.data import BatchSampler
 from nanoloop_jax.model import LoopedGPT, ModelConfig, init_params
 from nanoloop_jax.tokenizer import load_tokenizer
 
 ITOS = dict(enumerate(addition.CHARS))
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def decode(ids) -> str:
@@ -203,3 +206,32 @@ def test_eval_cli_on_a_tiny_checkpoint(tmp_path, data_dir, tiny_params, capsys):
     # a checkpoint without a named dataset needs --data_dir: one line, exit code 1
     assert eval_addition.main([f"--out_dir={out_dir}", "--plot=false"]) == 1
     assert "--data_dir" in capsys.readouterr().err
+
+
+def load_config(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def test_baseline_is_the_looped_config_run_once_with_the_same_parameters():
+    looped, baseline = load_config("addition_looped"), load_config("addition_baseline")
+    a, b = flatten(looped.to_dict()), flatten(baseline.to_dict())
+    assert {k for k in a if a[k] != b[k]} == {"out_dir", "model.n_loop", "train.eval_n_loops"}
+    assert (looped.model.n_loop, baseline.model.n_loop) == (4, 1)
+
+    def n_params(c) -> int:
+        shapes = checkpoint.abstract_params(model_config(c.model, vocab_size=len(addition.CHARS)))
+        return sum(x.size for x in jax.tree_util.tree_leaves(shapes))
+
+    assert n_params(looped) == n_params(baseline)
+    # the longest test problem (16 + 16 digits, prompt newline, 17-digit answer) fits the context
+    assert 1 + 16 + 1 + 16 + 1 + 18 - 1 <= looped.model.block_size
