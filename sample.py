@@ -11,6 +11,7 @@ one is printed as it is produced, every 32 tokens, and the others follow when th
 Informational lines go to stderr, samples to stdout; a bad input is one line on stderr and exit code 1.
 """
 
+import dataclasses
 import os
 import sys
 
@@ -30,6 +31,11 @@ flags.DEFINE_integer("seed", 1337, "Random seed.")
 flags.DEFINE_integer("n_loop", None, "Iterations of the recurrent block at test time (default: the trained value).")
 flags.DEFINE_float("exit_threshold", None, "Adaptive exit: stop iterating once ||s_i - s_i-1|| / ||s_i|| < this.")
 flags.DEFINE_string("data_dir", None, "Dataset dir whose meta.json gives the tokenizer (default: the checkpoint's).")
+# nanoLOOP's remaining sample.py flags, so its command lines work unchanged
+flags.DEFINE_string("init_from", "resume", "Only 'resume' (from --out_dir or --ckpt), as in nanoLOOP.")
+flags.DEFINE_string("device", None, "'cpu' forces the CPU; 'cuda', 'cuda:0', ... use JAX's default accelerator.")
+flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"], "Compute dtype (default: the checkpoint's).")
+flags.DEFINE_bool("compile", False, "Accepted for nanoLOOP compatibility; decoding is always jit-compiled.")
 FLAGS = flags.FLAGS
 CHUNK = 32  # tokens per jitted decode call: the streaming granularity
 SEPARATOR = "---------------"
@@ -82,6 +88,10 @@ def encode_prompt(tokenizer, start: str) -> list[int]:
 
 def check_flags() -> None:
     """Raise SampleError for the first bad flag that needs no model to judge."""
+    if FLAGS.init_from != "resume":
+        raise SampleError(f"--init_from={FLAGS.init_from!r} is not supported; only 'resume' (a trained checkpoint)")
+    if FLAGS.device is not None and FLAGS.device != "cpu" and not FLAGS.device.startswith(("cuda", "gpu")):
+        raise SampleError(f"--device={FLAGS.device!r} is not supported; use 'cpu' or 'cuda'")
     if FLAGS.max_new_tokens <= 0:
         raise SampleError(f"--max_new_tokens must be positive, got {FLAGS.max_new_tokens}")
     if FLAGS.num_samples <= 0:
@@ -140,8 +150,9 @@ def run() -> None:
     from nanoloop_jax.sampling import KVDecoder, SampleConfig
     from nanoloop_jax.tokenizer import load_tokenizer
 
-    check_flags()
     config, params, ckpt_data_dir, description = load_model(FLAGS.out_dir, FLAGS.ckpt)
+    if FLAGS.dtype is not None:
+        config = dataclasses.replace(config, dtype=FLAGS.dtype)
     tokenizer = load_tokenizer(FLAGS.data_dir or ckpt_data_dir)
     if tokenizer.vocab_size > config.vocab_size:
         raise SampleError(
@@ -174,6 +185,13 @@ def main(argv: list[str]) -> int:
         print(f"error: unexpected arguments {argv[1:]}; flags are --name=value", file=sys.stderr)
         return 1
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it reads at INFO
+    try:
+        check_flags()
+    except SampleError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if FLAGS.device == "cpu":
+        os.environ["JAX_PLATFORMS"] = "cpu"  # before JAX is first imported
     from nanoloop_jax.checkpoint import CheckpointError
     from nanoloop_jax.convert import ConversionError
     from nanoloop_jax.data import DataError

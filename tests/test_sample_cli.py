@@ -73,7 +73,16 @@ def runs(tiny_run, tmp_path_factory) -> dict[str, subprocess.Popen]:
     prompt_file = root / "prompt.txt"
     prompt_file.write_text("to be, or not")
     procs = {
-        "plain": _start(*common, "--start=hello there", "--num_samples=3", "--max_new_tokens=40", "--top_k=5"),
+        "plain": _start(
+            *common,
+            "--start=hello there",
+            "--num_samples=3",
+            "--max_new_tokens=40",
+            "--top_k=5",
+            "--device=cpu",  # nanoLOOP's device/dtype/compile flags are accepted too
+            "--dtype=float32",
+            "--compile=True",
+        ),
         "deep": _start(
             *common,
             f"--start=FILE:{prompt_file}",
@@ -173,6 +182,8 @@ def test_bad_inputs_are_one_line_and_exit_1(runs, tiny_run, tmp_path, capsys):
         "missing.pt does not exist": [f"--ckpt={tmp_path / 'missing.pt'}"],
         "cannot read the prompt file": [*common, f"--start=FILE:{tmp_path / 'nope.txt'}"],
         "unexpected arguments": [*common, "positional"],
+        "--device='mps' is not supported": [*common, "--device=mps"],
+        "--init_from='gpt2' is not supported": [*common, "--init_from=gpt2"],
     }
     for message, flags in cases.items():
         rc = _main(*flags)
