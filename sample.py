@@ -45,28 +45,6 @@ class SampleError(Exception):
     """A bad flag or input, reported as one line."""
 
 
-def load_model(out_dir: str, ckpt: str | None):
-    """(ModelConfig, params, data dir named by the checkpoint or None, description) from either format."""
-    from nanoloop_jax import checkpoint, convert
-
-    pt_path = ckpt or os.path.join(out_dir, "ckpt.pt")
-    if ckpt is None and checkpoint.latest_step(out_dir) is not None:
-        loaded = checkpoint.load_params(out_dir)
-        data = (loaded.meta.get("config") or {}).get("data") or {}
-        data_dir = data.get("data_dir") or (os.path.join("data", data["dataset"]) if data.get("dataset") else None)
-        source = (loaded.meta.get("source") or {}).get("nanoloop_config") or {}
-        if data_dir is None and source.get("dataset"):
-            data_dir = os.path.join("data", source["dataset"])
-        return loaded.model_config, loaded.params, data_dir, f"{out_dir} (step {loaded.step})"
-    if not os.path.isfile(pt_path):
-        where = f"{ckpt} does not exist" if ckpt else f"no checkpoint in {out_dir} (no checkpoints/ and no ckpt.pt)"
-        raise SampleError(f"{where}; train one with train.py or pass --ckpt=PATH")
-    raw = convert.load_nanoloop_ckpt(pt_path)
-    config, params = convert.from_nanoloop(raw["model"], raw["model_args"])
-    dataset = (raw.get("config") or {}).get("dataset")
-    return config, params, os.path.join("data", dataset) if dataset else None, f"{pt_path} (nanoLOOP)"
-
-
 def encode_prompt(tokenizer, start: str) -> list[int]:
     """Prompt ids; an empty prompt becomes a newline (char-level) or <|endoftext|> (GPT-2), as in nanoGPT."""
     if start.startswith("FILE:"):
@@ -147,13 +125,15 @@ def write_samples(
 def run() -> None:
     import jax
 
+    from nanoloop_jax import checkpoint
     from nanoloop_jax.sampling import KVDecoder, SampleConfig
     from nanoloop_jax.tokenizer import load_tokenizer
 
-    config, params, ckpt_data_dir, description = load_model(FLAGS.out_dir, FLAGS.ckpt)
+    loaded = checkpoint.load_model(FLAGS.out_dir, FLAGS.ckpt)
+    config, params = loaded.model_config, loaded.params
     if FLAGS.dtype is not None:
         config = dataclasses.replace(config, dtype=FLAGS.dtype)
-    tokenizer = load_tokenizer(FLAGS.data_dir or ckpt_data_dir)
+    tokenizer = load_tokenizer(FLAGS.data_dir or loaded.data_dir)
     if tokenizer.vocab_size > config.vocab_size:
         raise SampleError(
             f"the {tokenizer.name} tokenizer has {tokenizer.vocab_size} tokens but the model only "
@@ -162,7 +142,7 @@ def run() -> None:
     top_k = effective_top_k(tokenizer.vocab_size)
     prompt_ids = encode_prompt(tokenizer, FLAGS.start)
     # only now, so that a bad input leaves exactly one line on stderr
-    print(f"loaded {description}; tokenizer: {tokenizer.name} ({tokenizer.vocab_size} tokens)", file=sys.stderr)
+    print(f"loaded {loaded.description}; tokenizer: {tokenizer.name} ({tokenizer.vocab_size} tokens)", file=sys.stderr)
     sc = SampleConfig(FLAGS.temperature, top_k, FLAGS.top_p, vocab_limit=tokenizer.vocab_size)
     decoder = KVDecoder(config, sc, n_loop=FLAGS.n_loop, chunk_size=CHUNK)
     mean_iters = write_samples(
