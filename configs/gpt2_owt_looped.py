@@ -7,6 +7,7 @@
 nanoLOOP's train.py defaults: 2 prelude + 2 recurrent x 4 loops + 2 coda (12 effective layers), 768 wide,
 12 heads, block 1024, bptt_k 4, lr 6e-4 -> 6e-5, 600k iters, warmup 2000, beta2 0.95, weight decay 0.1.
 Global batch 480 x 1024 tokens = 491,520 tokens per step (nanoGPT's 12 x 40 micro-batches).
+Not yet measured with nanoloop-jax (no accelerator in the sessions so far).
 """
 
 from nanoloop_jax.config import base_config

@@ -4,6 +4,7 @@
   python train.py --config=configs/shakespeare_char.py:cpu   # nanoLOOP README's CPU-only command (4 layers)
 
 A plain GPT in the looped code path: n_prelude=0, n_block=6, n_coda=0, n_loop=1, passthrough.
+Not yet measured with nanoloop-jax (no accelerator in the sessions so far).
 """
 
 from nanoloop_jax.config import base_config

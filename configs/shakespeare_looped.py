@@ -5,6 +5,7 @@
 2 prelude + 2 recurrent x 4 loops + 2 coda, 384 wide, block 256, vocab 50304 (GPT-2 padded).
 ~300k training tokens, so it overfits fast: eval often, keep the best checkpoint.
 Data is prepared automatically (data/shakespeare/prepare.py, tiktoken gpt2).
+Not yet measured with nanoloop-jax (no accelerator in the sessions so far).
 """
 
 from nanoloop_jax.config import base_config
