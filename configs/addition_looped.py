@@ -16,24 +16,25 @@ from nanoloop_jax.config import base_config
 def get_config():
     c = base_config()
     c.out_dir = "out-addition-looped"
-    c.data.dataset = "addition"  # data/addition: run data/addition/prepare.py first
+    c.data.dataset = "addition"  # the synthetic addition task (data/addition/prepare.py)
+    c.data.data_dir = "data/addition4"  # 1..4-digit operands: prepare.py --max_digits=4 --out_dir=data/addition4
     c.data.batch_size = 32  # windows per step (32 x 64 tokens, ~37% of them answer targets)
     c.data.gradient_accumulation_steps = 1  # no accumulation: small model, small batch
-    c.model.block_size = 64  # a 16-digit test problem with its prompt newline is 53 tokens
+    c.model.block_size = 64  # fits the longest test problem: 8 digits (29 tokens); 16 digits with N=8 data (53)
     c.model.n_prelude, c.model.n_block, c.model.n_coda, c.model.n_loop = 1, 1, 1, 4  # 3 unique blocks
     c.model.n_head = 4  # 16-wide heads
-    c.model.n_embd = 64  # width (~110k parameters)
-    c.model.dropout = 0.0  # ~6M of the 9M training tokens are seen once: nothing to regularise against
+    c.model.n_embd = 64  # width (161k parameters in all)
+    c.model.dropout = 0.0  # 10M tokens drawn from a 5.6M-token split: each problem seen ~2x, little to overfit
     c.model.input_injection = "inject"  # re-inject the prelude output at every iteration
     c.model.bptt_k = None  # backprop through all 4 iterations (cheap at this size)
     c.opt.learning_rate = 5e-3  # high: at 1e-3 the units digit was still at chance after 1,500 steps
     c.opt.min_lr = 5e-4  # end of the cosine decay
     c.opt.warmup_iters = 100  # linear warmup steps
-    c.opt.lr_decay_iters = 3000  # = max_iters
+    c.opt.lr_decay_iters = 5000  # = max_iters
     c.opt.beta2 = 0.99  # few tokens per step
     c.opt.weight_decay = 0.1  # AdamW weight decay on matrices
-    c.train.max_iters = 3000  # optimizer steps
-    c.train.eval_interval = 250  # evaluate and checkpoint every this many steps
+    c.train.max_iters = 5000  # optimizer steps
+    c.train.eval_interval = 500  # evaluate and checkpoint every this many steps
     c.train.eval_iters = 20  # batches per split per evaluation
     c.train.log_interval = 50  # print a training line every this many steps
     c.train.always_save_checkpoint = True  # keep the last checkpoint: val loss keeps falling here

@@ -9,9 +9,10 @@ Layout. train.bin/val.bin hold problems concatenated with no padding: every toke
 token, and since BatchSampler cuts windows at random offsets, problems appear at every position of
 the context, so every row of the learned position table is trained. `<split>_mask.bin` flags the
 answer digits and the newline; the question costs no loss. (A window that starts inside a question
-still scores that problem's answer, a little noise that a longer block_size dilutes.) The pad
-character ' ' is in the vocabulary but never in the data: it is reserved for tools that need a filler
-id, so the vocabulary stays the same whatever the layout.
+still scores that problem's answer, a little noise that a longer block_size dilutes.) Padding each
+problem to a fixed length would not make windows align with problems (the offsets are uniform), and
+in a trial operands right-aligned in fixed-width fields learned no faster, so the pad character ' '
+is in the vocabulary but never in the data: it is reserved for tools that need a filler id.
 
 Test sets: `test_<d>.json` for d = 1 .. max_test_digits, both operands with exactly d digits (d = 1
 includes 0), stored as decimal strings (JSON numbers lose precision past 2^53 in many readers).

@@ -57,6 +57,7 @@ def test_answers_are_the_reversed_sums_incl_carry_edge_cases():
         assert not ans.endswith("0") or x + y == 0  # the sum has no leading zero
     assert problems[-7][2] == "000000001"  # a carry through all 8 digits into a 9th
     assert problems[-5][2] == "899999991"  # 199999998
+    assert addition.question(12, 345) == "12+345=" and addition.answer(12, 345) == "753\n"
     # operand lengths cover 1..8 with unequal pairs
     lengths = {(len(str(x)), len(str(y))) for x, y, _ in problems[:-7]}
     assert {n for n, _ in lengths} == set(range(1, 9)) and (1, 8) in lengths and (8, 1) in lengths
