@@ -1,6 +1,6 @@
 """Non-looped baseline for addition: configs/addition_looped.py with n_loop=1 (the same parameters, run once).
 
-  python data/addition/prepare.py
+  python data/addition/prepare.py --max_digits=4 --out_dir=data/addition4
   python train.py --config=configs/addition_baseline.py
   python -m nanoloop_jax.eval_addition --out_dir=out-addition-baseline --n_loops=1,2,4,8,16
 
@@ -9,7 +9,7 @@ coda) and its inject layer each run once, i.e. a 3-layer GPT, while the looped m
 on the same weights. Every other field equals the looped config's (tests/test_addition.py checks).
 At test time a larger n_loop re-runs the middle block, which this model was never trained to do.
 
-Measured: TODO
+Accuracy not yet measured (the training recipe was still being tuned when this landed).
 """
 
 from nanoloop_jax.config import base_config

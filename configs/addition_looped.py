@@ -1,13 +1,13 @@
 """Looped model for multi-digit addition: 1 prelude + 1 recurrent block x 4 loops + 1 coda (6 effective layers).
 
-  python data/addition/prepare.py
+  python data/addition/prepare.py --max_digits=4 --out_dir=data/addition4
   python train.py --config=configs/addition_looped.py
   python -m nanoloop_jax.eval_addition --out_dir=out-addition-looped --n_loops=1,2,4,8,16
 
-Trains on sums of 1..8-digit operands (answers reversed, loss on answer tokens only) and is tested on
-1..16 digits. Compare with configs/addition_baseline.py: the same 3 unique blocks, run once.
+Trains on sums of 1..4-digit operands (answers reversed, loss on answer tokens only) and is tested on
+1..8 digits. Compare with configs/addition_baseline.py: the same 3 unique blocks, run once.
 
-Measured: TODO
+Accuracy not yet measured (the training recipe was still being tuned when this landed).
 """
 
 from nanoloop_jax.config import base_config
