@@ -25,6 +25,9 @@ from nanoloop_jax.optim import make_optimizer
 from nanoloop_jax.steps import init_train_state, make_train_step
 
 MATMUL_SHAPE = (2048, 2048, 2048)  # (M, K, N) of the numpy reference product: ~17 GFLOP, at BLAS peak
+REFERENCE_GAP_S = 0.2  # idle seconds after the reference products, before the steps
+REFERENCE_REPEATS = 3  # reference products per round (median)
+REFERENCE_ROUNDS = 5  # blocks of timed steps, each after its own reference products
 
 
 class NumpyMatmul:
@@ -96,13 +99,15 @@ def compile_train_step(config, mcfg: ModelConfig | None = None):
 
 
 def run_train_benchmark(
-    config, steps: int = 20, warmup: int = 3, numpy_reference: bool | None = None
+    config, steps: int = 20, warmup: int = 3, numpy_reference: bool | None = None, rounds: int = REFERENCE_ROUNDS
 ) -> dict[str, Any]:
     """Compile and time the train step; figures as a flat dict (see module docstring).
 
-    With the numpy reference (default on CPU), every timed step is followed by one timed numpy matmul and
-    the matmul-peak fraction is the median of the per-round ratios: on a CPU shared with other jobs, load
-    that comes and goes then slows both sides of each ratio alike.
+    With the numpy reference (default on CPU) the timed steps run in `rounds` back-to-back blocks, each
+    after its own reference products, and the matmul-peak fraction is the median over blocks of (median
+    step FLOP/s / reference FLOP/s): on a CPU shared with other jobs, load that comes and goes then slows
+    both sides of each ratio alike. (Interleaving single steps with the product measures cold steps:
+    BLAS threads spinning down, caches and frequency after the pause.)
     """
     mcfg = bench_model_config(config)
     compiled, state, batch, key, compile_s = compile_train_step(config, mcfg)
@@ -113,14 +118,21 @@ def run_train_benchmark(
     for _ in range(warmup):
         state, metrics = compiled(state, batch, key)
     jax.block_until_ready((state, metrics))
-    times, ref_flops = [], []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        state, metrics = compiled(state, batch, key)
-        jax.block_until_ready((state, metrics))
-        times.append(time.perf_counter() - t0)
+    n_rounds = max(1, min(rounds, steps)) if reference is not None else 1
+    times, cpu_times, ref_flops, round_times = [], [], [], []
+    for r in range(n_rounds):
         if reference is not None:
-            ref_flops.append(reference())
+            ref_flops.append(statistics.median(reference() for _ in range(REFERENCE_REPEATS)))
+            time.sleep(REFERENCE_GAP_S)  # BLAS threads spin for a while after a product
+        block = []
+        for _ in range(steps // n_rounds + (r < steps % n_rounds)):
+            t0, c0 = time.perf_counter(), time.process_time()
+            state, metrics = compiled(state, batch, key)
+            jax.block_until_ready((state, metrics))
+            block.append(time.perf_counter() - t0)
+            cpu_times.append(time.process_time() - c0)
+        times += block
+        round_times.append(statistics.median(block))
     step_s = statistics.median(times)
     tokens = int(np.prod(batch["x"].shape))
     flops_tok = flops.flops_per_token(mcfg)
@@ -138,6 +150,9 @@ def run_train_benchmark(
         "steps": steps,
         "ms_per_step": 1000 * step_s,
         "ms_per_step_min": 1000 * min(times),
+        # process CPU seconds per step (all threads): ≈ n_cores × wall on an idle machine; ≈ wall when the
+        # step got one core's worth (contended, or serial)
+        "cpu_ms_per_step": 1000 * statistics.median(cpu_times),
         "tokens_per_s": tokens / step_s,
         "flops_per_token": flops_tok,
         "model_flops_per_s": flops_tok * tokens / step_s,
@@ -148,7 +163,7 @@ def run_train_benchmark(
     if reference is not None:
         result["numpy_matmul_flops_per_s"] = statistics.median(ref_flops)
         result["matmul_peak_fraction"] = statistics.median(
-            flops_tok * tokens / t / ref for t, ref in zip(times, ref_flops, strict=True)
+            flops_tok * tokens / t / ref for t, ref in zip(round_times, ref_flops, strict=True)
         )
     return result
 
@@ -178,7 +193,8 @@ def format_result(r: dict[str, Any]) -> str:
     lines = [
         f"device: {r['device']} ({r['platform']}); batch {tuple(r['batch_shape'])} = {r['tokens_per_step']:,} tokens",
         f"compile: {r['compile_s']:.2f} s",
-        f"step: {r['ms_per_step']:.2f} ms (median of {r['steps']}; min {r['ms_per_step_min']:.2f} ms)",
+        f"step: {r['ms_per_step']:.2f} ms (median of {r['steps']}; min {r['ms_per_step_min']:.2f} ms; "
+        f"CPU time {r['cpu_ms_per_step']:.2f} ms)",
         f"tokens/s: {r['tokens_per_s']:,.0f}",
         f"model FLOPs/token: {r['flops_per_token']:,.0f} (loop-aware: n_loop {r['n_loop']}, bptt_k {r['bptt_k']})",
         f"achieved: {r['model_flops_per_s'] / 1e9:,.2f} GFLOP/s",

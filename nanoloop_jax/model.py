@@ -27,6 +27,7 @@ ATTENTION_IMPLS = ("xla", "cudnn")
 DTYPES = ("float32", "bfloat16", "float16")
 # torch.nn.RMSNorm(n_embd) uses eps=None, i.e. the float32 machine epsilon.
 TORCH_RMSNORM_EPS = float(jnp.finfo(jnp.float32).eps)
+ATTN_CHUNK = 64  # query rows per block of causal self-attention when T >= 2 blocks (CausalSelfAttention.attend)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,9 +186,9 @@ def _warn_once(msg: str) -> None:
 
 def attention_weights(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array, mask_BxTxS: jax.Array | None = None) -> jax.Array:
     """Softmax attention weights in float32, scale 1/sqrt(K); causal (last T keys = queries) by default."""
-    scale = 1.0 / math.sqrt(q_BxTxHxK.shape[-1])
+    # Scaling q (T·K products) rather than the scores (T·S) saves a pass over the largest tensor.
+    q_BxTxHxK = q_BxTxHxK * jnp.asarray(1.0 / math.sqrt(q_BxTxHxK.shape[-1]), q_BxTxHxK.dtype)
     att_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK, preferred_element_type=jnp.float32)
-    att_BxHxTxS = att_BxHxTxS * scale
     if mask_BxTxS is None:
         t, s = q_BxTxHxK.shape[1], k_BxSxHxK.shape[1]
         mask_BxTxS = jnp.tril(jnp.ones((t, s), dtype=bool), k=s - t)[None]
@@ -236,6 +237,30 @@ class CausalSelfAttention(nn.Module):
             use_cudnn = False
         if use_cudnn:
             return jax.nn.dot_product_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, is_causal=True, implementation="cudnn")
+        t = q_BxTxHxK.shape[1]
+        if mask_BxTxS is not None or t < 2 * ATTN_CHUNK:
+            return self._attend_rows(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxTxS, train)
+        # Causal self-attention in blocks of query rows: block i attends only to keys [0, end_i), so the
+        # masked upper triangle beyond each block is never computed (3/4 of the work at 2 blocks, 5/8 at 4)
+        # and each block's scores are smaller; the softmax over the masked entries' exact zeros is unchanged.
+        outs = []
+        for start in range(0, t, ATTN_CHUNK):
+            end = min(start + ATTN_CHUNK, t)
+            mask_1xCxE = jnp.tril(jnp.ones((end - start, end), dtype=bool), k=start)[None]
+            outs.append(
+                self._attend_rows(q_BxTxHxK[:, start:end], k_BxSxHxK[:, :end], v_BxSxHxK[:, :end], mask_1xCxE, train)
+            )
+        return jnp.concatenate(outs, axis=1)
+
+    def _attend_rows(
+        self,
+        q_BxTxHxK: jax.Array,
+        k_BxSxHxK: jax.Array,
+        v_BxSxHxK: jax.Array,
+        mask_BxTxS: jax.Array | None,
+        train: bool,
+    ) -> jax.Array:
+        """Softmax attention of every query row over all keys given (masked), with attention dropout."""
         att_BxHxTxS = attention_weights(q_BxTxHxK, k_BxSxHxK, mask_BxTxS)
         att_BxHxTxS = self.attn_dropout(att_BxHxTxS, deterministic=not train)
         return jnp.einsum("bhts,bshk->bthk", att_BxHxTxS.astype(v_BxSxHxK.dtype), v_BxSxHxK)
@@ -250,6 +275,15 @@ class CausalSelfAttention(nn.Module):
         return self.project(self.attend(q, k, v, train=train), train=train)
 
 
+def gelu_exact(x: jax.Array) -> jax.Array:
+    """Exact GELU as torch.nn.GELU() writes it, 0.5·x·(1 + erf(x/√2)).
+
+    jax.nn.gelu(approximate=False) uses erfc, which XLA:CPU lowers to three unfused kernels; erf is one
+    vectorised polynomial and forward + backward run ~1.5-2.5× faster (results equal to ~5e-7).
+    """
+    return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
+
+
 class MLP(nn.Module):
     """n_embd -> 4·n_embd -> n_embd with exact (erf) GELU, as torch.nn.GELU()."""
 
@@ -262,7 +296,7 @@ class MLP(nn.Module):
             Dense, use_bias=cfg.bias, dtype=_jnp_dtype(cfg.dtype), param_dtype=_jnp_dtype(cfg.param_dtype)
         )
         h_BxTxF = dense(4 * cfg.n_embd, ("embed", "mlp"), name="c_fc")(x_BxTxD)
-        h_BxTxF = nn.gelu(h_BxTxF, approximate=False)
+        h_BxTxF = gelu_exact(h_BxTxF)
         y_BxTxD = dense(cfg.n_embd, ("mlp", "embed"), init_std=0.02 / math.sqrt(2 * cfg.n_layer_total), name="c_proj")(
             h_BxTxF
         )

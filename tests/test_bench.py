@@ -1,0 +1,111 @@
+"""bench.py runs and reports every figure; compiled memory stays flat as n_loop grows.
+
+Timings are not asserted (they belong in bench output and BENCHMARKS.md); compiled memory analysis is
+deterministic, so its loop-flatness is.
+"""
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+from helpers import REPO_ROOT
+from ml_collections import ConfigDict
+
+from nanoloop_jax import benchmark
+from nanoloop_jax.config import base_config, model_config
+
+TINY = {
+    "model.vocab_size": 64,
+    "model.block_size": 32,
+    "model.n_embd": 32,
+    "model.n_head": 2,
+    "model.n_prelude": 1,
+    "model.n_block": 1,
+    "model.n_coda": 1,
+    "model.n_loop": 3,
+    "model.bptt_k": 2,
+    "data.batch_size": 4,
+}
+TRAIN_FIELDS = (
+    "compile_s",
+    "ms_per_step",
+    "cpu_ms_per_step",
+    "tokens_per_s",
+    "flops_per_token",
+    "model_flops_per_s",
+    "peak_bytes",
+    "temp_bytes",
+    "argument_bytes",
+    "numpy_matmul_flops_per_s",
+    "matmul_peak_fraction",
+)
+
+
+def tiny_config(**model) -> ConfigDict:
+    c = base_config()
+    for k, v in TINY.items():
+        section, field = k.split(".")
+        c[section][field] = v
+    c.data.data_dir = "/nonexistent"  # no meta.json: vocab_size comes from the config
+    c.model.update(model)
+    return c
+
+
+@pytest.mark.slow
+def test_bench_py_train_prints_and_writes_every_figure(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [
+        sys.executable,
+        str(REPO_ROOT / "bench.py"),
+        f"--config={REPO_ROOT / 'configs/shakespeare_char_looped.py'}:cpu",
+        *(f"--config.{k}={v}" for k, v in TINY.items()),
+        f"--config.data.data_dir={tmp_path}",
+        "--steps=1",
+        "--warmup=1",
+        f"--json={out}",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for label in (
+        "compile:",
+        "step:",
+        "tokens/s:",
+        "model FLOPs/token:",
+        "MFU: None",
+        "memory:",
+        "matmul-peak fraction:",
+    ):
+        assert label in proc.stdout, (label, proc.stdout)
+    result = json.loads(out.read_text())
+    assert result["mode"] == "train" and result["mfu"] is None
+    assert result["tokens_per_step"] == 4 * 32 and result["n_loop"] == 3
+    for field in TRAIN_FIELDS:
+        assert result[field] > 0, (field, result[field])
+
+
+def test_bench_py_rejects_a_typo_in_the_config():
+    cmd = [sys.executable, str(REPO_ROOT / "bench.py"), f"--config={REPO_ROOT / 'configs/shakespeare_char.py'}:cpu"]
+    proc = subprocess.run(
+        [*cmd, "--config.model.n_loops=2"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode != 0 and "n_loops" in proc.stderr
+
+
+def temp_bytes(config: ConfigDict, **fields) -> int:
+    mcfg = dataclasses.replace(model_config(config.model), **fields)
+    compiled, *_ = benchmark.compile_train_step(config, mcfg)
+    return benchmark.memory_stats(compiled)["temp_bytes"]
+
+
+def test_truncated_bptt_memory_is_flat_in_n_loop():
+    """bptt_k=2: the iterations without gradient keep nothing for the backward pass."""
+    config = tiny_config(bptt_k=2)
+    assert temp_bytes(config, n_loop=16) <= 1.25 * temp_bytes(config, n_loop=2)
+
+
+def test_full_backprop_with_remat_memory_is_nearly_flat_in_n_loop():
+    """bptt_k=None with a rematerialised loop body keeps one carry per iteration, not its activations."""
+    config = tiny_config(bptt_k=None, remat_policy="nothing_saveable")
+    assert temp_bytes(config, n_loop=16) <= 1.5 * temp_bytes(config, n_loop=2)
