@@ -9,7 +9,16 @@ coda) and its inject layer each run once, i.e. a 3-layer GPT, while the looped m
 on the same weights. Every other field equals the looped config's (tests/test_addition.py checks).
 At test time a larger n_loop re-runs the middle block, which this model was never trained to do.
 
-Accuracy not yet measured (the training recipe was still being tuned when this landed).
+Measured (2 shared CPU cores): 10,000 steps in 8 min, val loss 0.258; val loss at n_loop 2 / 4: 5.6 / 9.1.
+Exact-match accuracy, greedy, 1,000 problems per length (100 for 1 digit):
+  digits    n=1*    n=2    n=4    n=8   n=16
+  1        1.000  0.350  0.100  0.100  0.100
+  2        1.000  0.250  0.046  0.036  0.036
+  3        1.000  0.018  0.004  0.004  0.004
+  4        0.243  0.001  0.000  0.000  0.000
+  5..8     0.000 everywhere
+The 4-digit misses are the units digit of 4+4-digit sums (27% right with the true prefix fed in; their
+other digits >= 99.7%, the units digit of every other length pair >= 97%): the looped model learned it.
 """
 
 from nanoloop_jax.config import base_config
@@ -26,16 +35,16 @@ def get_config():
     c.model.n_prelude, c.model.n_block, c.model.n_coda, c.model.n_loop = 1, 1, 1, 1  # 3 blocks, each run once
     c.model.n_head = 4  # 16-wide heads
     c.model.n_embd = 64  # width (161k parameters in all, as the looped model)
-    c.model.dropout = 0.0  # 10M tokens drawn from a 5.6M-token split: each problem seen ~2x, little to overfit
+    c.model.dropout = 0.0  # 20M tokens drawn from a 5.6M-token split (~4 passes): val loss tracks train
     c.model.input_injection = "inject"  # kept (a learned linear map at n_loop=1) so parameter counts match
     c.model.bptt_k = None  # backprop through everything
     c.opt.learning_rate = 5e-3  # high: at 1e-3 the units digit was still at chance after 1,500 steps
     c.opt.min_lr = 5e-4  # end of the cosine decay
     c.opt.warmup_iters = 100  # linear warmup steps
-    c.opt.lr_decay_iters = 5000  # = max_iters
+    c.opt.lr_decay_iters = 10000  # = max_iters
     c.opt.beta2 = 0.99  # few tokens per step
     c.opt.weight_decay = 0.1  # AdamW weight decay on matrices
-    c.train.max_iters = 5000  # optimizer steps
+    c.train.max_iters = 10000  # optimizer steps
     c.train.eval_interval = 500  # evaluate and checkpoint every this many steps
     c.train.eval_iters = 20  # batches per split per evaluation
     c.train.log_interval = 50  # print a training line every this many steps

@@ -1,9 +1,9 @@
 """Exact-match accuracy on addition per (operand digits, n_loop), by greedy KV-cache decoding.
 
   python -m nanoloop_jax.eval_addition --out_dir=out-addition-looped --n_loops=1,2,4,8,16
-  python -m nanoloop_jax.eval_addition --out_dir=out-addition-baseline --n_loops=1,2,4 --digits=1..12 --num_problems=100
+  python -m nanoloop_jax.eval_addition --out_dir=out-addition-baseline --n_loops=1,2 --digits=1..6 --num_problems=100
 
-Each test problem of data/addition/test_<d>.json (both operands d digits) is prompted as `\\n a+b=`:
+Each problem of the checkpoint's dataset's test_<d>.json (both operands d digits) is prompted as `\\n a+b=`:
 the newline that ends every problem in train.bin, so the question starts as it does after a previous
 problem. The model decodes greedily (temperature 0) up to the longest possible answer; a problem is
 solved when the tokens up to and including the first end marker are exactly the reversed sum and the
@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out_dir", required=True, help="directory with a nanoloop-jax checkpoint (results go here too)")
     p.add_argument("--n_loops", default="1,2,4,8,16", help="test-time iterations, e.g. 1,2,4,8,16 or 1..8")
     p.add_argument("--digits", default="", help="operand lengths, e.g. 1..16 (default: every test_<d>.json)")
-    p.add_argument("--num_problems", type=int, default=200, help="first N problems of each test set (0 = all)")
+    p.add_argument("--num_problems", type=int, default=0, help="first N problems of each test set (0 = all)")
     p.add_argument("--batch_size", type=int, default=100, help="problems decoded together")
     p.add_argument("--data_dir", default=None, help="dataset dir with test_<d>.json (default: the checkpoint's)")
     p.add_argument("--plot", default="true", choices=("true", "false"), help="write the heat-map PNG")
