@@ -116,8 +116,8 @@ def run_train_benchmark(
         numpy_reference = platform == "cpu"
     reference = NumpyMatmul() if numpy_reference else None
     for _ in range(warmup):
-        state, metrics = compiled(state, batch, key)
-    jax.block_until_ready((state, metrics))
+        state, _ = compiled(state, batch, key)
+    jax.block_until_ready(state)
     n_rounds = max(1, min(rounds, steps)) if reference is not None else 1
     times, cpu_times, ref_flops, round_times = [], [], [], []
     for r in range(n_rounds):

@@ -31,7 +31,7 @@ def base_config() -> ConfigDict:
     c.model.n_embd = 768  # width
     c.model.dropout = 0.0  # dropout rate (embeddings, attention weights, residual outputs)
     c.model.bias = False  # biases in Linear layers
-    c.model.bptt_k = config_dict.placeholder(int)  # backprop through the last k iterations (None = all)
+    c.model.bptt_k = config_dict.placeholder(int)  # backprop through the last k iterations (None or 0 = all)
     c.model.input_injection = "inject"  # 'inject' | 'inject_random' | 'passthrough'
     c.model.loop_sampling = "fixed"  # 'fixed' (n_loop) | 'poisson_lognormal' (depth drawn per training step)
     c.model.n_loop_mean = 4.0  # poisson_lognormal: mean depth (>= bptt_k); eval/sampling still use n_loop
@@ -102,5 +102,7 @@ def model_config(cfg_model: ConfigDict, **overrides) -> ModelConfig:
     values["dtype"] = resolve_dtype(values.get("dtype", "auto"))
     if values.get("remat_policy") == "none":
         values["remat_policy"] = None
+    if values.get("bptt_k") == 0:  # the command line cannot spell None for an int field: 0 = full backprop
+        values["bptt_k"] = None
     values.update(overrides)
     return ModelConfig(**values).validate()

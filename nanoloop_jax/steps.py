@@ -84,7 +84,7 @@ def make_train_step(
         grads = jax.tree_util.tree_map(lambda g: g / n_micro, grad_sum)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss_sum / n_micro, "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss": loss_sum / n_micro, "grad_norm": optax.tree.norm(grads)}
         if schedule is not None:
             metrics["lr"] = schedule(state.step)
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics

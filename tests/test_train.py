@@ -45,6 +45,17 @@ def test_every_config_builds_and_validates(name, variant):
         assert (config.train.max_iters, mc.bptt_k, mc.n_loop) == (2000, 2, 4)
 
 
+def test_bptt_k_zero_means_full_backprop():
+    # `--config.model.bptt_k=None` cannot be parsed for an int field; 0 is the command-line spelling of None
+    _, config = _load_config("shakespeare_char_looped", "cpu")
+    assert model_config(config.model).bptt_k == 2
+    config.model.bptt_k = 0
+    assert model_config(config.model).bptt_k is None
+    config.model.bptt_k = -1
+    with pytest.raises(ValueError, match="bptt_k must be None"):
+        model_config(config.model)
+
+
 def test_lr_schedule_is_nanogpts():
     from ml_collections import ConfigDict
 
