@@ -222,7 +222,10 @@ def ensure_prepared(dataset: str, data_dir: str | os.PathLike) -> None:
         return
     prepare = {"shakespeare_char": prepare_shakespeare_char, "shakespeare": prepare_shakespeare}.get(dataset)
     if prepare is None:
-        raise DataError(f"{data_dir / 'train.bin'} not found; run: python data/{dataset}/prepare.py")
+        command = f"python data/{dataset}/prepare.py"
+        if data_dir.resolve() != pathlib.Path("data", dataset).resolve():  # not the script's default output
+            command += f" --out_dir={data_dir} (plus the options your config's docstring gives)"
+        raise DataError(f"{data_dir / 'train.bin'} not found; run: {command}")
     # A local copy for offline machines and CI; otherwise prepare downloads the text.
     input_path = os.environ.get("NANOLOOP_SHAKESPEARE_PATH") or None
     source = input_path or "a download"

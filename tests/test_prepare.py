@@ -170,7 +170,11 @@ def test_ensure_prepared(monkeypatch, tmp_path, text_file):
     prepare.ensure_prepared("shakespeare_char", data_dir)  # already there: untouched
     assert (data_dir / "train.bin").stat().st_mtime_ns == mtime
     with pytest.raises(DataError, match=r"train\.bin not found; run: python data/openwebtext/prepare\.py$"):
-        prepare.ensure_prepared("openwebtext", tmp_path / "data" / "openwebtext")
+        monkeypatch.chdir(tmp_path)
+        prepare.ensure_prepared("openwebtext", pathlib.Path("data", "openwebtext"))  # the default location
+    elsewhere = tmp_path / "data" / "addition4"
+    with pytest.raises(DataError, match=rf"not found; run: python data/addition/prepare\.py --out_dir={elsewhere} "):
+        prepare.ensure_prepared("addition", elsewhere)
 
 
 def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
