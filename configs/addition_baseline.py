@@ -21,34 +21,23 @@ The 4-digit misses are the units digit of 4+4-digit sums (27% right with the tru
 other digits >= 99.7%, the units digit of every other length pair >= 97%): the looped model learned it.
 """
 
-from nanoloop_jax.config import base_config
+import importlib.util
+import pathlib
+
+
+def _looped_config():
+    """configs/addition_looped.py's config, loaded by path (config files are not an importable package)."""
+    spec = importlib.util.spec_from_file_location(
+        "addition_looped", pathlib.Path(__file__).with_name("addition_looped.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def get_config():
-    c = base_config()
+    c = _looped_config()  # data, widths, optimizer and schedule exactly as the looped model's
     c.out_dir = "out-addition-baseline"
-    c.data.dataset = "addition"  # the synthetic addition task (data/addition/prepare.py)
-    c.data.data_dir = "data/addition4"  # 1..4-digit operands: prepare.py --max_digits=4 --out_dir=data/addition4
-    c.data.batch_size = 32  # windows per step (32 x 64 tokens, ~37% of them answer targets)
-    c.data.gradient_accumulation_steps = 1  # no accumulation: small model, small batch
-    c.model.block_size = 64  # fits the longest test problem: 8 digits (29 tokens); 16 digits with N=8 data (53)
-    c.model.n_prelude, c.model.n_block, c.model.n_coda, c.model.n_loop = 1, 1, 1, 1  # 3 blocks, each run once
-    c.model.n_head = 4  # 16-wide heads
-    c.model.n_embd = 64  # width (161k parameters in all, as the looped model)
-    c.model.dropout = 0.0  # 20M tokens drawn from a 5.6M-token split (~4 passes): val loss tracks train
-    c.model.input_injection = "inject"  # kept (a learned linear map at n_loop=1) so parameter counts match
-    c.model.bptt_k = None  # backprop through everything
-    c.opt.learning_rate = 5e-3  # high: at 1e-3 the units digit was still at chance after 1,500 steps
-    c.opt.min_lr = 5e-4  # end of the cosine decay
-    c.opt.warmup_iters = 100  # linear warmup steps
-    c.opt.lr_decay_iters = 10000  # = max_iters
-    c.opt.beta2 = 0.99  # few tokens per step
-    c.opt.weight_decay = 0.1  # AdamW weight decay on matrices
-    c.train.max_iters = 10000  # optimizer steps
-    c.train.eval_interval = 500  # evaluate and checkpoint every this many steps
-    c.train.eval_iters = 20  # batches per split per evaluation
-    c.train.log_interval = 50  # print a training line every this many steps
-    c.train.always_save_checkpoint = True  # keep the last checkpoint: val loss keeps falling here
-    c.train.keep_checkpoints = 1  # only the newest checkpoint on disk
+    c.model.n_loop = 1  # the 3 blocks (and the inject layer, a learned linear map here) each run once
     c.train.eval_n_loops = "2,4"  # val loss if the middle block is re-run (depths never trained)
     return c
