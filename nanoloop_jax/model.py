@@ -16,6 +16,7 @@ import functools
 import math
 import warnings
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 INPUT_INJECTIONS = ("inject", "inject_random", "passthrough")
 LOOP_SAMPLINGS = ("fixed", "poisson_lognormal")
 ATTENTION_IMPLS = ("xla", "cudnn")
+POS_ENCODINGS = ("learned", "rope", "none")
 DTYPES = ("float32", "bfloat16", "float16")
 # torch.nn.RMSNorm(n_embd) uses eps=None, i.e. the float32 machine epsilon.
 TORCH_RMSNORM_EPS = float(jnp.finfo(jnp.float32).eps)
@@ -57,6 +59,9 @@ class ModelConfig:
     remat_policy: str | None = None  # a jax.checkpoint_policies name, or None / "none"
     attention: str = "xla"  # "xla" | "cudnn" (falls back to xla with a warning off-GPU)
     norm_eps: float = TORCH_RMSNORM_EPS
+    # Positions: "learned" (nanoLOOP's wpe table, the default), "rope" (rotary q/k) or "none" (NoPE).
+    pos_encoding: str = "learned"
+    rope_theta: float = 10000.0  # RoPE base
 
     def validate(self) -> ModelConfig:
         """Raise ValueError with one clear line for the first bad field; return self."""
@@ -94,6 +99,10 @@ class ModelConfig:
                 f"model.remat_policy must be None, 'none' or a jax.checkpoint_policies name "
                 f"(e.g. 'nothing_saveable', 'dots_saveable'), got {self.remat_policy!r}"
             )
+        if self.pos_encoding not in POS_ENCODINGS:
+            raise ValueError(f"model.pos_encoding must be one of {POS_ENCODINGS}, got {self.pos_encoding!r}")
+        if self.pos_encoding == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"model.pos_encoding='rope' needs an even head dim, got {self.n_embd // self.n_head}")
         if not self.norm_eps > 0:
             raise ValueError(f"model.norm_eps must be > 0, got {self.norm_eps!r}")
         return self
@@ -185,15 +194,99 @@ def _warn_once(msg: str) -> None:
         warnings.warn(msg, stacklevel=3)
 
 
-def attention_weights(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array, mask_BxTxS: jax.Array | None = None) -> jax.Array:
-    """Softmax attention weights in float32, scale 1/sqrt(K); causal (last T keys = queries) by default."""
+def _dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+    """Inverted dropout with an explicit key (None: off), so every path draws the same mask for the same key."""
+    if rng is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def _fold(rng: jax.Array | None, i) -> jax.Array | None:
+    """The key of sub-part i of whatever rng is the key of (None stays None: dropout off)."""
+    return None if rng is None else jax.random.fold_in(rng, i)
+
+
+def rope_angles(pos_T: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """cos, sin (T, K/2) of rotary position embeddings (Su et al. 2021) at absolute positions pos_T."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    ang_TxK2 = pos_T.astype(jnp.float32)[:, None] * inv_freq[None]
+    return jnp.cos(ang_TxK2), jnp.sin(ang_TxK2)
+
+
+def apply_rope(x_BxTxHxK: jax.Array, pos_T: jax.Array, theta: float) -> jax.Array:
+    """Rotate each (first half, second half) pair of head dims by its position's angle (GPT-NeoX/Llama layout)."""
+    cos_TxK2, sin_TxK2 = rope_angles(pos_T, x_BxTxHxK.shape[-1], theta)
+    cos, sin = cos_TxK2[None, :, None], sin_TxK2[None, :, None]
+    x1, x2 = jnp.split(x_BxTxHxK.astype(jnp.float32), 2, axis=-1)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x_BxTxHxK.dtype)
+
+
+class LayerCache(NamedTuple):
+    """One attention layer's K and V for S cache slots, each of cache_shape(B, H, K, S)."""
+
+    k: jax.Array
+    v: jax.Array
+
+
+class CacheWrite(NamedTuple):
+    """Where a cached call's T new positions go (the same for every layer) and what they attend to.
+
+    slot0: first of the T consecutive cache slots written (int32 scalar).
+    mask_TxS: cache slots each new position attends to (the caller's window: causal, sliding, ...).
+    write_BxT: positions whose K/V are written; the others keep the cache's entry at their slot (an
+      exited position of the adaptive decoder keeps the K/V its last computed iteration left there).
+      None: all are written.
+    """
+
+    slot0: jax.Array
+    mask_TxS: jax.Array
+    write_BxT: jax.Array | None = None
+
+
+def cache_shape(b: int, h: int, k: int, s: int) -> tuple[int, ...]:
+    """One layer's K or V cache: (B, H, K, S) without size-1 B or H axes.
+
+    This is exactly the operand XLA:CPU's attention dot reads, so the dot reads the cache in place; any
+    other shape is read through a bitcast, for which XLA duplicates the in-place update and then has
+    to copy the whole cache at every layer and step.
+    """
+    return (*(d for d in (b, h) if d > 1), k, s)
+
+
+def empty_cache(config: ModelConfig, batch: int, slots: int) -> LayerCache:
+    """A zero K/V cache of `slots` positions for one attention layer."""
+    h = config.n_head
+    shape = cache_shape(batch, h, config.n_embd // h, slots)
+    return LayerCache(jnp.zeros(shape, jnp.dtype(config.dtype)), jnp.zeros(shape, jnp.dtype(config.dtype)))
+
+
+def _cache_update(cache: jax.Array, kv_BxTxHxK: jax.Array, at: CacheWrite) -> jax.Array:
+    """Store the K or V of T positions at slots slot0.., keeping the old entry where write_BxT is False."""
+    b, t, h, k = kv_BxTxHxK.shape
+    kv = kv_BxTxHxK.transpose(0, 2, 3, 1).reshape(cache_shape(b, h, k, t)).astype(cache.dtype)
+    start = (0,) * (cache.ndim - 1) + (at.slot0,)
+    if at.write_BxT is not None:
+        old = jax.lax.dynamic_slice(cache, start, kv.shape)
+        write = at.write_BxT.reshape((b,) * (b > 1) + (1,) * (h > 1) + (1, t))
+        kv = jnp.where(write, kv, old)
+    return jax.lax.dynamic_update_slice(cache, kv, start)
+
+
+def _cache_view(cache: jax.Array, b: int, h: int) -> jax.Array:
+    """(B, S, H, K) view of one cache for the attention einsum; XLA folds the transpose into the dot."""
+    return cache.reshape(b, h, cache.shape[-2], cache.shape[-1]).transpose(0, 3, 1, 2)
+
+
+def attention_weights(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array, mask_TxS: jax.Array | None = None) -> jax.Array:
+    """Softmax attention weights (B, H, T, S) in float32, scale 1/sqrt(K); causal (last T keys = queries) by default."""
     # Scaling q (T·K products) rather than the scores (T·S) saves a pass over the largest tensor.
     q_BxTxHxK = q_BxTxHxK * jnp.asarray(1.0 / math.sqrt(q_BxTxHxK.shape[-1]), q_BxTxHxK.dtype)
     att_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK, preferred_element_type=jnp.float32)
-    if mask_BxTxS is None:
+    if mask_TxS is None:
         t, s = q_BxTxHxK.shape[1], k_BxSxHxK.shape[1]
-        mask_BxTxS = jnp.tril(jnp.ones((t, s), dtype=bool), k=s - t)[None]
-    att_BxHxTxS = jnp.where(mask_BxTxS[:, None], att_BxHxTxS, -jnp.inf)
+        mask_TxS = jnp.tril(jnp.ones((t, s), dtype=bool), k=s - t)
+    att_BxHxTxS = jnp.where(mask_TxS, att_BxHxTxS, -jnp.inf)
     return jax.nn.softmax(att_BxHxTxS, axis=-1)
 
 
@@ -209,43 +302,46 @@ class CausalSelfAttention(nn.Module):
         )
         self.c_attn = dense(3 * cfg.n_embd, ("embed", "qkv"))
         self.c_proj = dense(cfg.n_embd, ("heads", "embed"), init_std=0.02 / math.sqrt(2 * cfg.n_layer_total))
-        self.attn_dropout = nn.Dropout(cfg.dropout)
-        self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def qkv(self, x_BxTxD: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Project to per-head queries, keys and values, each (B, T, H, K)."""
+    def qkv(self, x_BxTxD: jax.Array, pos_T: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Per-head queries, keys and values, each (B, T, H, K); q and k rotated by position with rope."""
         b, t, d = x_BxTxD.shape
         h = self.config.n_head
         q_BxTxD, k_BxTxD, v_BxTxD = jnp.split(self.c_attn(x_BxTxD), 3, axis=-1)
-        return tuple(a.reshape(b, t, h, d // h) for a in (q_BxTxD, k_BxTxD, v_BxTxD))
+        q, k, v = (a.reshape(b, t, h, d // h) for a in (q_BxTxD, k_BxTxD, v_BxTxD))
+        if self.config.pos_encoding == "rope":
+            q, k = apply_rope(q, pos_T, self.config.rope_theta), apply_rope(k, pos_T, self.config.rope_theta)
+        return q, k, v
 
     def attend(
         self,
         q_BxTxHxK: jax.Array,
         k_BxSxHxK: jax.Array,
         v_BxSxHxK: jax.Array,
-        mask_BxTxS: jax.Array | None = None,
-        train: bool = False,
+        mask_TxS: jax.Array | None = None,
+        rng: jax.Array | None = None,
     ) -> jax.Array:
-        """Causal attention of queries over keys/values (S >= T; the last T keys align with the queries)."""
+        """Attention of queries over keys/values: causal (S == T) without a mask, else as mask_TxS allows.
+
+        rng: the key of the attention-weight dropout (None: no dropout).
+        """
         cfg = self.config
-        use_cudnn = cfg.attention == "cudnn" and mask_BxTxS is None
+        use_cudnn = cfg.attention == "cudnn" and mask_TxS is None
         if use_cudnn and jax.default_backend() != "gpu":
             _warn_once("attention='cudnn' needs a GPU; falling back to the xla implementation")
             use_cudnn = False
-        if use_cudnn and train and cfg.dropout > 0:
+        if use_cudnn and rng is not None and cfg.dropout > 0:
             _warn_once("cuDNN attention has no attention-weight dropout; using xla attention while dropout > 0")
             use_cudnn = False
         if use_cudnn:
             return jax.nn.dot_product_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, is_causal=True, implementation="cudnn")
-        if mask_BxTxS is not None:  # the KV-cache decoder's windows
-            att_BxHxTxS = attention_weights(q_BxTxHxK, k_BxSxHxK, mask_BxTxS)
-            att_BxHxTxS = self.attn_dropout(att_BxHxTxS, deterministic=not train)
+        if mask_TxS is not None:  # a KV cache's slots
+            att_BxHxTxS = _dropout(attention_weights(q_BxTxHxK, k_BxSxHxK, mask_TxS), cfg.dropout, rng)
             return jnp.einsum("bhts,bshk->bthk", att_BxHxTxS.astype(v_BxSxHxK.dtype), v_BxSxHxK)
-        return self._causal_self_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, train)
+        return self._causal_self_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, rng)
 
     def _causal_self_attention(
-        self, q_BxTxHxK: jax.Array, k_BxTxHxK: jax.Array, v_BxTxHxK: jax.Array, train: bool
+        self, q_BxTxHxK: jax.Array, k_BxTxHxK: jax.Array, v_BxTxHxK: jax.Array, rng: jax.Array | None
     ) -> jax.Array:
         """Causal attention of T queries over the same T positions, in blocks of ATTN_CHUNK query rows.
 
@@ -271,18 +367,30 @@ class CausalSelfAttention(nn.Module):
             )
             mask_CxE = jnp.tril(jnp.ones((end - start, end), dtype=bool), k=start)
             att_BxHxCxE = jax.nn.softmax(jnp.where(mask_CxE, att_BxHxCxE, -jnp.inf), axis=-1)
-            att_BxHxCxE = self.attn_dropout(att_BxHxCxE, deterministic=not train)
+            att_BxHxCxE = _dropout(att_BxHxCxE, self.config.dropout, _fold(rng, start))
             outs.append(jnp.einsum("bhts,bhsk->bhtk", att_BxHxCxE.astype(v_BxHxTxK.dtype), v_BxHxTxK[:, :, :end]))
         return jnp.swapaxes(jnp.concatenate(outs, axis=2), 1, 2)
 
-    def project(self, y_BxTxHxK: jax.Array, train: bool = False) -> jax.Array:
-        """Merge heads and apply the output projection (+ residual dropout)."""
-        b, t, h, k = y_BxTxHxK.shape
-        return self.resid_dropout(self.c_proj(y_BxTxHxK.reshape(b, t, h * k)), deterministic=not train)
-
-    def __call__(self, x_BxTxD: jax.Array, train: bool = False) -> jax.Array:
-        q, k, v = self.qkv(x_BxTxD)
-        return self.project(self.attend(q, k, v, train=train), train=train)
+    def __call__(
+        self,
+        x_BxTxD: jax.Array,
+        pos_T: jax.Array,
+        rng: jax.Array | None = None,
+        cache: LayerCache | None = None,
+        at: CacheWrite | None = None,
+    ) -> tuple[jax.Array, LayerCache | None]:
+        """Attention output (B, T, D) (+ residual dropout) and, with a cache, the cache with these K/V written."""
+        q, k, v = self.qkv(x_BxTxD, pos_T)
+        if cache is None:
+            y_BxTxHxK = self.attend(q, k, v, rng=_fold(rng, 0))
+        else:
+            b, _, h, _ = q.shape
+            cache = LayerCache(_cache_update(cache.k, k, at), _cache_update(cache.v, v, at))
+            y_BxTxHxK = self.attend(
+                q, _cache_view(cache.k, b, h), _cache_view(cache.v, b, h), at.mask_TxS, _fold(rng, 0)
+            )
+        b, t, h, hd = y_BxTxHxK.shape
+        return _dropout(self.c_proj(y_BxTxHxK.reshape(b, t, h * hd)), self.config.dropout, _fold(rng, 1)), cache
 
 
 def gelu_exact(x: jax.Array) -> jax.Array:
@@ -300,7 +408,7 @@ class MLP(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BxTxD: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, x_BxTxD: jax.Array, rng: jax.Array | None = None) -> jax.Array:
         cfg = self.config
         dense = functools.partial(
             Dense, use_bias=cfg.bias, dtype=_jnp_dtype(cfg.dtype), param_dtype=_jnp_dtype(cfg.param_dtype)
@@ -310,14 +418,13 @@ class MLP(nn.Module):
         y_BxTxD = dense(cfg.n_embd, ("mlp", "embed"), init_std=0.02 / math.sqrt(2 * cfg.n_layer_total), name="c_proj")(
             h_BxTxF
         )
-        return nn.Dropout(cfg.dropout)(y_BxTxD, deterministic=not train)
+        return _dropout(y_BxTxD, cfg.dropout, rng)
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+    """Pre-norm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)); optionally over a KV cache."""
 
     config: ModelConfig
-    train: bool = False
 
     def setup(self) -> None:
         self.ln_1 = rms_norm(self.config, "ln_1")
@@ -325,43 +432,40 @@ class Block(nn.Module):
         self.ln_2 = rms_norm(self.config, "ln_2")
         self.mlp = MLP(self.config)
 
-    def attn_qkv(self, x_BxTxD: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """q, k, v of this block's attention for input x (used by the KV-cache decoder)."""
-        return self.attn.qkv(self.ln_1(x_BxTxD))
-
-    def attn_residual(
+    def __call__(
         self,
         x_BxTxD: jax.Array,
-        q: jax.Array,
-        k: jax.Array,
-        v: jax.Array,
-        mask_BxTxS: jax.Array | None = None,
-    ) -> jax.Array:
-        """x + attention output, given q for x and (possibly cached) k, v."""
-        y_BxTxHxK = self.attn.attend(q, k, v, mask_BxTxS, train=self.train)
-        return x_BxTxD + self.attn.project(y_BxTxHxK, train=self.train)
+        pos_T: jax.Array,
+        rng: jax.Array | None = None,
+        cache: LayerCache | None = None,
+        at: CacheWrite | None = None,
+    ) -> tuple[jax.Array, LayerCache | None]:
+        """(x', cache'): training and eval pass no cache (causal over x); prefill and decode pass one.
 
-    def mlp_residual(self, x_BxTxD: jax.Array) -> jax.Array:
-        """x + mlp(ln_2(x))."""
-        return x_BxTxD + self.mlp(self.ln_2(x_BxTxD), train=self.train)
-
-    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
-        q, k, v = self.attn_qkv(x_BxTxD)
-        return constrain(self.mlp_residual(self.attn_residual(x_BxTxD, q, k, v)))
+        rng: this block's dropout key (None: dropout off, as in eval and decoding).
+        """
+        y_BxTxD, cache = self.attn(self.ln_1(x_BxTxD), pos_T, _fold(rng, 0), cache, at)
+        x_BxTxD = x_BxTxD + y_BxTxD
+        x_BxTxD = x_BxTxD + self.mlp(self.ln_2(x_BxTxD), _fold(rng, 1))
+        return constrain(x_BxTxD), cache
 
 
-def _remat(cls, config: ModelConfig):
+def _remat(cls, config: ModelConfig, static_argnums: tuple[int, ...] = ()):
     """Wrap a module class in nn.remat with the configured jax.checkpoint_policies policy."""
     if config.remat_policy in (None, "none"):
         return cls
-    return nn.remat(cls, policy=getattr(jax.checkpoint_policies, config.remat_policy), prevent_cse=False)
+    return nn.remat(
+        cls,
+        policy=getattr(jax.checkpoint_policies, config.remat_policy),
+        prevent_cse=False,
+        static_argnums=static_argnums,
+    )
 
 
 class LoopBody(nn.Module):
     """One iteration of the recurrent block; its params are shared by every iteration."""
 
     config: ModelConfig
-    train: bool = False
 
     def setup(self) -> None:
         cfg = self.config
@@ -374,35 +478,57 @@ class LoopBody(nn.Module):
                 dtype=_jnp_dtype(cfg.dtype),
                 param_dtype=_jnp_dtype(cfg.param_dtype),
             )
-        self.recur = [Block(cfg, train=self.train, name=f"recur_{j}") for j in range(cfg.n_block)]
+        self.recur = [Block(cfg, name=f"recur_{j}") for j in range(cfg.n_block)]
         self.norm_recur = rms_norm(cfg, "norm_recur")
 
-    def inject_input(self, s_BxTxD: jax.Array, e_BxTxD: jax.Array) -> jax.Array:
-        """u = inject(concat(e, s)) for inject / inject_random, u = s for passthrough."""
+    def iterate(
+        self,
+        s_BxTxD: jax.Array,
+        e_BxTxD: jax.Array,
+        pos_T: jax.Array,
+        rng: jax.Array | None = None,
+        caches: Sequence[LayerCache] | None = None,
+        at: CacheWrite | None = None,
+    ) -> tuple[jax.Array, tuple[LayerCache, ...] | None]:
+        """s' = norm_recur(recur blocks(inject(concat(e, s)))), with one cache per recur block if given."""
         if self.config.input_injection == "passthrough":
-            return s_BxTxD
-        return self.inject(jnp.concatenate([e_BxTxD, s_BxTxD], axis=-1))
+            u_BxTxD = s_BxTxD
+        else:
+            u_BxTxD = self.inject(jnp.concatenate([e_BxTxD, s_BxTxD], axis=-1))
+        new_caches = []
+        for j, block in enumerate(self.recur):
+            u_BxTxD, c = block(u_BxTxD, pos_T, _fold(rng, j), None if caches is None else caches[j], at)
+            new_caches.append(c)
+        s_BxTxD = constrain(self.norm_recur(u_BxTxD).astype(s_BxTxD.dtype))
+        return s_BxTxD, None if caches is None else tuple(new_caches)
 
-    def __call__(self, s_BxTxD: jax.Array, i: jax.Array, e_BxTxD: jax.Array) -> tuple[jax.Array, None]:
-        del i  # the iteration index is scanned over only to give the scan its length
-        u_BxTxD = self.inject_input(s_BxTxD, e_BxTxD)
-        for block in self.recur:
-            u_BxTxD = block(u_BxTxD)
-        return constrain(self.norm_recur(u_BxTxD).astype(s_BxTxD.dtype)), None
+    def __call__(
+        self, s_BxTxD: jax.Array, i: jax.Array, e_BxTxD: jax.Array, pos_T: jax.Array, loop_rng: jax.Array | None
+    ) -> tuple[jax.Array, None]:
+        """The scanned form: iteration i draws its dropout from fold_in(loop_rng, i), as the traced path does."""
+        return self.iterate(s_BxTxD, e_BxTxD, pos_T, _fold(loop_rng, i))[0], None
 
 
 def scanned_loop(config: ModelConfig):
-    """LoopBody lifted with nn.scan: one weight set broadcast to every iteration, fresh dropout per step."""
+    """LoopBody lifted with nn.scan: one weight set broadcast to every iteration.
+
+    Dropout keys are not split by the scan: iteration i uses fold_in(loop key, i), so a static scan, its
+    truncated-BPTT split and the traced-depth fori_loop all draw the same masks for the same iteration.
+    """
     return nn.scan(
         _remat(LoopBody, config),
         variable_broadcast="params",
-        split_rngs={"params": False, "dropout": True},
-        in_axes=(0, nn.broadcast),
+        split_rngs={"params": False},
+        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
     )
 
 
 class LoopedGPT(nn.Module):
-    """prelude -> n_loop × shared recurrent block (with input injection) -> coda -> tied head."""
+    """prelude -> n_loop × shared recurrent block (with input injection) -> coda -> tied head.
+
+    Besides __call__ (training and evaluation), the pieces are methods that a decoder drives with
+    per-layer caches: embed, prelude_blocks, initial_state, iterate (one loop iteration), coda_blocks, head.
+    """
 
     config: ModelConfig
 
@@ -416,20 +542,26 @@ class LoopedGPT(nn.Module):
             dtype=dtype,
             param_dtype=param_dtype,
         )
-        self.wpe = nn.Embed(
-            cfg.block_size,
-            cfg.n_embd,
-            embedding_init=_normal(0.02, ("pos", "embed")),
-            dtype=dtype,
-            param_dtype=param_dtype,
-        )
-        self.drop = nn.Dropout(cfg.dropout)
+        if cfg.pos_encoding == "learned":
+            self.wpe = nn.Embed(
+                cfg.block_size,
+                cfg.n_embd,
+                embedding_init=_normal(0.02, ("pos", "embed")),
+                dtype=dtype,
+                param_dtype=param_dtype,
+            )
         self.ln_f = rms_norm(cfg, "ln_f")
+        block = _remat(Block, cfg)
+        self.prelude = [block(cfg) for _ in range(cfg.n_prelude)]  # params prelude_0, prelude_1, ...
+        self.loop = scanned_loop(cfg)(cfg)
+        self.coda = [block(cfg) for _ in range(cfg.n_coda)]
 
-    def embed(self, idx_BxT: jax.Array, pos_T: jax.Array, train: bool = False) -> jax.Array:
-        """Token + position embeddings, with dropout."""
-        x_BxTxD = self.wte(idx_BxT) + self.wpe(pos_T)[None]
-        return self.drop(x_BxTxD, deterministic=not train)
+    def embed(self, idx_BxT: jax.Array, pos_T: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+        """Token (+ learned position) embeddings, with dropout."""
+        x_BxTxD = self.wte(idx_BxT)
+        if self.config.pos_encoding == "learned":
+            x_BxTxD = x_BxTxD + self.wpe(pos_T)[None]
+        return _dropout(x_BxTxD, self.config.dropout, rng)
 
     def head(self, x_BxTxD: jax.Array) -> jax.Array:
         """Final RMSNorm and the output head tied to wte; logits in float32."""
@@ -441,6 +573,25 @@ class LoopedGPT(nn.Module):
             preferred_element_type=jnp.float32,
         )
         return logits_NxV.reshape(b, t, -1)
+
+    def _blocks(self, blocks, x_BxTxD, pos_T, rng, caches, at):
+        new_caches = []
+        for j, block in enumerate(blocks):
+            x_BxTxD, c = block(x_BxTxD, pos_T, _fold(rng, j), None if caches is None else caches[j], at)
+            new_caches.append(c)
+        return x_BxTxD, None if caches is None else tuple(new_caches)
+
+    def prelude_blocks(self, x_BxTxD, pos_T, rng=None, caches=None, at=None):
+        """The prelude blocks, each with its cache if caches are given: (e, caches')."""
+        return self._blocks(self.prelude, x_BxTxD, pos_T, rng, caches, at)
+
+    def coda_blocks(self, x_BxTxD, pos_T, rng=None, caches=None, at=None):
+        """The coda blocks, each with its cache if caches are given: (x, caches')."""
+        return self._blocks(self.coda, x_BxTxD, pos_T, rng, caches, at)
+
+    def iterate(self, s_BxTxD, e_BxTxD, pos_T, rng=None, caches=None, at=None):
+        """One iteration of the shared recurrent block (LoopBody.iterate with the model's loop params)."""
+        return self.loop.iterate(s_BxTxD, e_BxTxD, pos_T, rng, caches, at)
 
     def initial_state(self, e_BxTxD: jax.Array, pos_T: jax.Array) -> jax.Array:
         """s before the first iteration: e, or N(0, 1)·D^-0.5 noise for inject_random.
@@ -461,34 +612,36 @@ class LoopedGPT(nn.Module):
         noise_TxBxD = jax.vmap(lambda p: jax.random.normal(jax.random.fold_in(key, p), (b, d)))(pos_T)
         return (jnp.swapaxes(noise_TxBxD, 0, 1) * cfg.n_embd**-0.5).astype(e_BxTxD.dtype)
 
-    def _nograd_iterations(self, s_BxTxD: jax.Array, e_BxTxD: jax.Array, n_iter: jax.Array, train: bool) -> jax.Array:
+    def _nograd_iterations(
+        self, s_BxTxD: jax.Array, e_BxTxD: jax.Array, pos_T: jax.Array, n_iter: jax.Array, loop_rng
+    ) -> jax.Array:
         """`n_iter` (traced) loop iterations in a lax.fori_loop on stop_gradient inputs.
 
         Used for randomized depth: one compiled step serves every sampled depth, and since nothing
-        here is differentiated, nothing is stored for the backward pass. Same params as the scan.
+        here is differentiated, nothing is stored for the backward pass. Same params, same LoopBody
+        code and the same per-iteration dropout keys as the scan.
         """
         if self.is_initializing():
             raise ValueError("initialise the model with a static (Python int) n_loop")
         params = jax.lax.stop_gradient(nn.unbox(self.variables["params"]["loop"]))
-        body = LoopBody(self.config, train=train, parent=None)
+        body = LoopBody(self.config, parent=None)
         e_BxTxD = jax.lax.stop_gradient(e_BxTxD)
-        key = self.make_rng("dropout") if train and self.config.dropout > 0 else None
 
         def iteration(i, s):
-            rngs = {"dropout": jax.random.fold_in(key, i)} if key is not None else {}
-            return body.apply({"params": params}, s, i, e_BxTxD, rngs=rngs)[0]
+            return body.apply({"params": params}, s, e_BxTxD, pos_T, _fold(loop_rng, i), method=LoopBody.iterate)[0]
 
         out_BxTxD = jax.lax.fori_loop(0, n_iter, iteration, jax.lax.stop_gradient(s_BxTxD))
         # with no gradient-free iterations the initial state keeps its gradient, as in the static path
         return jnp.where(n_iter > 0, out_BxTxD, s_BxTxD)
 
-    @nn.compact
     def __call__(self, idx_BxT: jax.Array, *, train: bool = False, n_loop: int | jax.Array | None = None) -> jax.Array:
         """Logits (B, T, V) in float32.
 
         n_loop: a Python int (static: one compile per depth) or, with bptt_k set, a traced int32
         scalar: then n_loop - bptt_k iterations run in a fori_loop without gradient and the last
         bptt_k in the scan, so every depth shares one compiled program (randomized-depth training).
+        train: dropout on, from the 'dropout' rng (embeddings, prelude j, loop iteration i, coda j each
+        fold their own key out of it).
         """
         cfg = self.config
         n_loop = cfg.n_loop if n_loop is None else n_loop
@@ -500,25 +653,24 @@ class LoopedGPT(nn.Module):
         t = idx_BxT.shape[1]
         if t > cfg.block_size:
             raise ValueError(f"sequence length {t} is longer than model.block_size {cfg.block_size}")
-        block = _remat(Block, cfg)
+        rng = self.make_rng("dropout") if train and cfg.dropout > 0 else None
 
         pos_T = jnp.arange(t)
-        x_BxTxD = constrain(self.embed(idx_BxT, pos_T, train=train))
-        for j in range(cfg.n_prelude):
-            x_BxTxD = block(cfg, train=train, name=f"prelude_{j}")(x_BxTxD)
-        e_BxTxD = x_BxTxD
+        x_BxTxD = constrain(self.embed(idx_BxT, pos_T, _fold(rng, 0)))
+        e_BxTxD, _ = self.prelude_blocks(x_BxTxD, pos_T, _fold(rng, 1))
         s_BxTxD = self.initial_state(e_BxTxD, pos_T)
 
-        loop = scanned_loop(cfg)(cfg, train=train, name="loop")
+        loop_rng = _fold(rng, 2)
         if dynamic:
-            s_BxTxD = self._nograd_iterations(s_BxTxD, e_BxTxD, jnp.maximum(n_loop - cfg.bptt_k, 0), train)
-            grad_iters = jnp.arange(cfg.bptt_k)
+            n_nograd = jnp.maximum(n_loop - cfg.bptt_k, 0)
+            s_BxTxD = self._nograd_iterations(s_BxTxD, e_BxTxD, pos_T, n_nograd, loop_rng)
+            grad_iters = n_nograd + jnp.arange(cfg.bptt_k)
         else:
             n_nograd, _ = cfg.loop_split(n_loop)
             if n_nograd:
                 # Truncated BPTT: the first iterations get no gradient; stop_gradient on their result
                 # means their activations are never kept for the backward pass.
-                s_BxTxD, _ = loop(s_BxTxD, jnp.arange(n_nograd), e_BxTxD)
+                s_BxTxD, _ = self.loop(s_BxTxD, jnp.arange(n_nograd), e_BxTxD, pos_T, loop_rng)
                 s_BxTxD = jax.lax.stop_gradient(s_BxTxD)
             grad_iters = jnp.arange(n_nograd, n_loop)
         if len(grad_iters) <= MAX_UNROLL:
@@ -526,13 +678,11 @@ class LoopedGPT(nn.Module):
             # it fuses across iterations and keeps no stacked copies of their residuals (-5-8% step time
             # at bptt_k=2). Compile time grows with bptt_k up to MAX_UNROLL, never with n_loop.
             for i in range(len(grad_iters)):
-                s_BxTxD, _ = loop(s_BxTxD, grad_iters[i : i + 1], e_BxTxD)
+                s_BxTxD, _ = self.loop(s_BxTxD, grad_iters[i : i + 1], e_BxTxD, pos_T, loop_rng)
         else:
-            s_BxTxD, _ = loop(s_BxTxD, grad_iters, e_BxTxD)
+            s_BxTxD, _ = self.loop(s_BxTxD, grad_iters, e_BxTxD, pos_T, loop_rng)
 
-        x_BxTxD = s_BxTxD
-        for j in range(cfg.n_coda):
-            x_BxTxD = block(cfg, train=train, name=f"coda_{j}")(x_BxTxD)
+        x_BxTxD, _ = self.coda_blocks(s_BxTxD, pos_T, _fold(rng, 3))
         return self.head(x_BxTxD)
 
 
@@ -551,6 +701,7 @@ def count_params(params: dict) -> dict[str, int]:
 
     params = nn.unbox(params)
     loop = params.get("loop", {})
+    wpe = size(params.get("wpe", {}))
     counts = {
         "total": size(params),
         "prelude": size({k: v for k, v in params.items() if k.startswith("prelude_")}),
@@ -558,7 +709,7 @@ def count_params(params: dict) -> dict[str, int]:
         "recur": size({k: v for k, v in loop.items() if k.startswith("recur_")}),
         "inject": size(loop.get("inject", {})),
         "norm_recur": size(loop.get("norm_recur", {})),
-        "embedding": size(params["wte"]) + size(params["wpe"]),
+        "embedding": size(params["wte"]) + wpe,
     }
-    counts["non_embedding"] = counts["total"] - size(params["wpe"])
+    counts["non_embedding"] = counts["total"] - wpe
     return counts

@@ -19,7 +19,8 @@ import jax
 import numpy as np
 
 from nanoloop_jax.model import ModelConfig, init_params
-from nanoloop_jax.sampling import KVDecoder, SampleConfig, naive_step_fn, naive_windows, padded_length
+from nanoloop_jax.recompute import naive_step_fn, naive_windows
+from nanoloop_jax.sampling import KVDecoder, SampleConfig, padded_length
 
 # nanoLOOP's config/train_shakespeare_char_looped.py model: 2 prelude + 2 recurrent × 4 loops + 2 coda.
 SHAKESPEARE_CHAR_LOOPED = ModelConfig(

@@ -56,14 +56,17 @@ def test_depth_config_validation():
         dataclasses.replace(CFG, loop_sampling="uniform").validate()
 
 
-def test_traced_depth_equals_static_depth():
-    cfg = dataclasses.replace(CFG, dropout=0.0)
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_traced_depth_equals_static_depth(dropout):
+    """Also in train mode: iteration i draws its dropout mask from (key, i) in the fori_loop and in the scan."""
+    cfg = dataclasses.replace(CFG, dropout=dropout)
     params = init_params(cfg, jax.random.PRNGKey(0))
     params = jax.tree_util.tree_map(lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(1), x.shape), params)
     idx = jax.random.randint(jax.random.PRNGKey(2), (2, 10), 0, 29)
+    train = dropout > 0
 
-    def loss(p, n):
-        logits = LoopedGPT(cfg).apply({"params": p}, idx, n_loop=n)
+    def loss(p, n, key=jax.random.PRNGKey(9)):
+        logits = LoopedGPT(cfg).apply({"params": p}, idx, n_loop=n, train=train, rngs={"dropout": key})
         return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], idx[:, 1:]).mean()
 
     traced = jax.jit(jax.value_and_grad(loss))
@@ -73,6 +76,11 @@ def test_traced_depth_equals_static_depth():
         np.testing.assert_allclose(l_dyn, l_sta, rtol=1e-6)
         for a, b in zip(jax.tree_util.tree_leaves(g_dyn), jax.tree_util.tree_leaves(g_sta), strict=True):
             np.testing.assert_allclose(a, b, atol=1e-6)
+    if train:  # the masks are real: another key, or no dropout, gives another loss
+        assert abs(float(loss(params, 6)) - float(loss(params, 6, jax.random.PRNGKey(10)))) > 1e-4
+        no_dropout = LoopedGPT(dataclasses.replace(cfg, dropout=0.0)).apply({"params": params}, idx, n_loop=6)
+        ref = optax.softmax_cross_entropy_with_integer_labels(no_dropout[:, :-1], idx[:, 1:]).mean()
+        assert abs(float(loss(params, 6)) - float(ref)) > 1e-4
 
 
 def test_one_compilation_for_every_sampled_depth():

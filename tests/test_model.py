@@ -44,7 +44,7 @@ def unrolled_forward(cfg, params, idx, n_loop=None, detach_before=0):
     t = idx.shape[1]
     x = params["wte"]["embedding"][idx] + params["wpe"]["embedding"][jnp.arange(t)][None]
     for j in range(cfg.n_prelude):
-        x = Block(cfg).apply({"params": params[f"prelude_{j}"]}, x)
+        x = Block(cfg).apply({"params": params[f"prelude_{j}"]}, x, jnp.arange(t))[0]
     e = x
     s = e
     for i in range(n_loop):
@@ -54,13 +54,13 @@ def unrolled_forward(cfg, params, idx, n_loop=None, detach_before=0):
             inject = Dense(cfg.n_embd, ("inject_in", "embed"), use_bias=cfg.bias)
             u = inject.apply({"params": params["loop"]["inject"]}, jnp.concatenate([e, s], -1))
         for j in range(cfg.n_block):
-            u = Block(cfg).apply({"params": params["loop"][f"recur_{j}"]}, u)
+            u = Block(cfg).apply({"params": params["loop"][f"recur_{j}"]}, u, jnp.arange(t))[0]
         s = rms_norm(cfg, "n").apply({"params": params["loop"]["norm_recur"]}, u)
         if i < detach_before:
             s = jax.lax.stop_gradient(s)
     x = s
     for j in range(cfg.n_coda):
-        x = Block(cfg).apply({"params": params[f"coda_{j}"]}, x)
+        x = Block(cfg).apply({"params": params[f"coda_{j}"]}, x, jnp.arange(t))[0]
     x = rms_norm(cfg, "n").apply({"params": params["ln_f"]}, x)
     return x @ params["wte"]["embedding"].T
 
@@ -141,7 +141,7 @@ def test_plain_gpt_when_one_loop_and_no_prelude_coda():
     params, idx = init_params(cfg, jax.random.PRNGKey(3)), _idx()
     x = params["wte"]["embedding"][idx] + params["wpe"]["embedding"][: idx.shape[1]][None]
     for j in range(3):
-        x = Block(cfg).apply({"params": params["loop"][f"recur_{j}"]}, x)
+        x = Block(cfg).apply({"params": params["loop"][f"recur_{j}"]}, x, jnp.arange(idx.shape[1]))[0]
     # norm_recur (scale 1 at init) followed by ln_f equals ln_f alone
     x = rms_norm(cfg, "n").apply({"params": params["ln_f"]}, x)
     np.testing.assert_allclose(

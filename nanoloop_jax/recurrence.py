@@ -1,0 +1,269 @@
+"""The decoder's forward over KV caches: the model's own modules, driven per iteration with exit rules.
+
+The sampler never rebuilds a block: it calls LoopedGPT's pieces (embed, prelude_blocks, iterate,
+coda_blocks, head) with per-layer caches and decides, per iteration, which cache slots are used, which
+positions still iterate, and what an exited position leaves in the cache.
+
+Caches. One LayerCache per attention layer run: n_prelude, then n_slots·n_block for the recurrent block
+(n_slots = n_loop, or K with kv_share=K: iteration i uses slot i mod K, Huginn's `compress-sK`, so the
+cache size does not grow with n_loop), then n_coda. Cache slot = position in the window.
+
+Exit rules (DecodeConfig.exit_criterion, per position, exit_threshold ε traced): a position that has
+computed at least min_loops iterations stops after iteration i when
+  latent_diff: ‖s_i − s_{i−1}‖ / ‖s_i‖ < ε
+  kl:          KL(p_i ‖ p_{i−1}) < ε, p_i = softmax(head(ln_f(s_i))) (Huginn's `kl`; the coda is not run)
+  entropy:     |H(p_i) − H(p_{i−1})| < ε
+  argmax:      argmax p_i equal to argmax p_{i−1} for exit_patience iterations in a row (ε unused)
+with s_{−1} the initial state. A skipped iteration runs no compute for that position; the cache slot of
+a skipped iteration receives the K/V the position's last computed iteration wrote (the Huginn fill):
+before iteration i runs, slot (i−1) mod n_slots is copied into slot i mod n_slots at these positions,
+and the iteration overwrites the entries of the positions still active. Each iteration is a
+lax.while_loop of at most one trip that runs while any position is active, so a batch whose every
+position has exited skips the rest of the loop.
+
+Prefill == decode. With per-iteration slots and a cold start, position p's iteration i reads earlier
+positions' iteration-i entries whether they were computed in this call or an earlier one, so a window
+is processed in one parallel pass. With kv_share or warm_start (s of position p starts from the final
+s of position p−1, Huginn's `continuous_compute`) position p depends on earlier positions' *final*
+states, so a window is processed position by position (a lax.scan of single-position passes) and
+prefill still equals decode exactly.
+
+Dimension legend: B batch, T positions in this call, S cache slots, D n_embd, V vocab.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from nanoloop_jax.model import CacheWrite, LayerCache, LoopedGPT, ModelConfig, empty_cache
+
+EXIT_CRITERIA = ("none", "latent_diff", "kl", "entropy", "argmax")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+    """How the decoder runs the recurrence (static: one compilation per value)."""
+
+    n_loop: int
+    exit_criterion: str = "none"
+    min_loops: int = 1  # no exit before this many iterations
+    exit_patience: int = 2  # argmax: iterations in a row with an unchanged argmax
+    kv_share: int = 0  # K > 0: iteration i uses cache slot i mod K (0: one slot per iteration)
+    warm_start: bool = False  # a position's state starts from the previous position's final state
+    draft_n_loop: int = 0  # self-speculative decoding: draft with this many iterations (0: off)
+    draft_tokens: int = 4  # tokens drafted per speculative round
+
+    def validate(self) -> DecodeConfig:
+        """Raise ValueError with one line for a bad setting or combination; return self."""
+        if not isinstance(self.n_loop, int) or self.n_loop < 1:
+            raise ValueError(f"n_loop must be a positive integer, got {self.n_loop!r}")
+        if self.exit_criterion not in EXIT_CRITERIA:
+            raise ValueError(
+                f"unknown exit criterion {self.exit_criterion!r}; choose one of {', '.join(EXIT_CRITERIA)}"
+            )
+        if not 1 <= self.min_loops <= self.n_loop:
+            raise ValueError(f"min_loops must be in 1..n_loop ({self.n_loop}), got {self.min_loops}")
+        if self.exit_patience < 1:
+            raise ValueError(f"exit_patience must be >= 1, got {self.exit_patience}")
+        if not 0 <= self.kv_share <= self.n_loop:
+            raise ValueError(f"kv_share ({self.kv_share}) must be in 0..n_loop ({self.n_loop}); 0 turns sharing off")
+        if self.draft_n_loop:
+            if not 1 <= self.draft_n_loop < self.n_loop:
+                raise ValueError(f"draft_n_loop ({self.draft_n_loop}) must be in 1..n_loop-1 ({self.n_loop - 1})")
+            if self.draft_tokens < 1:
+                raise ValueError(f"draft_tokens must be >= 1, got {self.draft_tokens}")
+            if not self.parallel:
+                raise ValueError("speculative decoding verifies drafts in one parallel pass: drop kv_share/warm_start")
+        return self
+
+    @property
+    def n_slots(self) -> int:
+        """Cache slots per recurrent-block layer."""
+        return self.kv_share or self.n_loop
+
+    @property
+    def parallel(self) -> bool:
+        """Whether a window can be processed in one pass (see the module docstring)."""
+        return self.n_slots == self.n_loop and not self.warm_start
+
+    def n_layers(self, config: ModelConfig) -> int:
+        """Attention layers with a cache of their own."""
+        return config.n_prelude + self.n_slots * config.n_block + config.n_coda
+
+
+class Pass(NamedTuple):
+    """What one forward over T new positions returns."""
+
+    x_BxTxD: jax.Array  # hidden states after the coda (before ln_f)
+    caches: tuple[LayerCache, ...]
+    iters_BxT: jax.Array  # loop iterations computed per position
+    s_last_BxD: jax.Array  # final recurrent state of the last valid position (the next warm start)
+
+
+class _Iter(NamedTuple):
+    """The per-position loop carry."""
+
+    s_BxTxD: jax.Array
+    active_BxT: jax.Array
+    iters_BxT: jax.Array
+    stat: jax.Array  # what the criterion compares: (B, T, V) log-probs, (B, T) entropy or argmax
+    stable_BxT: jax.Array  # argmax: iterations in a row without a change
+
+
+def empty_caches(config: ModelConfig, dc: DecodeConfig, batch: int, slots: int) -> tuple[LayerCache, ...]:
+    """Zero caches for every layer the decoder runs."""
+    return tuple(empty_cache(config, batch, slots) for _ in range(dc.n_layers(config)))
+
+
+def cache_bytes(caches) -> int:
+    """Bytes of all K/V buffers."""
+    return sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(caches))
+
+
+def _copy_slot(src: jax.Array, dst: jax.Array, slot0, t: int) -> jax.Array:
+    """dst with the entries of slots slot0..slot0+t copied from src (the Huginn fill of a skipped iteration)."""
+    start = (0,) * (src.ndim - 1) + (slot0,)
+    return jax.lax.dynamic_update_slice(dst, jax.lax.dynamic_slice(src, start, src.shape[:-1] + (t,)), start)
+
+
+class Recurrence:
+    """Cached forward passes of one model under one DecodeConfig (pure functions of params and caches)."""
+
+    def __init__(self, config: ModelConfig, dc: DecodeConfig, vocab_limit: int | None = None) -> None:
+        self.cfg, self.dc = config, dc.validate()
+        self.model = LoopedGPT(config)
+        self.vocab_limit = vocab_limit
+
+    def _m(self, params, method, *args, **kw):
+        return self.model.apply({"params": params}, *args, method=method, **kw)
+
+    def logits(self, params, x_BxTxD) -> jax.Array:
+        """Float32 logits (B, T, V) through ln_f and the tied head."""
+        return self._m(params, LoopedGPT.head, x_BxTxD)
+
+    def _stat(self, params, s_BxTxD) -> jax.Array:
+        """What the exit criterion compares between iterations, for state s."""
+        crit = self.dc.exit_criterion
+        if crit in ("none", "latent_diff"):
+            return jnp.zeros(s_BxTxD.shape[:2], jnp.float32)
+        logits_BxTxV = self.logits(params, s_BxTxD)
+        if self.vocab_limit is not None and self.vocab_limit < logits_BxTxV.shape[-1]:
+            logits_BxTxV = jnp.where(jnp.arange(logits_BxTxV.shape[-1]) < self.vocab_limit, logits_BxTxV, -jnp.inf)
+        if crit == "argmax":
+            return jnp.argmax(logits_BxTxV, axis=-1).astype(jnp.float32)
+        logp_BxTxV = jax.nn.log_softmax(logits_BxTxV, axis=-1)
+        if crit == "kl":
+            return logp_BxTxV
+        p_BxTxV = jnp.exp(logp_BxTxV)
+        return -jnp.sum(jnp.where(p_BxTxV > 0, p_BxTxV * logp_BxTxV, 0.0), axis=-1)  # entropy
+
+    def _converged(self, old: _Iter, s_new, stat_new, eps) -> tuple[jax.Array, jax.Array]:
+        """(exit now per position, argmax stable count) after an iteration from old.s to s_new."""
+        crit = self.dc.exit_criterion
+        stable = old.stable_BxT
+        if crit == "none":
+            done = jnp.zeros(old.active_BxT.shape, bool)
+        elif crit == "latent_diff":
+            delta = jnp.linalg.norm((s_new - old.s_BxTxD).astype(jnp.float32), axis=-1)
+            done = delta / jnp.maximum(jnp.linalg.norm(s_new.astype(jnp.float32), axis=-1), 1e-30) < eps
+        elif crit == "kl":
+            p_new = jnp.exp(stat_new)
+            kl = jnp.sum(jnp.where(p_new > 0, p_new * (stat_new - jnp.maximum(old.stat, -1e30)), 0.0), axis=-1)
+            done = kl < eps
+        elif crit == "entropy":
+            done = jnp.abs(stat_new - old.stat) < eps
+        else:  # argmax
+            stable = jnp.where(stat_new == old.stat, stable + 1, 0)
+            done = stable >= self.dc.exit_patience
+        return done, stable
+
+    def _window(self, params, tok_BxT, pos0, n_valid, caches, s_warm_BxD, noise_key, eps) -> Pass:
+        """One parallel pass over T positions pos0.. (slots pos0..); positions >= n_valid are padding."""
+        cfg, dc = self.cfg, self.dc
+        b, t = tok_BxT.shape
+        caches = list(caches)
+        pos_T = pos0 + jnp.arange(t)
+        mask_TxS = jnp.arange(caches[0].k.shape[-1])[None, :] <= pos_T[:, None]
+        at = CacheWrite(pos0, mask_TxS)
+        p, nb = cfg.n_prelude, cfg.n_block
+
+        x_BxTxD = self._m(params, LoopedGPT.embed, tok_BxT, pos_T)
+        e_BxTxD, pre = self._m(params, LoopedGPT.prelude_blocks, x_BxTxD, pos_T, None, tuple(caches[:p]), at)
+        caches[:p] = pre
+        s_BxTxD = self._m(params, LoopedGPT.initial_state, e_BxTxD, pos_T, rngs={"noise": noise_key})
+        if dc.warm_start:  # the stream's first position starts cold, every later one from its predecessor
+            s_BxTxD = jnp.where((pos_T > 0)[None, :, None], s_warm_BxD[:, None].astype(s_BxTxD.dtype), s_BxTxD)
+        active = jnp.broadcast_to(jnp.arange(t)[None] < n_valid, (b, t))
+        carry = _Iter(
+            s_BxTxD, active, jnp.zeros((b, t), jnp.int32), self._stat(params, s_BxTxD), jnp.zeros((b, t), jnp.int32)
+        )
+
+        def iteration(c: _Iter, layer_caches):
+            s_new, layer_caches = self._m(
+                params, LoopedGPT.iterate, c.s_BxTxD, e_BxTxD, pos_T, None, layer_caches,
+                at._replace(write_BxT=c.active_BxT),
+            )  # fmt: skip
+            stat_new = self._stat(params, s_new)
+            done, stable = self._converged(c, s_new, stat_new, eps)
+            keep = c.active_BxT
+            iters = c.iters_BxT + keep.astype(jnp.int32)
+            done = done & (iters >= dc.min_loops)
+            new = _Iter(
+                jnp.where(keep[..., None], s_new, c.s_BxTxD),
+                keep & ~done,
+                iters,
+                jnp.where(keep.reshape(keep.shape + (1,) * (stat_new.ndim - 2)), stat_new, c.stat),
+                jnp.where(keep, stable, c.stable_BxT),
+            )
+            return new, layer_caches
+
+        for i in range(dc.n_loop):
+            slot, prev = i % dc.n_slots, (i - 1) % dc.n_slots
+            layers = range(p + slot * nb, p + (slot + 1) * nb)
+            if i > 0 and slot != prev:  # the Huginn fill, overwritten below for the positions still active
+                for j, y in enumerate(layers):
+                    src = caches[p + prev * nb + j]
+                    caches[y] = LayerCache(*(_copy_slot(a, c, pos0, t) for a, c in zip(src, caches[y], strict=True)))
+            # at most one trip: skipped once every position has exited (lax.cond would copy the caches)
+            _, carry, layer_caches = jax.lax.while_loop(
+                lambda st: st[0] & jnp.any(st[1].active_BxT),
+                lambda st: (jnp.array(False), *iteration(st[1], st[2])),
+                (jnp.array(True), carry, tuple(caches[y] for y in layers)),
+            )
+            for y, c in zip(layers, layer_caches, strict=True):
+                caches[y] = c
+        x_BxTxD, coda = self._m(
+            params,
+            LoopedGPT.coda_blocks,
+            carry.s_BxTxD,
+            pos_T,
+            None,
+            tuple(caches[-cfg.n_coda :] if cfg.n_coda else ()),
+            at,
+        )
+        if cfg.n_coda:
+            caches[-cfg.n_coda :] = coda
+        s_last_BxD = jax.lax.dynamic_index_in_dim(carry.s_BxTxD, jnp.maximum(n_valid - 1, 0), 1, keepdims=False)
+        return Pass(x_BxTxD, tuple(caches), carry.iters_BxT, s_last_BxD)
+
+    def forward(self, params, tok_BxT, pos0, n_valid, caches, s_warm_BxD, noise_key, eps) -> Pass:
+        """T new positions at pos0..: one parallel pass, or (kv_share / warm_start) one position at a time."""
+        if self.dc.parallel:
+            return self._window(params, tok_BxT, pos0, n_valid, caches, s_warm_BxD, noise_key, eps)
+
+        def one(carry, t):
+            caches, s_warm = carry
+            valid = t < n_valid  # a padding position computes no iteration and leaves the warm state alone
+            tok_Bx1 = jax.lax.dynamic_slice_in_dim(tok_BxT, t, 1, axis=1)
+            out = self._window(params, tok_Bx1, pos0 + t, valid.astype(jnp.int32), caches, s_warm, noise_key, eps)
+            return (out.caches, jnp.where(valid, out.s_last_BxD, s_warm)), (out.x_BxTxD[:, 0], out.iters_BxT[:, 0])
+
+        (caches, s_last), (x_TxBxD, iters_TxB) = jax.lax.scan(
+            one, (tuple(caches), s_warm_BxD), jnp.arange(tok_BxT.shape[1])
+        )
+        iters_BxT = jnp.where(jnp.arange(tok_BxT.shape[1])[None] < n_valid, iters_TxB.T, 0)
+        return Pass(jnp.swapaxes(x_TxBxD, 0, 1), caches, iters_BxT, s_last)
