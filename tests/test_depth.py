@@ -65,7 +65,8 @@ def test_traced_depth_equals_static_depth(dropout):
     idx = jax.random.randint(jax.random.PRNGKey(2), (2, 10), 0, 29)
     train = dropout > 0
 
-    def loss(p, n, key=jax.random.PRNGKey(9)):
+    def loss(p, n, seed=9):
+        key = jax.random.PRNGKey(seed)
         logits = LoopedGPT(cfg).apply({"params": p}, idx, n_loop=n, train=train, rngs={"dropout": key})
         return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], idx[:, 1:]).mean()
 
@@ -77,7 +78,7 @@ def test_traced_depth_equals_static_depth(dropout):
         for a, b in zip(jax.tree_util.tree_leaves(g_dyn), jax.tree_util.tree_leaves(g_sta), strict=True):
             np.testing.assert_allclose(a, b, atol=1e-6)
     if train:  # the masks are real: another key, or no dropout, gives another loss
-        assert abs(float(loss(params, 6)) - float(loss(params, 6, jax.random.PRNGKey(10)))) > 1e-4
+        assert abs(float(loss(params, 6)) - float(loss(params, 6, 10))) > 1e-4
         no_dropout = LoopedGPT(dataclasses.replace(cfg, dropout=0.0)).apply({"params": params}, idx, n_loop=6)
         ref = optax.softmax_cross_entropy_with_integer_labels(no_dropout[:, :-1], idx[:, 1:]).mean()
         assert abs(float(loss(params, 6)) - float(ref)) > 1e-4
