@@ -29,7 +29,20 @@ flags.DEFINE_integer(
 flags.DEFINE_float("top_p", None, "Nucleus sampling: keep the smallest set of tokens with probability >= top_p.")
 flags.DEFINE_integer("seed", 1337, "Random seed.")
 flags.DEFINE_integer("n_loop", None, "Iterations of the recurrent block at test time (default: the trained value).")
-flags.DEFINE_float("exit_threshold", None, "Adaptive exit: stop iterating once ||s_i - s_i-1|| / ||s_i|| < this.")
+flags.DEFINE_enum(
+    "exit_criterion",
+    None,
+    ["none", "latent_diff", "kl", "entropy", "argmax"],
+    "Per-token adaptive exit (default: latent_diff when --exit_threshold is given, else none).",
+)
+flags.DEFINE_float("exit_threshold", None, "Exit once the criterion's change between iterations is below this.")
+flags.DEFINE_integer("min_loops", 1, "Adaptive exit: iterations every token computes before it may exit.")
+flags.DEFINE_integer("exit_patience", 2, "--exit_criterion=argmax: iterations in a row with an unchanged argmax.")
+flags.DEFINE_integer("kv_share", 0, "K > 0: iteration i uses KV-cache slot i mod K (fixed cache size at any depth).")
+flags.DEFINE_bool("warm_start", False, "A token's recurrent state starts from the previous token's final state.")
+flags.DEFINE_integer("draft_n_loop", 0, "Self-speculative decoding: draft tokens with this many iterations (0: off).")
+flags.DEFINE_integer("draft_tokens", 4, "Self-speculative decoding: tokens drafted per round.")
+flags.DEFINE_bool("stats", False, "After the samples, print tokens/s, iterations per token and the KV-cache size.")
 flags.DEFINE_string("data_dir", None, "Dataset dir whose meta.json gives the tokenizer (default: the checkpoint's).")
 # nanoLOOP's remaining sample.py flags, so its command lines work unchanged
 flags.DEFINE_string("init_from", "resume", "Only 'resume' (from --out_dir or --ckpt), as in nanoLOOP.")
@@ -84,6 +97,29 @@ def check_flags() -> None:
         raise SampleError(f"--n_loop must be >= 1, got {FLAGS.n_loop}")
     if FLAGS.exit_threshold is not None and FLAGS.exit_threshold < 0:
         raise SampleError(f"--exit_threshold must be >= 0, got {FLAGS.exit_threshold}")
+    if FLAGS.exit_criterion not in (None, "none", "argmax") and FLAGS.exit_threshold is None:
+        raise SampleError(f"--exit_criterion={FLAGS.exit_criterion} needs --exit_threshold")
+
+
+def decode_config(trained_n_loop: int):
+    """The DecodeConfig the flags ask for (validated: a bad combination is one line)."""
+    from nanoloop_jax.recurrence import DecodeConfig
+
+    criterion = FLAGS.exit_criterion or ("latent_diff" if FLAGS.exit_threshold else "none")
+    dc = DecodeConfig(
+        n_loop=FLAGS.n_loop or trained_n_loop,
+        exit_criterion=criterion,
+        min_loops=FLAGS.min_loops,
+        exit_patience=FLAGS.exit_patience,
+        kv_share=FLAGS.kv_share,
+        warm_start=FLAGS.warm_start,
+        draft_n_loop=FLAGS.draft_n_loop,
+        draft_tokens=FLAGS.draft_tokens,
+    )
+    try:
+        return dc.validate()
+    except ValueError as err:
+        raise SampleError(f"{err} (flags --n_loop, --kv_share, --draft_n_loop, ...)") from None
 
 
 def effective_top_k(vocab_size: int) -> int | None:
@@ -97,16 +133,25 @@ def effective_top_k(vocab_size: int) -> int | None:
 
 def write_samples(
     decoder, params, tokenizer, prompt_ids: list[int], *, num_samples, max_new_tokens, key, exit_threshold, out
-) -> float:
-    """Decode the batch, streaming sample 0 to `out` chunk by chunk; return the mean loop iterations per token."""
+):
+    """Decode the batch, streaming sample 0 to `out` chunk by chunk; return (Generation, timed tokens, seconds).
+
+    Parts whose call compiled something (the first prefill, the first decode chunk, ...) are left out
+    of the timed tokens and seconds, so the tokens/s of --stats excludes compilation.
+    """
+    import time
+
     import numpy as np
 
     from nanoloop_jax.sampling import Generation, concat_generations
 
     prompt_BxP = np.tile(np.asarray(prompt_ids, np.int32), (num_samples, 1))
     parts: list[Generation] = []
-    shown = ""
+    shown, timed, seconds = "", 0, 0.0
+    compiles, t0 = decoder.compilations(), time.perf_counter()
     for part in decoder.stream(params, prompt_BxP, max_new_tokens, key, exit_threshold=exit_threshold):
+        if decoder.compilations() == compiles:
+            timed, seconds = timed + part.tokens_BxN.size, seconds + time.perf_counter() - t0
         parts.append(part)
         text = tokenizer.decode(prompt_ids + np.concatenate([p.tokens_BxN[0] for p in parts]).tolist())
         # hold back a trailing partial UTF-8 character (GPT-2 BPE can split one across tokens)
@@ -114,12 +159,13 @@ def write_samples(
         out.write(text[len(shown) :])
         out.flush()
         shown = text
+        compiles, t0 = decoder.compilations(), time.perf_counter()
     gen = concat_generations(parts)
     out.write(tokenizer.decode(prompt_ids + gen.tokens_BxN[0].tolist())[len(shown) :] + "\n" + SEPARATOR + "\n")
     for b in range(1, num_samples):
         out.write(tokenizer.decode(prompt_ids + gen.tokens_BxN[b].tolist()) + "\n" + SEPARATOR + "\n")
     out.flush()
-    return float(gen.iters_BxN.mean())
+    return gen, timed, seconds
 
 
 def run() -> None:
@@ -144,8 +190,8 @@ def run() -> None:
     # only now, so that a bad input leaves exactly one line on stderr
     print(f"loaded {loaded.description}; tokenizer: {tokenizer.name} ({tokenizer.vocab_size} tokens)", file=sys.stderr)
     sc = SampleConfig(FLAGS.temperature, top_k, FLAGS.top_p, vocab_limit=tokenizer.vocab_size)
-    decoder = KVDecoder(config, sc, n_loop=FLAGS.n_loop, chunk_size=CHUNK)
-    mean_iters = write_samples(
+    decoder = KVDecoder(config, sc, decode_config(config.n_loop), chunk_size=CHUNK)
+    gen, timed, seconds = write_samples(
         decoder,
         params,
         tokenizer,
@@ -156,8 +202,23 @@ def run() -> None:
         exit_threshold=FLAGS.exit_threshold,
         out=sys.stdout,
     )
-    if FLAGS.exit_threshold is not None:
-        print(f"mean loop iterations per token: {mean_iters:.2f} of n_loop {decoder.n_loop}")
+    if decoder.dc.exit_criterion != "none":
+        print(f"mean loop iterations per token: {gen.iters_BxN.mean():.2f} of n_loop {decoder.n_loop}")
+    if FLAGS.stats:
+        print(format_stats(gen, timed, seconds, decoder.cache_bytes(FLAGS.num_samples)))
+        if decoder.dc.draft_n_loop:
+            st = decoder.stats
+            print(f"speculative: {st['rounds']} rounds, {st['accepted']} of {st['drafted']} drafted tokens accepted")
+
+
+def format_stats(gen, timed: int, seconds: float, kv_bytes: int) -> str:
+    """The --stats line: tokens/s of the calls that compiled nothing (all samples' tokens), iterations, cache MiB."""
+    it = gen.iters_BxN
+    rate = timed / seconds if seconds > 0 else float("nan")
+    return (
+        f"stats: tokens/s {rate:,.1f}, iterations/token mean {it.mean():.2f} min {it.min()} max {it.max()}, "
+        f"kv cache {kv_bytes / 2**20:.2f} MiB"
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -156,6 +156,10 @@ class KVDecoder:
         self._speculate = jax.jit(self._speculate_fn, donate_argnums=1)
         self._window_logits = jax.jit(self._window_logits_fn)
 
+    def compilations(self) -> int:
+        """Programs compiled so far by this decoder (a timer can leave out the calls that compiled)."""
+        return sum(f._cache_size() for f in (self._prefill, self._decode, self._speculate, self._window_logits))
+
     def cache_bytes(self, batch: int) -> int:
         """Bytes of all K/V buffers for a batch (what --stats reports)."""
         return cache_bytes(jax.eval_shape(lambda: empty_caches(self.cfg, self.dc, batch, self.cfg.block_size)))

@@ -228,7 +228,7 @@ def test_samples_stream_chunk_by_chunk(tiny_run):
 
     out = Recorder()
     prompt_ids = tokenizer.encode("abc")
-    mean_iters = sample.write_samples(
+    gen, timed, seconds = sample.write_samples(
         decoder,
         params,
         tokenizer,
@@ -247,4 +247,5 @@ def test_samples_stream_chunk_by_chunk(tiny_run):
     assert len(before_separator) >= 4
     assert all(first.startswith(f) for f in before_separator)
     assert np.all(np.diff([len(f) for f in before_separator]) > 0)
-    assert mean_iters == TINY.n_loop
+    assert (gen.iters_BxN == TINY.n_loop).all()
+    assert 0 < timed < gen.tokens_BxN.size and seconds > 0  # the compiling calls are left out
