@@ -29,13 +29,19 @@ def naive_step_fn(config: ModelConfig, sample_config: SampleConfig, *, n_loop=No
     return jax.jit(step)
 
 
-def naive_windows(prompt_len: int, max_new_tokens: int, block_size: int) -> list[tuple[int, int]]:
-    """(start, end) of the context window behind each new token: the decoder's rule, written out plainly."""
+def naive_windows(
+    prompt_len: int, max_new_tokens: int, block_size: int, window: str = "slide"
+) -> list[tuple[int, int]]:
+    """(start, end) of the context window behind each new token, written out plainly.
+
+    slide: nanoLOOP's generate, the last block_size tokens. restart: the window restarts from the last
+    block_size // 2 tokens when the next token would not fit.
+    """
     n_keep = max(1, block_size // 2)
     start, windows = max(0, prompt_len - block_size), []
     for end in range(prompt_len, prompt_len + max_new_tokens):
         if end - start > block_size:
-            start = end - n_keep
+            start = end - block_size if window == "slide" else end - n_keep
         windows.append((start, end))
     return windows
 
@@ -51,6 +57,7 @@ def naive_generate(
     n_loop: int | None = None,
     noise_key: jax.Array | None = None,
     pad_multiple: int | None = None,
+    window: str = "slide",
 ) -> Generation:
     """One full forward over the context window per new token."""
     seq_BxL = np.asarray(prompt_BxP, np.int32)
@@ -58,7 +65,7 @@ def naive_generate(
     step = naive_step_fn(config, sample_config, n_loop=n_loop)
     pad_multiple = pad_multiple or config.block_size
     toks, iters, logits = [], [], []
-    for n, (start, end) in enumerate(naive_windows(seq_BxL.shape[1], max_new_tokens, config.block_size)):
+    for n, (start, end) in enumerate(naive_windows(seq_BxL.shape[1], max_new_tokens, config.block_size, window)):
         padded = np.zeros((seq_BxL.shape[0], padded_length(end - start, pad_multiple, config.block_size)), np.int32)
         padded[:, : end - start] = seq_BxL[:, start:end]
         tok_B, it_B, logits_BxV = step(params, padded, end - start, jax.random.fold_in(sample_key, n), noise_key)

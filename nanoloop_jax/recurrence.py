@@ -6,7 +6,8 @@ positions still iterate, and what an exited position leaves in the cache.
 
 Caches. One LayerCache per attention layer run: n_prelude, then n_slots·n_block for the recurrent block
 (n_slots = n_loop, or K with kv_share=K: iteration i uses slot i mod K, Huginn's `compress-sK`, so the
-cache size does not grow with n_loop), then n_coda. Cache slot = position in the window.
+cache size does not grow with n_loop), then n_coda. A cache is a ring: position p lives in entry
+p mod S and attends to positions (p − block_size, p] (see cache_write).
 
 Exit rules (DecodeConfig.exit_criterion, per position, exit_threshold ε traced): a position that has
 computed at least min_loops iterations stops after iteration i when
@@ -130,6 +131,21 @@ def _copy_slot(src: jax.Array, dst: jax.Array, slot0, t: int) -> jax.Array:
     return jax.lax.dynamic_update_slice(dst, jax.lax.dynamic_slice(src, start, src.shape[:-1] + (t,)), start)
 
 
+def cache_write(pos0, t: int, ring: int, window: int) -> CacheWrite:
+    """Slots and mask for T new positions pos0.. in caches of `ring` entries: position p lives in entry p mod ring.
+
+    Each new position attends to the cached positions in (p − window, p]: the whole context for learned
+    positions (which never pass block_size), sliding-window attention in every layer for rope/none. A ring
+    longer than the window leaves room for speculative positions that may be rolled back. The T entries
+    must not wrap around the end of the ring within one call (the decoder keeps to that).
+    """
+    last = pos0 + t - 1  # the newest position in the cache after this call
+    pos_S = last - jnp.mod(jnp.mod(last, ring) - jnp.arange(ring), ring)  # the position each entry holds
+    pos_T = pos0 + jnp.arange(t)
+    mask_TxS = (pos_S[None] <= pos_T[:, None]) & (pos_S[None] > pos_T[:, None] - window) & (pos_S[None] >= 0)
+    return CacheWrite(jnp.mod(pos0, ring), mask_TxS)
+
+
 class Recurrence:
     """Cached forward passes of one model under one DecodeConfig (pure functions of params and caches)."""
 
@@ -187,8 +203,7 @@ class Recurrence:
         b, t = tok_BxT.shape
         caches = list(caches)
         pos_T = pos0 + jnp.arange(t)
-        mask_TxS = jnp.arange(caches[0].k.shape[-1])[None, :] <= pos_T[:, None]
-        at = CacheWrite(pos0, mask_TxS)
+        at = cache_write(pos0, t, caches[0].k.shape[-1], cfg.block_size)
         p, nb = cfg.n_prelude, cfg.n_block
 
         x_BxTxD = self._m(params, LoopedGPT.embed, tok_BxT, pos_T)
@@ -227,7 +242,8 @@ class Recurrence:
             if i > 0 and slot != prev:  # the Huginn fill, overwritten below for the positions still active
                 for j, y in enumerate(layers):
                     src = caches[p + prev * nb + j]
-                    caches[y] = LayerCache(*(_copy_slot(a, c, pos0, t) for a, c in zip(src, caches[y], strict=True)))
+                    pairs = zip(src, caches[y], strict=True)
+                    caches[y] = LayerCache(*(_copy_slot(a, c, at.slot0, t) for a, c in pairs))
             # at most one trip: skipped once every position has exited (lax.cond would copy the caches)
             _, carry, layer_caches = jax.lax.while_loop(
                 lambda st: st[0] & jnp.any(st[1].active_BxT),

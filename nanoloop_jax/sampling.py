@@ -4,11 +4,17 @@ The recurrence itself (which modules run, cache slots, exit rules, kv_share, war
 recurrence.Recurrence, which calls the model's own modules; this module decides what is fed when:
 windows, chunks of decode steps, token choice and self-speculative decoding.
 
-Context window. Positions are learned absolute embeddings, so a token's K/V depend on its position in
-the window and cannot be reused once the window slides. The prompt keeps its last block_size tokens
-(as nanoGPT crops); when the next token would not fit, the window restarts from the last
-block_size // 2 tokens (at positions 0..), which are re-prefilled in one call. The windows depend on
-the token count alone, so the host knows when a prefill is due and the jitted loops need no branch.
+Context window. The prompt keeps its last block_size tokens (as nanoGPT crops). With learned absolute
+positions a token's K/V depend on its position in the window, so they cannot be reused once the window
+slides. Past block_size, window="slide" (the default) does what nanoLOOP's generate does: every new
+token is predicted from the last block_size tokens, re-prefilled in one jitted call per token (exact,
+at the cost of a full forward per token). window="restart" restarts the window from the last
+block_size // 2 tokens (at positions 0..), re-prefilled once per block_size // 2 tokens: every token
+sees at least block_size // 2 tokens of context, at KV-cache speed. With rope or no positions (NoPE)
+K/V do not depend on the window, so the caches are rings (recurrence.cache_write): every layer attends
+to the last block_size positions (sliding-window attention), decoded at KV-cache speed forever. The
+windows depend on the token count alone, so the host knows when a prefill is due and the jitted loops
+need no branch.
 
 Self-speculative decoding (draft_n_loop = D, draft_tokens = L): a round drafts L tokens with the same
 model looped D times (prelude, iterations 0..D-1 and coda over the shared caches), then runs all L + 1
@@ -37,6 +43,8 @@ import numpy as np
 
 from nanoloop_jax.model import ModelConfig
 from nanoloop_jax.recurrence import DecodeConfig, Recurrence, cache_bytes, empty_caches
+
+WINDOWS = ("slide", "restart")  # past block_size with learned positions (rope/none always slide, cached)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,8 +144,11 @@ class KVDecoder:
         n_loop: int | None = None,
         chunk_size: int = 32,
         return_logits: bool = False,
+        window: str = "slide",
     ) -> None:
-        self.cfg, self.sc = config, sample_config
+        if window not in WINDOWS:
+            raise ValueError(f"window must be one of {WINDOWS}, got {window!r}")
+        self.cfg, self.sc, self.window = config, sample_config, window
         if decode_config is None:
             decode_config = DecodeConfig(n_loop=config.n_loop if n_loop is None else n_loop)
         self.dc = decode_config.validate()
@@ -149,6 +160,10 @@ class KVDecoder:
         self.return_logits = return_logits
         self.n_keep = max(1, config.block_size // 2)
         self.n_layers = self.dc.n_layers(config)
+        self.rolling = config.pos_encoding != "learned"  # ring caches: the window slides at KV-cache speed
+        # a ring longer than the window by one speculative round, so a rolled-back round never overwrote
+        # an entry that is still in some later position's window
+        self.ring = config.block_size + (self.dc.draft_tokens + 1 if self.dc.draft_n_loop and self.rolling else 0)
         self.stats = {"rounds": 0, "drafted": 0, "accepted": 0}
         self._prefill = jax.jit(self._prefill_fn)
         # the state (its caches) is donated: updated in place instead of copied every call
@@ -162,7 +177,7 @@ class KVDecoder:
 
     def cache_bytes(self, batch: int) -> int:
         """Bytes of all K/V buffers for a batch (what --stats reports)."""
-        return cache_bytes(jax.eval_shape(lambda: empty_caches(self.cfg, self.dc, batch, self.cfg.block_size)))
+        return cache_bytes(jax.eval_shape(lambda: empty_caches(self.cfg, self.dc, batch, self.ring)))
 
     def _sample(self, logits_BxV, sample_key, n_new):
         return sample_token(logits_BxV, jax.random.fold_in(sample_key, n_new), self.sc)
@@ -173,7 +188,7 @@ class KVDecoder:
     def _prefill_fn(self, params, window_BxT, n_valid, n_new, sample_key, noise_key, eps):
         """Fresh caches from the window's first n_valid tokens (at positions 0..), and the next token."""
         b = window_BxT.shape[0]
-        caches = empty_caches(self.cfg, self.dc, b, self.cfg.block_size)
+        caches = empty_caches(self.cfg, self.dc, b, self.ring)
         s0 = jnp.zeros((b, self.cfg.n_embd), jnp.dtype(self.cfg.dtype))
         out = self.rec.forward(params, window_BxT, 0, n_valid, caches, s0, noise_key, eps)
         logits_BxV = self._logits(params, _at(out.x_BxTxD, n_valid - 1))[:, 0]
@@ -215,7 +230,6 @@ class KVDecoder:
         cfg, dc, sc = self.cfg, self.dc, self.sc
         n_draft, b = dc.draft_tokens, state.pending_B.shape[0]
         p, nb, nc = cfg.n_prelude, cfg.n_block, cfg.n_coda
-        s_max = cfg.block_size
 
         def draft_caches(caches):
             return caches[: p + dc.draft_n_loop * nb] + (caches[len(caches) - nc :] if nc else ())
@@ -284,7 +298,7 @@ class KVDecoder:
 
         def more(carry):
             st, done = carry[0], carry[1]
-            return (done < n_wanted) & (st.n_ctx + n_draft + 1 <= s_max)
+            return (done < n_wanted) & (self._room(st.n_ctx) >= n_draft + 1)
 
         carry = (state, jnp.int32(0), *self._buffers(b, self.chunk_size + n_draft + 1), jnp.int32(0))
         rounds = jnp.int32(0)
@@ -293,6 +307,10 @@ class KVDecoder:
         )
         state, done, toks, iters, logits, n_acc = carry
         return state, done, toks, iters, logits, rounds, n_acc
+
+    def _room(self, n_ctx):
+        """Positions that fit before the window must restart (learned) or the ring wraps (rope/none)."""
+        return self.ring - n_ctx % self.ring if self.rolling else self.cfg.block_size - n_ctx
 
     def _window_logits_fn(self, params, tok_BxT, noise_key, eps):
         """Logits (B, T, V) and iterations (B, T) of every position of fresh windows, as the decoder computes them."""
@@ -331,7 +349,7 @@ class KVDecoder:
         n_window, n_ctx, state, done = min(seq_BxL.shape[1], s_max), 0, None, 0  # the first window: the prompt
         n_draft = self.dc.draft_tokens if self.dc.draft_n_loop else None
         while done < max_new_tokens:
-            if n_ctx in (0, s_max):
+            if n_ctx == 0 or (n_ctx == s_max and not self.rolling):
                 state = None  # free the old caches before the new ones are made
                 # pad to a multiple of 16 so that windows of many lengths share a few compilations
                 window_BxT = np.zeros((seq_BxL.shape[0], padded_length(n_window, 16, s_max)), np.int32)
@@ -339,9 +357,9 @@ class KVDecoder:
                 state, tok_B, it_B, logits_BxV = self._prefill(
                     params, window_BxT, n_window, done, sample_key, noise_key, eps
                 )
-                n_ctx, n, n_window = n_window, 1, self.n_keep
+                n_ctx, n, n_window = n_window, 1, s_max if self.window == "slide" else self.n_keep
                 out = self._out(tok_B[:, None], it_B[:, None], logits_BxV[:, None] if self.return_logits else None, 1)
-            elif n_draft is not None and n_ctx + n_draft + 1 <= s_max:
+            elif n_draft is not None and self._room(n_ctx) >= n_draft + 1:
                 want = min(self.chunk_size, max_new_tokens - done)
                 state, n, toks, iters, logits, rounds, n_acc = self._speculate(
                     params, state, want, sample_key, noise_key, eps
@@ -353,7 +371,7 @@ class KVDecoder:
                 n_ctx += n
                 out = self._out(toks, iters, logits, min(n, max_new_tokens - done))
             else:
-                n = min(self.chunk_size, max_new_tokens - done, s_max - n_ctx)
+                n = min(self.chunk_size, max_new_tokens - done, self._room(n_ctx))
                 state, toks_BxC, iters_BxC, logits = self._decode(params, state, n, sample_key, noise_key, eps)
                 n_ctx += n
                 out = self._out(toks_BxC, iters_BxC, logits, n)

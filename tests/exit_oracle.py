@@ -2,7 +2,8 @@
 
 Plain numpy, one position at a time, from the parameter tree alone (no model or decoder code): RMSNorm,
 attention over explicit per-(slot, layer) dicts of K/V, the per-position exit criteria, the Huginn fill
-of skipped iterations, kv_share slots and warm start. Learned positions, no biases (the tests' model).
+of skipped iterations, kv_share slots, warm start, and learned / rope / no positions with every layer
+attending to the last `window` positions (sliding-window attention). No biases (the tests' model).
 """
 
 import numpy as np
@@ -34,6 +35,7 @@ class Oracle:
         self.n_loop, self.criterion, self.eps = n_loop, criterion, eps
         self.min_loops, self.patience, self.warm = min_loops, patience, warm
         self.n_slots = kv_share or n_loop
+        self.window = cfg.block_size  # every layer attends to the last block_size positions
         self.kv = {}  # (layer name, slot) -> {position: (k (H, K), v (H, K))}
 
     def _block(self, bp, x, pos, layer):
@@ -42,13 +44,15 @@ class Oracle:
         h, d = cfg.n_head, cfg.n_embd
         qkv = _rms(x, bp["ln_1"]["scale"], eps) @ bp["attn"]["c_attn"]["kernel"]
         q, k, v = (a.reshape(h, d // h) for a in np.split(qkv, 3))
+        if cfg.pos_encoding == "rope":
+            q, k = _rope(q, pos, cfg.rope_theta), _rope(k, pos, cfg.rope_theta)
         store = self.kv.setdefault(layer, {})
         store[pos] = (k, v)
         return self._attend_mlp(bp, x, q, store, pos), (k, v)
 
     def _attend_mlp(self, bp, x, q, store, pos):
         eps = self.cfg.norm_eps
-        keys = sorted(p for p in store if p <= pos)
+        keys = sorted(p for p in store if pos - self.window < p <= pos)
         ks = np.stack([store[p][0] for p in keys])  # (S, H, K)
         vs = np.stack([store[p][1] for p in keys])
         att = np.einsum("hk,shk->hs", q, ks) / np.sqrt(q.shape[-1])
@@ -86,7 +90,7 @@ class Oracle:
         loop = p["loop"]
         logits, iters, s_prev = [], [], None
         for pos, tok in enumerate(tokens):
-            x = p["wte"]["embedding"][tok] + p["wpe"]["embedding"][pos]
+            x = p["wte"]["embedding"][tok] + (p["wpe"]["embedding"][pos] if "wpe" in p else 0.0)
             for j in range(cfg.n_prelude):
                 x, _ = self._block(p[f"prelude_{j}"], x, pos, ("prelude", j))
             e = x
@@ -115,6 +119,14 @@ class Oracle:
             logits.append(_rms(x, p["ln_f"]["scale"], cfg.norm_eps) @ p["wte"]["embedding"].T)
             iters.append(n_it)
         return np.stack(logits), np.array(iters)
+
+
+def _rope(x, pos, theta):
+    """Rotate (first half, second half) pairs of each head's dims by pos · theta^(-2i/K)."""
+    half = x.shape[-1] // 2
+    ang = pos * theta ** (-np.arange(half) * 2.0 / x.shape[-1])
+    x1, x2 = x[..., :half], x[..., half:]
+    return np.concatenate([x1 * np.cos(ang) - x2 * np.sin(ang), x2 * np.cos(ang) + x1 * np.sin(ang)], axis=-1)
 
 
 def _to_np(tree):

@@ -118,13 +118,15 @@ def test_n_loop_override_sizes_the_caches_and_equals_naive():
     assert np.abs(kv.logits_BxNxV[:, 0] - _naive_fixed_depth("inject", 5).logits_BxNxV[:, 0]).max() > 1e-3
 
 
-def test_windows_stay_within_block_size_and_keep_half_of_it():
-    windows = naive_windows(prompt_len=1, max_new_tokens=60, block_size=16)
+def test_restart_windows_stay_within_block_size_and_keep_half_of_it():
+    windows = naive_windows(prompt_len=1, max_new_tokens=60, block_size=16, window="restart")
     lengths = [end - start for start, end in windows]
     assert lengths[:16] == list(range(1, 17))
     assert max(lengths) == 16 and min(lengths[16:]) == 8
     assert all(end == 1 + i for i, (_, end) in enumerate(windows))
-    assert naive_windows(prompt_len=40, max_new_tokens=1, block_size=16) == [(24, 40)]
+    assert naive_windows(prompt_len=40, max_new_tokens=1, block_size=16, window="restart") == [(24, 40)]
+    slide = naive_windows(prompt_len=1, max_new_tokens=60, block_size=16)
+    assert [end - start for start, end in slide] == list(range(1, 17)) + [16] * 44
 
 
 def test_filter_top_k_keeps_the_k_largest():

@@ -1,0 +1,100 @@
+"""Positions past block_size: learned (slide == nanoLOOP's crop, restart), rope and NoPE (ring KV caches)."""
+
+import dataclasses
+import functools
+
+import jax
+import numpy as np
+import pytest
+from exit_oracle import Oracle
+
+from nanoloop_jax.model import LoopedGPT, ModelConfig, count_params, init_params
+from nanoloop_jax.recompute import naive_generate
+from nanoloop_jax.recurrence import DecodeConfig
+from nanoloop_jax.sampling import KVDecoder, SampleConfig
+
+TINY = ModelConfig(
+    block_size=16, vocab_size=20, n_prelude=1, n_block=2, n_coda=1, n_loop=3, n_head=2, n_embd=32, bptt_k=2
+)
+GREEDY = SampleConfig(temperature=0.0)
+NEW = 40  # past block_size (16) more than twice
+
+
+@functools.cache
+def _params(pos_encoding: str):
+    cfg = dataclasses.replace(TINY, pos_encoding=pos_encoding)
+    params = init_params(cfg, jax.random.PRNGKey(0))
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(100), len(leaves))
+    leaves = [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
+    return cfg, jax.tree_util.tree_unflatten(tree, leaves)
+
+
+def _prompt(length=5, batch=2):
+    return np.random.default_rng(length).integers(0, TINY.vocab_size, (batch, length)).astype(np.int32)
+
+
+@pytest.mark.parametrize("window", ["slide", "restart"])
+def test_learned_positions_equal_full_recomputation_over_the_same_windows(window):
+    cfg, params = _params("learned")
+    dec = KVDecoder(cfg, GREEDY, chunk_size=8, return_logits=True, window=window)
+    key, noise_key = jax.random.PRNGKey(3), jax.random.PRNGKey(7)
+    kv = dec.generate(params, _prompt(), NEW, key, noise_key)
+    ref = naive_generate(cfg, params, _prompt(), NEW, key, GREEDY, noise_key=noise_key, window=window)
+    np.testing.assert_array_equal(kv.tokens_BxN, ref.tokens_BxN)
+    np.testing.assert_allclose(kv.logits_BxNxV, ref.logits_BxNxV, atol=1e-4)
+
+
+def test_slide_and_restart_differ_past_block_size_only():
+    cfg, params = _params("learned")
+    a, b = (
+        KVDecoder(cfg, GREEDY, chunk_size=8, return_logits=True, window=w).generate(
+            params, _prompt(), NEW, jax.random.PRNGKey(3)
+        )
+        for w in ("slide", "restart")
+    )
+    n_first = TINY.block_size - 5 + 1  # tokens predicted before the window first fills
+    np.testing.assert_allclose(a.logits_BxNxV[:, :n_first], b.logits_BxNxV[:, :n_first], atol=1e-5)
+    assert np.abs(a.logits_BxNxV[:, n_first:] - b.logits_BxNxV[:, n_first:]).max() > 1e-3
+
+
+@pytest.mark.parametrize("pos_encoding", ["rope", "none"])
+@pytest.mark.parametrize("draft", [0, 1])
+def test_ring_cache_decode_equals_sliding_window_oracle_past_block_size(pos_encoding, draft):
+    """Every layer attends to the last block_size positions, decoded with ring caches (also speculatively)."""
+    cfg, params = _params(pos_encoding)
+    dc = DecodeConfig(3, draft_n_loop=draft, draft_tokens=3)
+    dec = KVDecoder(cfg, GREEDY, dc, chunk_size=8, return_logits=True)
+    prompt = _prompt(batch=1)
+    gen = dec.generate(params, prompt, NEW, jax.random.PRNGKey(3))
+    seq = np.concatenate([prompt[0], gen.tokens_BxN[0, :-1]])
+    ref_logits, ref_iters = Oracle(cfg, params, n_loop=3).run(seq)
+    np.testing.assert_allclose(gen.logits_BxNxV[0], ref_logits[prompt.shape[1] - 1 :], atol=1e-4)
+    np.testing.assert_array_equal(gen.tokens_BxN[0], np.argmax(ref_logits[prompt.shape[1] - 1 :], -1))
+    if draft:
+        assert dec.stats["rounds"] > 0
+
+
+@pytest.mark.parametrize("pos_encoding", ["rope", "none"])
+def test_rope_and_nope_have_no_position_table_and_train(pos_encoding):
+    cfg, params = _params(pos_encoding)
+    assert "wpe" not in params
+    learned = count_params(_params("learned")[1])
+    assert count_params(params)["total"] == learned["total"] - TINY.block_size * TINY.n_embd
+    idx = _prompt(12)
+    logits = LoopedGPT(cfg).apply({"params": params}, idx)
+    grads = jax.grad(lambda p: LoopedGPT(cfg).apply({"params": p}, idx).mean())(params)
+    assert np.isfinite(np.asarray(logits)).all() and float(np.abs(grads["wte"]["embedding"]).max()) > 0
+    ref, _ = Oracle(cfg, params, n_loop=3).run(idx[0])
+    np.testing.assert_allclose(np.asarray(logits)[0], ref, atol=1e-4)
+
+
+def test_rope_depends_on_relative_position_only():
+    """Shifting every position by the same offset leaves rope attention scores unchanged."""
+    from nanoloop_jax.model import apply_rope
+
+    q, k = (np.random.default_rng(i).normal(size=(1, 6, 2, 8)).astype(np.float32) for i in range(2))
+    pos = np.arange(6)
+    scores = lambda off: np.einsum("bthk,bshk->bhts", apply_rope(q, pos + off, 1e4), apply_rope(k, pos + off, 1e4))  # noqa: E731
+    np.testing.assert_allclose(scores(0), scores(37), atol=1e-4)
+    assert np.abs(scores(0) - np.einsum("bthk,bshk->bhts", q, k)).max() > 1e-2
