@@ -98,3 +98,24 @@ def test_rope_depends_on_relative_position_only():
     scores = lambda off: np.einsum("bthk,bshk->bhts", apply_rope(q, pos + off, 1e4), apply_rope(k, pos + off, 1e4))  # noqa: E731
     np.testing.assert_allclose(scores(0), scores(37), atol=1e-4)
     assert np.abs(scores(0) - np.einsum("bthk,bshk->bhts", q, k)).max() > 1e-2
+
+
+def test_slide_reproduces_nanoloops_own_generate_far_past_block_size():
+    """tests/fixtures/generate_ref: nanoLOOP's GPT.generate(top_k=1) on its ckpt.pt, 60 tokens past block 16."""
+    from conftest import REPO_ROOT
+
+    from nanoloop_jax import convert
+
+    fixture = REPO_ROOT / "tests" / "fixtures" / "generate_ref"
+    try:
+        ckpt = convert.load_nanoloop_ckpt(str(fixture / "ckpt.pt"))
+    except ImportError as err:
+        pytest.skip(str(err))
+    cfg, params = convert.from_nanoloop(ckpt["model"], ckpt["model_args"])
+    ref = np.load(fixture / "generate_top1.npy")  # (2, 5 + 60): prompt, then nanoLOOP's tokens
+    prompt, want = ref[:, :5], ref[:, 5:]
+    for window, same in (("slide", True), ("restart", False)):
+        dec = KVDecoder(cfg, GREEDY, chunk_size=8, window=window)
+        got = dec.generate(params, prompt, want.shape[1], jax.random.PRNGKey(0)).tokens_BxN
+        assert np.array_equal(got, want) == same, window
+        np.testing.assert_array_equal(got[:, : cfg.block_size - 4], want[:, : cfg.block_size - 4])
