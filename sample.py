@@ -43,6 +43,13 @@ flags.DEFINE_bool("warm_start", False, "A token's recurrent state starts from th
 flags.DEFINE_integer("draft_n_loop", 0, "Self-speculative decoding: draft tokens with this many iterations (0: off).")
 flags.DEFINE_integer("draft_tokens", 4, "Self-speculative decoding: tokens drafted per round.")
 flags.DEFINE_bool("stats", False, "After the samples, print tokens/s, iterations per token and the KV-cache size.")
+flags.DEFINE_enum(
+    "window",
+    "slide",
+    ["slide", "restart"],
+    "Past block_size with learned positions: slide = nanoLOOP's crop (one re-prefill per token), "
+    "restart = from the last block_size/2 tokens (KV-cache speed). rope/none always slide at KV-cache speed.",
+)
 flags.DEFINE_string("data_dir", None, "Dataset dir whose meta.json gives the tokenizer (default: the checkpoint's).")
 # nanoLOOP's remaining sample.py flags, so its command lines work unchanged
 flags.DEFINE_string("init_from", "resume", "Only 'resume' (from --out_dir or --ckpt), as in nanoLOOP.")
@@ -190,7 +197,7 @@ def run() -> None:
     # only now, so that a bad input leaves exactly one line on stderr
     print(f"loaded {loaded.description}; tokenizer: {tokenizer.name} ({tokenizer.vocab_size} tokens)", file=sys.stderr)
     sc = SampleConfig(FLAGS.temperature, top_k, FLAGS.top_p, vocab_limit=tokenizer.vocab_size)
-    decoder = KVDecoder(config, sc, decode_config(config.n_loop), chunk_size=CHUNK)
+    decoder = KVDecoder(config, sc, decode_config(config.n_loop), chunk_size=CHUNK, window=FLAGS.window)
     gen, timed, seconds = write_samples(
         decoder,
         params,
