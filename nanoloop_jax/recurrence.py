@@ -217,10 +217,14 @@ class Recurrence:
             s_BxTxD, active, jnp.zeros((b, t), jnp.int32), self._stat(params, s_BxTxD), jnp.zeros((b, t), jnp.int32)
         )
 
+        # Without an exit rule only padding is ever inactive, and nothing reads a padding entry: every
+        # position writes its K/V and no fill is needed (the plain decoder pays for neither).
+        exits = dc.exit_criterion != "none"
+
         def iteration(c: _Iter, layer_caches):
             s_new, layer_caches = self._m(
                 params, LoopedGPT.iterate, c.s_BxTxD, e_BxTxD, pos_T, None, layer_caches,
-                at._replace(write_BxT=c.active_BxT),
+                at._replace(write_BxT=c.active_BxT) if exits else at,
             )  # fmt: skip
             stat_new = self._stat(params, s_new)
             done, stable = self._converged(c, s_new, stat_new, eps)
@@ -239,7 +243,7 @@ class Recurrence:
         for i in range(dc.n_loop):
             slot, prev = i % dc.n_slots, (i - 1) % dc.n_slots
             layers = range(p + slot * nb, p + (slot + 1) * nb)
-            if i > 0 and slot != prev:  # the Huginn fill, overwritten below for the positions still active
+            if exits and i > 0 and slot != prev:  # the Huginn fill, overwritten below for the positions still active
                 for j, y in enumerate(layers):
                     src = caches[p + prev * nb + j]
                     pairs = zip(src, caches[y], strict=True)
