@@ -31,7 +31,9 @@ def main(argv: list[str]) -> int:
     if FLAGS.config is None:
         print("error: pass --config=configs/<name>.py (see configs/)", file=sys.stderr)
         return 1
-    from nanoloop_jax import benchmark
+    from nanoloop_jax import benchmark, cpu_defaults
+
+    cpu_defaults.apply_if_cpu()
 
     try:
         if FLAGS.mode == "train":
