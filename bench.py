@@ -42,7 +42,11 @@ def lower_for(benchmark) -> int:
 
     ok, cfg = True, FLAGS.config
     for platform in FLAGS.lower_for:
-        res = lowering.lower_for(cfg, platform, tuple(int(s) for s in FLAGS.lower_mesh))
+        try:
+            res = lowering.lower_for(cfg, platform, tuple(int(s) for s in FLAGS.lower_mesh))
+        except ValueError as err:  # a bad platform name or a mesh that does not fit the devices
+            print(f"error: {err}", file=sys.stderr)
+            return 1
         print(res.line(), flush=True)
         ok &= res.ok
         if FLAGS.roofline and FLAGS.roofline != "cpu" and "train_step" in res.lowered:
