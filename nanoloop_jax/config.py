@@ -39,7 +39,7 @@ def base_config() -> ConfigDict:
     c.model.dtype = "auto"  # compute dtype: 'auto' = bfloat16 on GPU/TPU, float32 on CPU
     c.model.param_dtype = "float32"  # parameter (and optimizer state) storage dtype
     c.model.remat_policy = config_dict.placeholder(str)  # jax.checkpoint_policies name, e.g. 'nothing_saveable'
-    c.model.attention = "auto"  # 'auto' (per platform, kernels.py) | 'xla' | 'xla_blocked' | 'cudnn' | 'pallas'
+    c.model.attention = "auto"  # 'auto' (the platform's, kernels.py) | 'xla' | 'cudnn' (GPU) | 'pallas' (TPU)
     c.model.platform = config_dict.placeholder(str)  # platform lowered for: 'cpu'|'cuda'|'rocm'|'tpu'; None = default
     c.model.norm_eps = ModelConfig.norm_eps  # RMSNorm epsilon (torch.nn.RMSNorm default: float32 eps)
 

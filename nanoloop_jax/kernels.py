@@ -5,12 +5,13 @@ The choice is made at trace time from `ModelConfig.platform`, the platform the p
 Code that lowers for another platform (nanoloop_jax/lowering.py) sets the field, so a CPU-only machine
 traces exactly the program a GPU or TPU would run.
 
-  platform  attention ("auto")                            gradient iterations          Dense
-  cpu       xla_blocked: row blocks of ATTN_CHUNK queries  length-1 scans (<= 4), inlined  (B·T, D) 2-D dots
-  cuda      cudnn (bf16/fp16, no dropout), else xla        one scan                     einsum over (B, T, D)
-  rocm      xla                                            one scan                     einsum over (B, T, D)
-  tpu       pallas flash attention (T % 128 == 0, no       one scan                     einsum over (B, T, D)
-            dropout), else xla
+  platform  attention "auto"                 xla attention            gradient iterations      Dense
+  cpu       xla                              row blocks of ATTN_CHUNK  length-1 scans (<= 4)    (B·T, D) 2-D dots
+  cuda      cudnn (bf16/fp16, no dropout)    one (T, T) product        one scan                 einsum over (B, T, D)
+  rocm      xla                              one (T, T) product        one scan                 einsum over (B, T, D)
+  tpu       pallas flash (T % 128 == 0, no   one (T, T) product        one scan                 einsum over (B, T, D)
+            dropout)
+A fused kernel that does not apply falls back to xla attention.
 
 The CPU column is what BENCHMARKS.md measured; the others are what each backend's compiler expects:
 one fused attention kernel and no unrolled Python loops (which only add compile time there).
@@ -31,8 +32,8 @@ import jax
 import jax.numpy as jnp
 
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
-ATTENTION_IMPLS = ("auto", "xla", "xla_blocked", "cudnn", "pallas")
-ATTN_CHUNK = 64  # query rows per block of xla_blocked attention when T >= 2 blocks
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "pallas")
+ATTN_CHUNK = 64  # query rows per block of CPU xla attention when T >= 2 blocks
 CPU_MAX_UNROLL = 4  # CPU: gradient iterations of the loop run as inlined length-1 scans, at most
 PALLAS_BLOCK = 128  # the TPU flash kernel's default tile: T must be a multiple of it
 CUDNN_DTYPES = ("bfloat16", "float16")  # cuDNN's fused (flash) attention has no float32 kernel
@@ -57,6 +58,7 @@ class Layout:
     platform: str
     max_unroll: int  # gradient iterations run as separate (inlined) length-1 scans, at most; 0 = always one scan
     flatten_dense: bool  # Dense computes on (B·T, D): XLA:CPU's slow two-batch-dims weight gradient is avoided
+    row_blocked_attention: bool  # xla causal attention in row blocks (skips the masked triangle: XLA:CPU)
 
 
 def layout(platform: str | None) -> Layout:
@@ -65,8 +67,8 @@ def layout(platform: str | None) -> Layout:
     if platform == "cpu":
         # Inlined length-1 scans fuse across iterations and keep no stacked residuals: -5-8% step time
         # at bptt_k=2 on XLA:CPU (BENCHMARKS.md). On GPU/TPU they only add compile time.
-        return Layout(platform, max_unroll=CPU_MAX_UNROLL, flatten_dense=True)
-    return Layout(platform, max_unroll=0, flatten_dense=False)
+        return Layout(platform, max_unroll=CPU_MAX_UNROLL, flatten_dense=True, row_blocked_attention=True)
+    return Layout(platform, max_unroll=0, flatten_dense=False, row_blocked_attention=False)
 
 
 _warned: set[str] = set()
@@ -76,11 +78,6 @@ def _warn_once(msg: str) -> None:
     if msg not in _warned:
         _warned.add(msg)
         warnings.warn(msg, stacklevel=4)
-
-
-def portable_attention(platform: str) -> str:
-    """The platform's attention when no fused kernel applies: row blocks on CPU, one (T, T) product elsewhere."""
-    return "xla_blocked" if platform == "cpu" else "xla"
 
 
 def attention_impl(
@@ -105,7 +102,7 @@ def attention_impl(
     auto = requested == "auto"
     want = requested
     if auto:
-        want = {"cuda": "cudnn", "tpu": "pallas"}.get(platform, portable_attention(platform))
+        want = {"cuda": "cudnn", "tpu": "pallas"}.get(platform, "xla")
     why = None
     if want == "cudnn":
         if platform != "cuda":
@@ -126,8 +123,8 @@ def attention_impl(
     if why is None:
         return want
     if not auto:
-        _warn_once(f"{why}; falling back to {portable_attention(platform)}")
-    return portable_attention(platform)
+        _warn_once(f"{why}; falling back to xla attention")
+    return "xla"
 
 
 def full_attention(
@@ -225,13 +222,14 @@ def pallas_causal_attention(q_BxTxHxK: jax.Array, k_BxTxHxK: jax.Array, v_BxTxHx
 
 def causal_attention(
     impl: str,
+    platform: str | None,
     q_BxTxHxK: jax.Array,
     k_BxSxHxK: jax.Array,
     v_BxSxHxK: jax.Array,
     mask_BxTxS: jax.Array | None = None,
     dropout: Callable[[jax.Array], jax.Array] | None = None,
 ) -> jax.Array:
-    """Attention of queries over keys/values by `impl` (from attention_impl); output (B, T, H, K).
+    """Attention of queries over keys/values by `impl` (from attention_impl) on `platform`; output (B, T, H, K).
 
     dropout is applied to the attention weights by the xla paths (the fused kernels are chosen only
     when there is none).
@@ -240,7 +238,8 @@ def causal_attention(
         return cudnn_causal_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK)
     if impl == "pallas":
         return pallas_causal_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK)
-    if impl == "xla_blocked" and mask_BxTxS is None and q_BxTxHxK.shape[1] == k_BxSxHxK.shape[1]:
+    self_attention = mask_BxTxS is None and q_BxTxHxK.shape[1] == k_BxSxHxK.shape[1]
+    if self_attention and layout(platform).row_blocked_attention:
         return blocked_causal_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, dropout)
     return full_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxTxS, dropout)
 

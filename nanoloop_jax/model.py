@@ -54,7 +54,7 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"  # storage dtype
     remat_policy: str | None = None  # a jax.checkpoint_policies name, or None / "none"
-    # "auto" (the platform's choice, see kernels.py) | "xla" | "xla_blocked" | "cudnn" | "pallas"
+    # "auto" (the platform's choice, see kernels.py) | "xla" | "cudnn" | "pallas"
     attention: str = "auto"
     platform: str | None = None  # platform lowered for ("cpu" | "cuda" | "rocm" | "tpu"); None = default backend
     norm_eps: float = TORCH_RMSNORM_EPS
@@ -223,7 +223,7 @@ class CausalSelfAttention(nn.Module):
             masked=mask_BxTxS is not None,
         )
         dropout = functools.partial(self.attn_dropout, deterministic=not train)
-        return kernels.causal_attention(impl, q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxTxS, dropout)
+        return kernels.causal_attention(impl, cfg.platform, q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxTxS, dropout)
 
     def project(self, y_BxTxHxK: jax.Array, train: bool = False) -> jax.Array:
         """Merge heads and apply the output projection (+ residual dropout)."""

@@ -19,7 +19,7 @@ def choose(requested, platform, t=256, k=64, dtype="bfloat16", dropout=False, ma
 
 
 def test_auto_attention_per_platform():
-    assert choose("auto", "cpu") == "xla_blocked"
+    assert choose("auto", "cpu") == "xla"
     assert choose("auto", "cuda") == "cudnn"
     assert choose("auto", "rocm") == "xla"
     assert choose("auto", "tpu") == "pallas"
@@ -33,16 +33,16 @@ def test_auto_attention_per_platform():
 
 
 def test_explicit_kernel_off_its_platform_warns_and_falls_back():
-    with pytest.warns(UserWarning, match="falling back to xla_blocked"):
-        assert choose("pallas", "cpu", t=128 + 1) == "xla_blocked"
+    with pytest.warns(UserWarning, match="falling back to xla attention"):
+        assert choose("pallas", "cpu", t=128 + 1) == "xla"
     assert choose("xla", "cpu") == "xla"
     assert choose("cudnn", "cuda") == "cudnn"
 
 
 def test_layout_per_platform():
-    assert kernels.layout("cpu") == kernels.Layout("cpu", max_unroll=kernels.CPU_MAX_UNROLL, flatten_dense=True)
+    assert kernels.layout("cpu") == kernels.Layout("cpu", kernels.CPU_MAX_UNROLL, True, row_blocked_attention=True)
     for platform in ("cuda", "rocm", "tpu"):
-        assert kernels.layout(platform) == kernels.Layout(platform, max_unroll=0, flatten_dense=False)
+        assert kernels.layout(platform) == kernels.Layout(platform, 0, False, row_blocked_attention=False)
     assert kernels.layout(None).platform == "cpu"  # the tests run on CPU
 
 
