@@ -3,12 +3,16 @@
   python bench.py --config=configs/shakespeare_char_looped.py:cpu
   python bench.py --config=configs/shakespeare_char.py:cpu --steps=50 --json=bench.json
   python bench.py --config=configs/gpt2_owt_looped.py --config.data.batch_size=16 --mode=sample
+  python bench.py --config=configs/shakespeare_char_looped.py:cpu --roofline=cpu   # bound vs the measured step
+  python bench.py --config=configs/gpt2_owt_looped.py --lower_for=cuda,tpu --roofline=h100   # no device needed
+  python bench.py --config=configs/gpt2_owt_looped.py --suite=device --json=device.json   # scripts/device_check.sh
 
 Random token batches (no dataset needed; vocab_size comes from meta.json when the dataset is prepared).
 On CPU it also reports the matmul-peak fraction: model FLOP/s / a numpy fp32 matmul's FLOP/s. See BENCHMARKS.md.
 """
 
 import json
+import os
 import sys
 
 from absl import app, flags
@@ -21,7 +25,36 @@ flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
 flags.DEFINE_integer("sample_batch_size", 1, "Sample mode: sequences decoded at once.")
 flags.DEFINE_integer("max_new_tokens", 256, "Sample mode: tokens generated per sequence.")
 flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
+flags.DEFINE_list(
+    "lower_for", [], "Lower train/eval/decode steps for these platforms (cpu, cuda, rocm, tpu); no device."
+)
+flags.DEFINE_list("lower_mesh", ["-1", "2", "2"], "--lower_for: (data, fsdp, tensor) mesh over the (fake) devices.")
+flags.DEFINE_enum("roofline", None, ["h100", "h200", "a100", "v4", "v5e", "v5p", "cpu"], "Print the step's roofline.")
+flags.DEFINE_enum(
+    "suite", None, ["device"], "device: the accelerator checks and figures (nanoloop_jax/device_check.py)."
+)
 FLAGS = flags.FLAGS
+
+
+def lower_for(benchmark) -> int:
+    """--lower_for: one line per platform (and its roofline with --roofline); 1 if any program failed."""
+    from nanoloop_jax import lowering
+
+    ok, cfg = True, FLAGS.config
+    for platform in FLAGS.lower_for:
+        try:
+            res = lowering.lower_for(cfg, platform, tuple(int(s) for s in FLAGS.lower_mesh))
+        except ValueError as err:  # a bad platform name or a mesh that does not fit the devices
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        print(res.line(), flush=True)
+        ok &= res.ok
+        if FLAGS.roofline and FLAGS.roofline != "cpu" and "train_step" in res.lowered:
+            tokens = cfg.data.gradient_accumulation_steps * cfg.data.batch_size * res.model_config.block_size
+            print(
+                benchmark.lowered_roofline(res.lowered["train_step"], res.model_config, tokens, FLAGS.roofline).line()
+            )
+    return 0 if ok else 1
 
 
 def main(argv: list[str]) -> int:
@@ -31,8 +64,20 @@ def main(argv: list[str]) -> int:
     if FLAGS.config is None:
         print("error: pass --config=configs/<name>.py (see configs/)", file=sys.stderr)
         return 1
-    from nanoloop_jax import benchmark
+    if FLAGS.lower_for and "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        # a sharded mesh to lower over: 8 fake CPU devices (read when JAX creates its CPU backend, i.e. later)
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+        ).strip()
+    from nanoloop_jax import benchmark, cpu_defaults
 
+    cpu_defaults.apply_if_cpu()
+    if FLAGS.lower_for:
+        return lower_for(benchmark)
+    if FLAGS.suite == "device":
+        from nanoloop_jax import device_check
+
+        return device_check.main(FLAGS.config, json_path=FLAGS.json)
     try:
         if FLAGS.mode == "train":
             result = benchmark.run_train_benchmark(FLAGS.config, steps=FLAGS.steps, warmup=FLAGS.warmup)
@@ -44,6 +89,10 @@ def main(argv: list[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(benchmark.format_result(result))
+    if FLAGS.roofline and FLAGS.mode == "train":
+        bound = benchmark.train_roofline(result, FLAGS.roofline)
+        result["roofline"] = {"chip": FLAGS.roofline, "step_ms": 1e3 * bound.step_s, "mfu_ceiling": bound.mfu_ceiling}
+        print(bound.line())
     if FLAGS.json:
         with open(FLAGS.json, "w") as f:
             json.dump(result, f, indent=2)

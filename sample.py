@@ -240,6 +240,9 @@ def main(argv: list[str]) -> int:
         return 1
     if FLAGS.device == "cpu":
         os.environ["JAX_PLATFORMS"] = "cpu"  # before JAX is first imported
+    from nanoloop_jax import cpu_defaults
+
+    cpu_defaults.apply_if_cpu()
     from nanoloop_jax.checkpoint import CheckpointError
     from nanoloop_jax.convert import ConversionError
     from nanoloop_jax.data import DataError

@@ -24,6 +24,9 @@ def main(argv: list[str]) -> int:
         print("error: pass --config=configs/<name>.py (see configs/)", file=sys.stderr)
         return 1
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+    from nanoloop_jax import cpu_defaults
+
+    cpu_defaults.apply_if_cpu()  # before jax.distributed / the first computation creates the backends
     from nanoloop_jax.checkpoint import CheckpointError
     from nanoloop_jax.data import DataError
     from nanoloop_jax.trainer import Trainer, TrainingError

@@ -20,7 +20,7 @@ def get_config():
     c.data.batch_size = 480  # global; lower it and raise gradient_accumulation_steps if memory is short
     c.data.gradient_accumulation_steps = 1
     c.model.bptt_k = 4
-    c.model.attention = "cudnn"  # fused attention on GPUs; falls back to xla on TPU/CPU with a warning
+    c.model.attention = "auto"  # cuDNN flash attention on GPUs, the Pallas flash kernel on TPUs (kernels.py)
     c.model.remat_policy = "dots_with_no_batch_dims_saveable"  # keep matmul outputs, recompute the rest
     c.train.eval_interval = 1000
     c.train.eval_iters = 100

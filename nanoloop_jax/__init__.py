@@ -1,3 +1,4 @@
-"""nanoloop-jax: looped transformers in JAX/Flax."""
+"""nanoloop-jax: looped transformers in JAX/Flax.
 
-from nanoloop_jax import cpu_defaults  # noqa: F401  (malloc and dispatch settings for XLA:CPU; see there)
+Importing the package sets nothing process-wide; the entry points apply nanoloop_jax.cpu_defaults on CPU.
+"""

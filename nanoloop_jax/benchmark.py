@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nanoloop_jax import flops
+from nanoloop_jax import flops, roofline
 from nanoloop_jax.config import model_config
 from nanoloop_jax.data import load_meta
 from nanoloop_jax.model import LoopedGPT, ModelConfig
@@ -160,12 +160,33 @@ def run_train_benchmark(
         "loss": float(metrics["loss"]),
         **memory_stats(compiled),
     }
+    result["hlo_flops"], result["hlo_bytes_accessed"] = roofline.cost_of(compiled)
     if reference is not None:
         result["numpy_matmul_flops_per_s"] = statistics.median(ref_flops)
         result["matmul_peak_fraction"] = statistics.median(
             flops_tok * tokens / t / ref for t, ref in zip(round_times, ref_flops, strict=True)
         )
     return result
+
+
+def train_roofline(result: dict[str, Any], chip_name: str) -> roofline.Roofline:
+    """The roofline of a run_train_benchmark result's compiled step on a chip ('cpu': this CPU, measured)."""
+    if chip_name == "cpu":
+        if "numpy_matmul_flops_per_s" not in result:
+            raise ValueError("--roofline=cpu needs the CPU's measured matmul peak: run the benchmark on CPU")
+        chip = roofline.cpu_chip(result["numpy_matmul_flops_per_s"])
+    else:
+        chip = roofline.CHIPS[chip_name]
+    model_flops = result["flops_per_token"] * result["tokens_per_step"]
+    return roofline.roofline(chip_name, chip, result["hlo_flops"], result["hlo_bytes_accessed"], model_flops)
+
+
+def lowered_roofline(lowered, mcfg: ModelConfig, tokens: int, chip_name: str) -> roofline.Roofline:
+    """The roofline of a lowered train step (nanoloop_jax.lowering) for `tokens` tokens per step on a chip."""
+    hlo_flops, _ = roofline.cost_of(lowered)
+    hlo_bytes = roofline.unfusable_bytes(lowered)  # XLA's count for an unfused program is far too high
+    model_flops = flops.flops_per_token(mcfg) * tokens
+    return roofline.roofline(chip_name, roofline.CHIPS[chip_name], hlo_flops, hlo_bytes, model_flops)
 
 
 def run_sample_benchmark(config, batch_size: int, max_new_tokens: int) -> dict[str, Any]:

@@ -39,7 +39,8 @@ def base_config() -> ConfigDict:
     c.model.dtype = "auto"  # compute dtype: 'auto' = bfloat16 on GPU/TPU, float32 on CPU
     c.model.param_dtype = "float32"  # parameter (and optimizer state) storage dtype
     c.model.remat_policy = config_dict.placeholder(str)  # jax.checkpoint_policies name, e.g. 'nothing_saveable'
-    c.model.attention = "xla"  # 'xla' | 'cudnn' (GPU fused attention; falls back to xla elsewhere)
+    c.model.attention = "auto"  # 'auto' (the platform's, kernels.py) | 'xla' | 'cudnn' (GPU) | 'pallas' (TPU)
+    c.model.platform = config_dict.placeholder(str)  # platform lowered for: 'cpu'|'cuda'|'rocm'|'tpu'; None = default
     c.model.norm_eps = ModelConfig.norm_eps  # RMSNorm epsilon (torch.nn.RMSNorm default: float32 eps)
 
     c.data = ConfigDict()
@@ -85,11 +86,11 @@ def base_config() -> ConfigDict:
     return c
 
 
-def resolve_dtype(name: str) -> str:
-    """'auto' -> bfloat16 on accelerators, float32 on CPU."""
+def resolve_dtype(name: str, platform: str | None = None) -> str:
+    """'auto' -> bfloat16 on accelerators, float32 on CPU (of `platform`, else of the default backend)."""
     if name != "auto":
         return name
-    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+    return "float32" if (platform or jax.default_backend()) == "cpu" else "bfloat16"
 
 
 def model_config(cfg_model: ConfigDict, **overrides) -> ModelConfig:
@@ -99,7 +100,7 @@ def model_config(cfg_model: ConfigDict, **overrides) -> ModelConfig:
     unknown = set(cfg_model.keys()) - fields
     if unknown:
         raise ValueError(f"unknown config.model fields {sorted(unknown)}; allowed: {sorted(fields)}")
-    values["dtype"] = resolve_dtype(values.get("dtype", "auto"))
+    values["dtype"] = resolve_dtype(values.get("dtype", "auto"), overrides.get("platform", values.get("platform")))
     if values.get("remat_policy") == "none":
         values["remat_policy"] = None
     if values.get("bptt_k") == 0:  # the command line cannot spell None for an int field: 0 = full backprop

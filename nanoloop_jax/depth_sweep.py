@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from nanoloop_jax import checkpoint
+from nanoloop_jax import checkpoint, cpu_defaults
 from nanoloop_jax.data import EVAL_SEED_OFFSET, BatchSampler, DataError
 from nanoloop_jax.model import LoopedGPT
 from nanoloop_jax.steps import make_eval_step
@@ -94,6 +94,7 @@ def plot(path: str, curves: dict[str, list[dict]], trained: dict[str, int]) -> N
 def main(argv: list[str]) -> int:
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it reads at INFO
+    cpu_defaults.apply_if_cpu()
     try:
         n_loops = [int(s) for s in FLAGS.n_loops.split(",") if s.strip()]
         if not n_loops or min(n_loops) < 1:

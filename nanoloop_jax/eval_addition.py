@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from nanoloop_jax import addition
+from nanoloop_jax import addition, cpu_defaults
 
 # (prompt_BxP int32, max_new_tokens) -> generated token ids (B, max_new_tokens)
 Solver = Callable[[np.ndarray, int], np.ndarray]
@@ -239,6 +239,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> np.ndarray:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    cpu_defaults.apply_if_cpu()
     from nanoloop_jax.checkpoint import CheckpointError
     from nanoloop_jax.data import DataError
 

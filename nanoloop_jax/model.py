@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import warnings
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -22,15 +21,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from nanoloop_jax import kernels
+from nanoloop_jax.kernels import ATTENTION_IMPLS, PLATFORMS, attention_weights  # noqa: F401  (re-exported)
+
 INPUT_INJECTIONS = ("inject", "inject_random", "passthrough")
 LOOP_SAMPLINGS = ("fixed", "poisson_lognormal")
-ATTENTION_IMPLS = ("xla", "cudnn")
 POS_ENCODINGS = ("learned", "rope", "none")
 DTYPES = ("float32", "bfloat16", "float16")
 # torch.nn.RMSNorm(n_embd) uses eps=None, i.e. the float32 machine epsilon.
 TORCH_RMSNORM_EPS = float(jnp.finfo(jnp.float32).eps)
-MAX_UNROLL = 4  # gradient iterations of the loop unrolled at most (LoopedGPT.__call__)
-ATTN_CHUNK = 64  # query rows per block of causal self-attention when T >= 2 blocks (_causal_self_attention)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +56,9 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"  # storage dtype
     remat_policy: str | None = None  # a jax.checkpoint_policies name, or None / "none"
-    attention: str = "xla"  # "xla" | "cudnn" (falls back to xla with a warning off-GPU)
+    # "auto" (the platform's choice, see kernels.py) | "xla" | "cudnn" | "pallas"
+    attention: str = "auto"
+    platform: str | None = None  # platform lowered for ("cpu" | "cuda" | "rocm" | "tpu"); None = default backend
     norm_eps: float = TORCH_RMSNORM_EPS
     # Positions: "learned" (nanoLOOP's wpe table, the default), "rope" (rotary q/k) or "none" (NoPE).
     pos_encoding: str = "learned"
@@ -89,6 +90,8 @@ class ModelConfig:
                 )
         if self.attention not in ATTENTION_IMPLS:
             raise ValueError(f"model.attention must be one of {ATTENTION_IMPLS}, got {self.attention!r}")
+        if self.platform is not None and self.platform not in PLATFORMS:
+            raise ValueError(f"model.platform must be None or one of {PLATFORMS}, got {self.platform!r}")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise ValueError(f"model.{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
@@ -135,7 +138,7 @@ def _inject_identity_init(key, shape, dtype=jnp.float32):
 
 
 class Dense(nn.Module):
-    """y = x @ kernel (+ bias) over the last axis, computed on (N, in) so XLA:CPU's fast matmul path is hit."""
+    """y = x @ kernel (+ bias) over the last axis; flatten: computed on (N, in) (XLA:CPU's fast path, kernels.dense)."""
 
     features: int
     kernel_axes: tuple[str | None, str | None]
@@ -144,6 +147,7 @@ class Dense(nn.Module):
     kernel_init: object = None
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    flatten: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -154,10 +158,7 @@ class Dense(nn.Module):
             (x.shape[-1], self.features),
             self.param_dtype,
         )
-        # A weight gradient contracting over two batch dims (B, T) takes a slow path on XLA:CPU;
-        # one flattened N axis keeps every matmul (and its transposes) a plain 2-D dot.
-        x_NxI = x.reshape(-1, x.shape[-1]).astype(self.dtype)
-        y_NxO = jnp.dot(x_NxI, kernel.astype(self.dtype))
+        y = kernels.dense(x.astype(self.dtype), kernel.astype(self.dtype), self.flatten)
         if self.use_bias:
             bias = self.param(
                 "bias",
@@ -165,8 +166,8 @@ class Dense(nn.Module):
                 (self.features,),
                 self.param_dtype,
             )
-            y_NxO = y_NxO + bias.astype(self.dtype)
-        return y_NxO.reshape(*x.shape[:-1], self.features)
+            y = y + bias.astype(self.dtype)
+        return y
 
 
 def rms_norm(config: ModelConfig, name: str) -> nn.RMSNorm:
@@ -183,15 +184,6 @@ def rms_norm(config: ModelConfig, name: str) -> nn.RMSNorm:
 def constrain(x_BxTxD: jax.Array) -> jax.Array:
     """Pin activations at block boundaries to the batch sharding (a no-op without a mesh)."""
     return nn.with_logical_constraint(x_BxTxD, ("act_batch", "act_length", "act_embed"))
-
-
-_warned: set[str] = set()
-
-
-def _warn_once(msg: str) -> None:
-    if msg not in _warned:
-        _warned.add(msg)
-        warnings.warn(msg, stacklevel=3)
 
 
 def _dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
@@ -278,18 +270,6 @@ def _cache_view(cache: jax.Array, b: int, h: int) -> jax.Array:
     return cache.reshape(b, h, cache.shape[-2], cache.shape[-1]).transpose(0, 3, 1, 2)
 
 
-def attention_weights(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array, mask_TxS: jax.Array | None = None) -> jax.Array:
-    """Softmax attention weights (B, H, T, S) in float32, scale 1/sqrt(K); causal (last T keys = queries) by default."""
-    # Scaling q (T·K products) rather than the scores (T·S) saves a pass over the largest tensor.
-    q_BxTxHxK = q_BxTxHxK * jnp.asarray(1.0 / math.sqrt(q_BxTxHxK.shape[-1]), q_BxTxHxK.dtype)
-    att_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK, preferred_element_type=jnp.float32)
-    if mask_TxS is None:
-        t, s = q_BxTxHxK.shape[1], k_BxSxHxK.shape[1]
-        mask_TxS = jnp.tril(jnp.ones((t, s), dtype=bool), k=s - t)
-    att_BxHxTxS = jnp.where(mask_TxS, att_BxHxTxS, -jnp.inf)
-    return jax.nn.softmax(att_BxHxTxS, axis=-1)
-
-
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with a fused qkv projection (nanoGPT's c_attn / c_proj)."""
 
@@ -298,7 +278,11 @@ class CausalSelfAttention(nn.Module):
     def setup(self) -> None:
         cfg = self.config
         dense = functools.partial(
-            Dense, use_bias=cfg.bias, dtype=_jnp_dtype(cfg.dtype), param_dtype=_jnp_dtype(cfg.param_dtype)
+            Dense,
+            use_bias=cfg.bias,
+            dtype=_jnp_dtype(cfg.dtype),
+            param_dtype=_jnp_dtype(cfg.param_dtype),
+            flatten=kernels.layout(cfg.platform).flatten_dense,
         )
         self.c_attn = dense(3 * cfg.n_embd, ("embed", "qkv"))
         self.c_proj = dense(cfg.n_embd, ("heads", "embed"), init_std=0.02 / math.sqrt(2 * cfg.n_layer_total))
@@ -326,50 +310,20 @@ class CausalSelfAttention(nn.Module):
         rng: the key of the attention-weight dropout (None: no dropout).
         """
         cfg = self.config
-        use_cudnn = cfg.attention == "cudnn" and mask_TxS is None
-        if use_cudnn and jax.default_backend() != "gpu":
-            _warn_once("attention='cudnn' needs a GPU; falling back to the xla implementation")
-            use_cudnn = False
-        if use_cudnn and rng is not None and cfg.dropout > 0:
-            _warn_once("cuDNN attention has no attention-weight dropout; using xla attention while dropout > 0")
-            use_cudnn = False
-        if use_cudnn:
-            return jax.nn.dot_product_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, is_causal=True, implementation="cudnn")
-        if mask_TxS is not None:  # a KV cache's slots
-            att_BxHxTxS = _dropout(attention_weights(q_BxTxHxK, k_BxSxHxK, mask_TxS), cfg.dropout, rng)
-            return jnp.einsum("bhts,bshk->bthk", att_BxHxTxS.astype(v_BxSxHxK.dtype), v_BxSxHxK)
-        return self._causal_self_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, rng)
+        impl = kernels.attention_impl(
+            cfg.attention,
+            cfg.platform,
+            seq_len=q_BxTxHxK.shape[1],
+            head_dim=q_BxTxHxK.shape[-1],
+            dtype=cfg.dtype,
+            dropout=rng is not None and cfg.dropout > 0,
+            masked=mask_TxS is not None,
+        )
 
-    def _causal_self_attention(
-        self, q_BxTxHxK: jax.Array, k_BxTxHxK: jax.Array, v_BxTxHxK: jax.Array, rng: jax.Array | None
-    ) -> jax.Array:
-        """Causal attention of T queries over the same T positions, in blocks of ATTN_CHUNK query rows.
+        def dropout(att, i):  # block i of the attention weights gets its own key
+            return _dropout(att, cfg.dropout, _fold(rng, i))
 
-        Heads move ahead of time once (B, H, T, K), so every product below is a plain batched matmul
-        (XLA:CPU otherwise transposes q, k and v, and each block's slices of them, around each einsum).
-        Query block [start, end) attends to keys [0, end) only: the masked triangle beyond the block is
-        never computed (5/8 of the work at 4 blocks) and the masked entries inside it are exact zeros
-        of the softmax, so the result is the full (T, T) computation's.
-        """
-        t = q_BxTxHxK.shape[1]
-        scale = jnp.asarray(1.0 / math.sqrt(q_BxTxHxK.shape[-1]), q_BxTxHxK.dtype)
-        q_BxHxTxK = jnp.swapaxes(q_BxTxHxK * scale, 1, 2)
-        k_BxHxTxK, v_BxHxTxK = jnp.swapaxes(k_BxTxHxK, 1, 2), jnp.swapaxes(v_BxTxHxK, 1, 2)
-        chunk = t if t < 2 * ATTN_CHUNK else ATTN_CHUNK
-        outs = []
-        for start in range(0, t, chunk):
-            end = min(start + chunk, t)
-            att_BxHxCxE = jnp.einsum(
-                "bhtk,bhsk->bhts",
-                q_BxHxTxK[:, :, start:end],
-                k_BxHxTxK[:, :, :end],
-                preferred_element_type=jnp.float32,
-            )
-            mask_CxE = jnp.tril(jnp.ones((end - start, end), dtype=bool), k=start)
-            att_BxHxCxE = jax.nn.softmax(jnp.where(mask_CxE, att_BxHxCxE, -jnp.inf), axis=-1)
-            att_BxHxCxE = _dropout(att_BxHxCxE, self.config.dropout, _fold(rng, start))
-            outs.append(jnp.einsum("bhts,bhsk->bhtk", att_BxHxCxE.astype(v_BxHxTxK.dtype), v_BxHxTxK[:, :, :end]))
-        return jnp.swapaxes(jnp.concatenate(outs, axis=2), 1, 2)
+        return kernels.causal_attention(impl, cfg.platform, q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_TxS, dropout)
 
     def __call__(
         self,
@@ -411,7 +365,11 @@ class MLP(nn.Module):
     def __call__(self, x_BxTxD: jax.Array, rng: jax.Array | None = None) -> jax.Array:
         cfg = self.config
         dense = functools.partial(
-            Dense, use_bias=cfg.bias, dtype=_jnp_dtype(cfg.dtype), param_dtype=_jnp_dtype(cfg.param_dtype)
+            Dense,
+            use_bias=cfg.bias,
+            dtype=_jnp_dtype(cfg.dtype),
+            param_dtype=_jnp_dtype(cfg.param_dtype),
+            flatten=kernels.layout(cfg.platform).flatten_dense,
         )
         h_BxTxF = dense(4 * cfg.n_embd, ("embed", "mlp"), name="c_fc")(x_BxTxD)
         h_BxTxF = gelu_exact(h_BxTxF)
@@ -477,6 +435,7 @@ class LoopBody(nn.Module):
                 kernel_init=_inject_identity_init,
                 dtype=_jnp_dtype(cfg.dtype),
                 param_dtype=_jnp_dtype(cfg.param_dtype),
+                flatten=kernels.layout(cfg.platform).flatten_dense,
             )
         self.recur = [Block(cfg, name=f"recur_{j}") for j in range(cfg.n_block)]
         self.norm_recur = rms_norm(cfg, "norm_recur")
@@ -673,10 +632,10 @@ class LoopedGPT(nn.Module):
                 s_BxTxD, _ = self.loop(s_BxTxD, jnp.arange(n_nograd), e_BxTxD, pos_T, loop_rng)
                 s_BxTxD = jax.lax.stop_gradient(s_BxTxD)
             grad_iters = jnp.arange(n_nograd, n_loop)
-        if len(grad_iters) <= MAX_UNROLL:
-            # Few iterations with gradient (truncated BPTT): one length-1 scan each, which XLA inlines, so
-            # it fuses across iterations and keeps no stacked copies of their residuals (-5-8% step time
-            # at bptt_k=2). Compile time grows with bptt_k up to MAX_UNROLL, never with n_loop.
+        if len(grad_iters) <= kernels.layout(cfg.platform).max_unroll:
+            # Few iterations with gradient (truncated BPTT) on CPU: one length-1 scan each, which XLA inlines,
+            # so it fuses across iterations and keeps no stacked copies of their residuals (-5-8% step time
+            # at bptt_k=2). Compile time grows with bptt_k up to the unroll limit, never with n_loop.
             for i in range(len(grad_iters)):
                 s_BxTxD, _ = self.loop(s_BxTxD, grad_iters[i : i + 1], e_BxTxD, pos_T, loop_rng)
         else:

@@ -119,6 +119,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--naive_steps", type=int, default=20, help="context windows the naive decoder is timed on")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
+    from nanoloop_jax import cpu_defaults
+
+    cpu_defaults.apply_if_cpu()
     cfg = SHAKESPEARE_CHAR_LOOPED
     params = init_params(cfg, jax.random.PRNGKey(0))  # random weights: speed does not depend on training
     print(f"Shakespeare-char looped model (random init) on {jax.devices()[0].platform}: {cfg}")

@@ -8,6 +8,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402
 
+from nanoloop_jax import cpu_defaults  # noqa: E402
+
+cpu_defaults.apply()  # as the entry points do on CPU: the suite runs the same CPU settings they measure
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHARED = REPO_ROOT.parent / "shared"
 

@@ -1,6 +1,9 @@
 """The performance rewrites compute what the plain formulas compute (values and gradients)."""
 
 import math
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +11,8 @@ import numpy as np
 import pytest
 
 from nanoloop_jax import cpu_defaults
-from nanoloop_jax.model import ATTN_CHUNK, CausalSelfAttention, ModelConfig, gelu_exact
+from nanoloop_jax.kernels import ATTN_CHUNK
+from nanoloop_jax.model import CausalSelfAttention, ModelConfig, gelu_exact
 
 
 def test_gelu_exact_equals_jax_gelu_and_its_gradient():
@@ -44,6 +48,19 @@ def test_blocked_causal_attention_equals_full_attention(t):
         np.testing.assert_allclose(g, r, atol=1e-5)
 
 
-def test_cpu_defaults_applied_on_import():
+def test_cpu_defaults_applied_by_conftest_as_by_the_entry_points():
     assert cpu_defaults.APPLIED["sync_cpu_dispatch"]
     assert not jax.config.read("jax_cpu_enable_async_dispatch")
+
+
+def test_import_changes_nothing_and_apply_if_cpu_applies_on_cpu():
+    code = (
+        "import jax, nanoloop_jax.model, nanoloop_jax.cpu_defaults as c; "
+        "print(jax.config.read('jax_cpu_enable_async_dispatch'), c.APPLIED); "
+        "print(c.will_run_on_cpu(), c.apply_if_cpu())"
+    )
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    first, second = out.splitlines()[:2]
+    assert first == "True None"  # async dispatch still JAX's default after the import
+    assert second.startswith("True {") and "'sync_cpu_dispatch': True" in second
