@@ -206,7 +206,6 @@ def test_shakespeare_configs_prepare_their_data(tmp_path):
 
 @pytest.mark.slow
 def test_init_from_nanoloop_ckpt_continues_the_pytorch_run(tmp_path):
-    pytest.importorskip("torch", reason="reading ckpt.pt needs the [torch] extra")
     from nanoloop_jax.prepare import prepare_shakespeare_char
 
     # a char dataset within the fixture model's 37-token vocabulary
