@@ -34,6 +34,7 @@ def main(argv: list[str]) -> int:
     from nanoloop_jax import benchmark
 
     try:
+        print(benchmark.vocab_note(FLAGS.config))
         if FLAGS.mode == "train":
             result = benchmark.run_train_benchmark(FLAGS.config, steps=FLAGS.steps, warmup=FLAGS.warmup)
         else:
