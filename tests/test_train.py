@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 
@@ -108,13 +109,29 @@ def test_missing_data_names_the_prepare_command(tmp_path):
     assert "run: python data/openwebtext/prepare.py" in res.stderr and "Traceback" not in res.stderr
 
 
-@pytest.mark.slow
-def test_train_checkpoint_and_exact_resume_after_kill(tmp_path):
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """(data_dir, out_dir) of one uninterrupted tiny run to step 8, checkpoints at 4 and 8; shared, never modified."""
+    tmp_path = tmp_path_factory.mktemp("straight")
     data_dir = tiny_data_dir(tmp_path)
-    straight = tmp_path / "straight"
-    res = run(train_cmd("configs/shakespeare_char_looped.py", *tiny_overrides(data_dir, straight)))
+    out = tmp_path / "straight"
+    res = run(train_cmd("configs/shakespeare_char_looped.py", *tiny_overrides(data_dir, out)))
     assert res.returncode == 0, res.stderr
-    assert "step 8: train loss" in res.stdout and checkpoint.latest_step(str(straight)) == 8
+    assert "step 8: train loss" in res.stdout and checkpoint.all_steps(str(out)) == [8, 4]
+    return data_dir, out
+
+
+def _copy_run(src, dst, steps) -> None:
+    """A copy of run src holding only the given checkpoint steps (as if the run had stopped there)."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("metrics.jsonl"))
+    for step in checkpoint.all_steps(str(dst)):
+        if step not in steps:
+            shutil.rmtree(dst / "checkpoints" / str(step))
+
+
+@pytest.mark.slow
+def test_train_checkpoint_and_exact_resume_after_kill(straight, tmp_path):
+    data_dir, straight = straight
     want = train_losses(straight)
     assert sorted(want) == list(range(8)) and want[7] < want[0]
 
@@ -134,6 +151,48 @@ def test_train_checkpoint_and_exact_resume_after_kill(tmp_path):
     got = train_losses(killed)
     for step in range(4, 8):
         assert got[step] == want[step], (step, got[step], want[step])
+
+
+def _truncate_step(out_dir, step: int) -> None:
+    """Damage a checkpoint as an interrupted copy would: its data files cut to half their size."""
+    files = list((out_dir / "checkpoints" / str(step)).glob("*/ocdbt.process_0/d/*"))
+    assert files
+    for f in files:
+        os.truncate(f, f.stat().st_size // 2)
+
+
+@pytest.mark.slow
+def test_truncated_newest_checkpoint_resumes_from_the_previous_one(straight, tmp_path, capsys):
+    data_dir, straight = straight
+    out = tmp_path / "damaged"
+    _copy_run(straight, out, steps=(4, 8))
+    _truncate_step(out, 8)
+
+    # readers (sample.py, depth_sweep and eval_addition load through load_params): one warning, the older step
+    assert checkpoint.load_params(str(out)).step == 4
+    warnings = capsys.readouterr().err.splitlines()
+    assert len(warnings) == 1 and warnings[0].startswith("warning: checkpoint step 8 in "), warnings
+    assert "cannot be restored (" in warnings[0] and "is not valid for value of size" in warnings[0]
+    assert warnings[0].endswith("using step 4")
+
+    res = run(train_cmd("configs/shakespeare_char_looped.py", *tiny_overrides(data_dir, out)))
+    assert res.returncode == 0, res.stderr
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: checkpoint step 8") and "moved it to" in lines[0], lines
+    assert "resumed from step 4" in res.stdout
+    assert (out / "unreadable_checkpoints" / "8" / "params").is_dir()  # kept, not deleted
+    got, want = train_losses(out), train_losses(straight)
+    assert sorted(got) == [4, 5, 6, 7] and all(got[s] == want[s] for s in got), (got, want)
+    assert checkpoint.load_params(str(out)).step == 8  # and the run wrote step 8 again
+
+    # nothing restores: one error line, nothing deleted
+    _truncate_step(out, 8)
+    _truncate_step(out, 4)
+    res = run(train_cmd("configs/shakespeare_char_looped.py", *tiny_overrides(data_dir, out)))
+    assert res.returncode == 1
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: no checkpoint in ") and "(steps 8, 4)" in lines[0], lines
+    assert checkpoint.all_steps(str(out)) == [8, 4]
 
 
 @pytest.mark.slow
