@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 
 import jax
 import numpy as np
@@ -213,6 +214,48 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     assert step is not None and step >= 3
     loaded = checkpoint.load_params(str(out))
     assert loaded.step == step and all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(loaded.params))
+
+
+def _sigterm_when(cmd, log, ready, delay_s: float = 0.0) -> float:
+    """Start cmd (stdout to log), SIGTERM it delay_s after ready() holds; seconds from SIGTERM to exit status 0."""
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=f, stderr=subprocess.PIPE, text=True)
+        wait_for(ready, proc=proc)
+        time.sleep(delay_s)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    return time.monotonic() - t0
+
+
+@pytest.mark.slow
+def test_sigterm_during_eval_saves_the_trained_steps_and_exits_within_10s(straight, tmp_path):
+    data_dir, straight = straight
+    out, log = tmp_path / "out", tmp_path / "stdout.txt"
+    _copy_run(straight, out, steps=(4,))
+    # resumes at step 4, trains steps 4 and 5, then starts an evaluation at step 6 that would take hours
+    flags = tiny_overrides(
+        data_dir, out, **{"train.eval_interval": 6, "train.eval_iters": 10**8, "train.max_iters": 100}
+    )
+    cmd = train_cmd("configs/shakespeare_char_looped.py", *flags)
+    step_5_logged = lambda: (out / "metrics.jsonl").exists() and 5 in train_losses(out)  # noqa: E731
+    seconds = _sigterm_when(cmd, log, step_5_logged, delay_s=1.0)  # step 5 is logged just before the eval
+    assert seconds < 10, seconds
+    assert log.read_text().splitlines()[-1] == "SIGTERM: saved checkpoint at step 6; exiting cleanly"
+    assert checkpoint.all_steps(str(out)) == [6, 4]
+    assert checkpoint.load_params(str(out)).step == 6
+
+
+@pytest.mark.slow
+def test_sigterm_during_compile_exits_within_10s_with_nothing_to_save(tmp_path):
+    data_dir, out, log = tiny_data_dir(tmp_path), tmp_path / "out", tmp_path / "stdout.txt"
+    cmd = train_cmd("configs/shakespeare_char_looped.py", *tiny_overrides(data_dir, out))
+    # "mesh:" is the last line before the steps are compiled (a few seconds, even for this tiny model)
+    seconds = _sigterm_when(cmd, log, lambda: log.exists() and "mesh:" in log.read_text())
+    assert seconds < 10, seconds
+    assert log.read_text().splitlines()[-1] == "SIGTERM: no step trained yet, nothing to save; exiting cleanly"
+    assert checkpoint.all_steps(str(out)) == []
 
 
 @pytest.mark.slow
