@@ -50,6 +50,20 @@ class MetricsLogger:
             self.wandb.finish()
 
 
+def step_seconds(
+    t_dispatch: float, t_return: float, t_fetched: float, was_ready: bool, t_prev_done: float
+) -> tuple[float, float]:
+    """(wall time of one train step alone, when it ended), from the host's view of it.
+
+    It ended when the call returned if its metrics were already ready when fetched (CPU runs the step
+    inside the call), else when the fetch returned (the fetch waited for the device). It began when
+    dispatched or when the previous step ended, whichever is later: so neither an evaluation or
+    checkpoint between two steps, nor the wait for the step before, is counted.
+    """
+    t_done = t_return if was_ready else t_fetched
+    return t_done - max(t_dispatch, t_prev_done), t_done
+
+
 def run_flops(config, model_config: ModelConfig, remaining_steps: int, eval_depths: list[int]) -> float:
     """FLOPs of the rest of a run (flops.py's loop-aware counts): its train steps plus its evaluations."""
     tokens_per_step = config.data.batch_size * config.data.gradient_accumulation_steps * model_config.block_size

@@ -495,10 +495,8 @@ class Trainer:
         step, step_metrics, depth, t_dispatch, t_return = pending
         ready = step_metrics["loss"].is_ready()
         m = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-        # done when it was found ready, else when the fetch returned (device-bound: it waited for the step);
-        # started when dispatched or when the previous step finished, whichever is later
-        t_done = t_return if ready else time.perf_counter()
-        dt, self._t_done = t_done - max(t_dispatch, self._t_done), t_done
+        t_fetched = time.perf_counter()
+        dt, self._t_done = metrics.step_seconds(t_dispatch, t_return, t_fetched, ready, self._t_done)
         self._check_finite(step, m["loss"])
         if self.speed is None and dt > 0:
             self._measured(flops.flops_per_token(self.model_config, depth) * self.tokens_per_step / dt)
