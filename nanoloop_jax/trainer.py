@@ -126,6 +126,7 @@ class Trainer:
         self.config = config
         self.saved_step = self.done_step = None  # last checkpointed / last trained step (None until known)
         self._saving, self.mngr, self.logger = False, None, None
+        self.speed, self._t_done = None, 0.0  # first measured FLOP/s; when the last train step ended
         # from the very start: a SIGTERM during distributed start-up, data preparation or restore ends the run
         self.preemption = Preemption(self._nothing_to_save, self._nothing_saved_line, self._say).install()
         try:
@@ -286,9 +287,10 @@ class Trainer:
         and the first step's time is the step's alone.
         """
         t0 = time.perf_counter()
-        batch = self._batch(self.train_batches.get(self.done_step), self.batch_sharding)
-        extra = (np.int32(self.model_config.n_loop),) if self.dynamic_depth else ()
-        self.train_step.lower(self.state, batch, self.key, *extra).compile()
+        if not self.config.train.eval_only and self.done_step < self.config.train.max_iters:
+            batch = self._batch(self.train_batches.get(self.done_step), self.batch_sharding)
+            extra = (np.int32(self.model_config.n_loop),) if self.dynamic_depth else ()
+            self.train_step.lower(self.state, batch, self.key, *extra).compile()
         eval_batch = self._batch(self.eval_samplers["val"].get(0), self.eval_sharding)
         for eval_step in self.eval_steps.values():
             eval_step.lower(self.state.params, eval_batch, self.key).compile()
@@ -411,7 +413,7 @@ class Trainer:
         summary = {"start_step": start}
         self.logger.print(f"compiled the train and eval steps in {self._compile():.1f} s")
         prefetch = Prefetcher(self.train_batches, start_step=start, stop_step=tcfg.max_iters)
-        pending, self._t_done, self.speed = None, 0.0, None
+        pending = None
         try:
             if self._stop_signalled():
                 raise _Stop
@@ -429,10 +431,10 @@ class Trainer:
                 extra = (np.int32(depth),) if self.dynamic_depth else ()
                 t_dispatch = time.perf_counter()
                 self.state, step_metrics = self.train_step(self.state, batch, self.key, *extra)
-                self.done_step = step + 1
+                t_return, self.done_step = time.perf_counter(), step + 1
                 # fetch the previous step's metrics only now, so the device already runs this step
                 pending = self._flush(pending)
-                pending = (step, step_metrics, depth, t_dispatch, time.perf_counter())
+                pending = (step, step_metrics, depth, t_dispatch, t_return)
                 if self._stop_signalled():
                     raise _Stop
             pending = self._flush(pending)
