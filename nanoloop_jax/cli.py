@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import traceback
 
 from absl import flags
 from ml_collections.config_flags.config_flags import is_config_flag  # not re-exported by the package
@@ -20,10 +21,6 @@ from ml_collections.config_flags.config_flags import is_config_flag  # not re-ex
 # ml_collections' suggestion text: KeyError("'nloop'\nDid you mean \"n_loop\" instead of \"nloop\"?")
 _DID_YOU_MEAN = re.compile(r'Did you mean "([^"]+)" instead of "([^"]+)"')
 _KEY = re.compile(r"'([^'\\]+)")
-
-
-class ConfigFlagError(Exception):
-    """A command-line config mistake; the message is the one line to print."""
 
 
 def _one_line(text: str) -> str:
@@ -35,13 +32,21 @@ def _config_flag_names(flag_values: flags.FlagValues) -> list[str]:
     return sorted(name for name in flag_values if is_config_flag(flag_values[name]))
 
 
-def _file_of(argv: list[str], name: str) -> str | None:
-    """The path given as --NAME=path[:variant] on the command line, or None."""
-    for arg in argv[1:]:
+def _spec_of(argv: list[str], name: str) -> str | None:
+    """The value given as --NAME=path[:variant] (or --NAME path[:variant]) on the command line, or None."""
+    for i, arg in enumerate(argv[1:], start=1):
         m = re.match(rf"^--?{name}=(.*)$", arg)
         if m:
-            return m.group(1).split(":", 1)[0]
+            return m.group(1)
+        if re.match(rf"^--?{name}$", arg) and i + 1 < len(argv):
+            return argv[i + 1]
     return None
+
+
+def _file_of(argv: list[str], name: str) -> str | None:
+    """The config file path of --NAME (without its :variant), or None."""
+    spec = _spec_of(argv, name)
+    return spec.split(":", 1)[0] if spec is not None else None
 
 
 def missing_file_message(path: str) -> str:
@@ -93,11 +98,27 @@ def config_error_message(argv: list[str], error: BaseException, flag_values: fla
             return missing_file_message(path)
     if isinstance(error, flags.Error) and "Error whilst parsing config file" in str(error):
         # get_config() raised: keep its own message (e.g. "unknown variant 'gpu' ...; allowed: 'cpu'")
-        flag = next((f"--{n}={_file_of(argv, n)}" for n in names if _file_of(argv, n)), "the config file")
+        flag = next((f"--{n}={_spec_of(argv, n)}" for n in names if _spec_of(argv, n)), "the config file")
         return f"{flag}: {_last_error_line(str(error))}"
     if isinstance(error, OSError) and "Failed loading config file" in str(error):
         return f"could not load the config file: {_last_error_line(str(error))}"
-    return _one_line(str(error))
+    if isinstance(error, flags.Error):
+        return _one_line(str(error))
+    # anything else came from running the config file itself (a syntax error, an exception in get_config)
+    given = [(n, _spec_of(argv, n)) for n in names if _spec_of(argv, n)]
+    prefix = f"--{given[0][0]}={given[0][1]}: " if given else ""
+    where = _location(error, _file_of(argv, given[0][0])) if given else ""
+    text = error.msg if isinstance(error, SyntaxError) else str(error)  # str() of a SyntaxError repeats the place
+    return f"{prefix}{type(error).__name__}: {_one_line(text)}{where}"
+
+
+def _location(error: BaseException, path: str) -> str:
+    """` (file:line)` of the error inside the config file, if it happened there."""
+    if isinstance(error, SyntaxError) and error.filename:
+        return f" ({error.filename}:{error.lineno})"
+    path = os.path.abspath(path)
+    here = [f for f in traceback.extract_tb(error.__traceback__) if os.path.abspath(f.filename) == path]
+    return f" ({here[-1].filename}:{here[-1].lineno})" if here else ""
 
 
 def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
@@ -106,7 +127,7 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
         rest = flag_values(argv)
         for name in _config_flag_names(flag_values):
             getattr(flag_values, name).to_dict()  # a file that failed to load raises only when first used
-    except (flags.Error, AttributeError, KeyError, OSError, TypeError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 -- a config file is user code: whatever it raises, one line
         print(f"error: {config_error_message(argv, err, flag_values)}", file=sys.stderr)
         sys.exit(1)
     return rest

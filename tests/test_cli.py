@@ -37,6 +37,19 @@ def _flag_values(monkeypatch, argv: list[str]) -> flags.FlagValues:
     return fv
 
 
+def test_an_exception_in_the_config_file_is_one_line_with_its_place(tmp_path, capsys, monkeypatch):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def get_config():\n    return 1 / 0\n")
+    argv = ["prog", f"--config={bad}"]
+    with pytest.raises(SystemExit):
+        parse_flags(argv, _flag_values(monkeypatch, argv))
+    assert capsys.readouterr().err == f"error: --config={bad}: ZeroDivisionError: division by zero ({bad}:2)\n"
+    bad.write_text("def get_config(:\n")
+    with pytest.raises(SystemExit):
+        parse_flags(argv, _flag_values(monkeypatch, argv))
+    assert capsys.readouterr().err == f"error: --config={bad}: SyntaxError: invalid syntax ({bad}:1)\n"
+
+
 @pytest.mark.parametrize(("args", "want"), MISTAKES)
 def test_parse_flags_turns_a_config_mistake_into_one_line(args, want, capsys, monkeypatch):
     fv = _flag_values(monkeypatch, ["prog", *args])
