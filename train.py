@@ -5,6 +5,8 @@
 
 Every field of the config can be overridden as --config.<section>.<field>=value; a typo is an error.
 The same command runs on one CPU, an 8-GPU node and every host of a TPU pod (see README.md).
+Run it again to resume (from the newest checkpoint that restores). SIGTERM at any moment saves the
+last trained step if it is not saved yet and exits 0 (nanoloop_jax/preemption.py).
 """
 
 import sys
