@@ -9,6 +9,7 @@ Run it again to resume (from the newest checkpoint that restores). SIGTERM at an
 last trained step if it is not saved yet and exits 0 (nanoloop_jax/preemption.py).
 """
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -31,10 +32,16 @@ def main(argv: list[str]) -> int:
     from nanoloop_jax.trainer import Trainer, TrainingError
 
     try:
-        Trainer(FLAGS.config).run()
+        summary = Trainer(FLAGS.config).run()
     except (DataError, TrainingError, CheckpointError, ValueError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    if "preempted_at" in summary:
+        # the checkpoint is written and the logs closed; the machine is going away, and tearing down the
+        # interpreter (JAX's backends, orbax's threads) takes a second or more, far more on a loaded host
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 
