@@ -79,6 +79,7 @@ def main(argv: list[str]) -> int:
 
         return device_check.main(FLAGS.config, json_path=FLAGS.json)
     try:
+        print(benchmark.vocab_note(FLAGS.config))
         if FLAGS.mode == "train":
             result = benchmark.run_train_benchmark(FLAGS.config, steps=FLAGS.steps, warmup=FLAGS.warmup)
         else:
@@ -100,4 +101,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    from nanoloop_jax.cli import parse_flags
+
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)

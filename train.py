@@ -5,8 +5,11 @@
 
 Every field of the config can be overridden as --config.<section>.<field>=value; a typo is an error.
 The same command runs on one CPU, an 8-GPU node and every host of a TPU pod (see README.md).
+Run it again to resume (from the newest checkpoint that restores). SIGTERM at any moment saves the
+last trained step if it is not saved yet and exits 0 (nanoloop_jax/preemption.py).
 """
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -32,12 +35,20 @@ def main(argv: list[str]) -> int:
     from nanoloop_jax.trainer import Trainer, TrainingError
 
     try:
-        Trainer(FLAGS.config).run()
+        summary = Trainer(FLAGS.config).run()
     except (DataError, TrainingError, CheckpointError, ValueError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    if "preempted_at" in summary:
+        # the checkpoint is written and the logs closed; the machine is going away, and tearing down the
+        # interpreter (JAX's backends, orbax's threads) takes a second or more, far more on a loaded host
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    from nanoloop_jax.cli import parse_flags
+
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)

@@ -22,6 +22,7 @@ from nanoloop_jax.config import model_config
 from nanoloop_jax.data import load_meta
 from nanoloop_jax.model import LoopedGPT, ModelConfig
 from nanoloop_jax.optim import make_optimizer
+from nanoloop_jax.prepare import prepare_command
 from nanoloop_jax.steps import init_train_state, make_train_step
 
 MATMUL_SHAPE = (2048, 2048, 2048)  # (M, K, N) of the numpy reference product: ~17 GFLOP, at BLAS peak
@@ -60,6 +61,21 @@ def bench_model_config(config) -> ModelConfig:
     meta = load_meta(config.data.data_dir or os.path.join("data", config.data.dataset))
     overrides = {"vocab_size": int(meta["vocab_size"])} if meta and "stoi" in meta else {}
     return model_config(config.model, **overrides)
+
+
+def vocab_note(config) -> str:
+    """Which vocab_size bench_model_config picks and why: an unprepared char dataset silently means GPT-2's 50304."""
+    data_dir = config.data.data_dir or os.path.join("data", config.data.dataset)
+    meta, vocab = load_meta(data_dir), bench_model_config(config).vocab_size
+    if meta and "stoi" in meta:
+        return f"vocab_size {vocab}: the character vocabulary of {data_dir}/meta.json"
+    if meta is None:
+        return (
+            f"vocab_size {vocab}: config.model.vocab_size, because {data_dir}/meta.json does not exist "
+            "(a char-level dataset sets its own, smaller vocabulary: prepare it with "
+            f"{prepare_command(config.data.dataset, data_dir)}, or pass --config.model.vocab_size)"
+        )
+    return f"vocab_size {vocab}: config.model.vocab_size ({data_dir} is not a char-level dataset)"
 
 
 def memory_stats(compiled) -> dict[str, int | None]:

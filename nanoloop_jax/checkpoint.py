@@ -7,8 +7,11 @@ OUT_DIR/
   checkpoints/<step>/meta        JSON: step, best_val_loss, model_config, run config, provenance
 
 Orbax writes each step into a temporary directory and renames it only when complete, so a crash,
-kill -9 or SIGTERM mid-save leaves the previous step restorable. Restores always pass an abstract
-target with shardings, so a checkpoint written on any mesh loads onto any other (or one device).
+kill -9 or SIGTERM mid-save leaves the previous step restorable. A step damaged after that (an
+interrupted copy, a full disk, a bad bucket sync) is skipped with one warning line: every loader goes
+through restore_newest, which falls back to the newest step that restores and deletes nothing.
+Restores always pass an abstract target with shardings, so a checkpoint written on any mesh loads onto
+any other (or one device).
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import flax.linen as nn
 import jax
@@ -26,7 +31,9 @@ import orbax.checkpoint as ocp
 from nanoloop_jax.model import LoopedGPT, ModelConfig
 
 CKPT_SUBDIR = "checkpoints"
+UNREADABLE_SUBDIR = "unreadable_checkpoints"  # where train.py moves damaged steps out of orbax's way
 ITEMS = ("params", "opt_state", "meta")
+T = TypeVar("T")
 
 
 class CheckpointError(Exception):
@@ -54,12 +61,72 @@ def manager(out_dir: str, *, max_to_keep: int | None = None, async_save: bool = 
     return ocp.CheckpointManager(ckpt_dir(out_dir), options=options, item_names=ITEMS)
 
 
+def all_steps(out_dir: str) -> list[int]:
+    """The complete checkpoint steps in OUT_DIR, newest first."""
+    if not os.path.isdir(ckpt_dir(out_dir)):
+        return []
+    return sorted(ocp.utils.checkpoint_steps(ckpt_dir(out_dir)), reverse=True)
+
+
 def latest_step(out_dir: str) -> int | None:
     """The newest complete checkpoint step in OUT_DIR, or None."""
-    if not os.path.isdir(ckpt_dir(out_dir)):
-        return None
-    steps = ocp.utils.checkpoint_steps(ckpt_dir(out_dir))
-    return max(steps) if steps else None
+    steps = all_steps(out_dir)
+    return steps[0] if steps else None
+
+
+def _reason(err: BaseException) -> str:
+    """Why a restore failed, in one line: the innermost cause (orbax wraps tensorstore's precise message)."""
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _warn(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def restore_newest(
+    out_dir: str,
+    attempt: Callable[[int], T],
+    *,
+    warn: Callable[[str], None] = _warn,
+    agree: Callable[[bool], bool] = lambda ok: ok,
+) -> tuple[int, T]:
+    """(step, attempt(step)) for the newest step whose attempt succeeds, newest first; nothing is deleted.
+
+    Each newer step that fails gets one warning line naming it and why, printed once an older step has
+    restored; if none restores, CheckpointError says so in one line. `agree(ok)` must return True only
+    when every process restored this step (multi-host runs must all resume from the same one).
+    """
+    steps, where = all_steps(out_dir), ckpt_dir(out_dir)
+    if not steps:
+        raise CheckpointError(f"no checkpoint in {out_dir}; train one with train.py or convert a ckpt.pt")
+    failures: list[tuple[int, str]] = []
+    for step in steps:
+        try:
+            result, reason = attempt(step), None
+        except Exception as err:  # noqa: BLE001 -- orbax raises bare Exception for damaged tensorstore data
+            result, reason = None, _reason(err)
+        if agree(reason is None):
+            for bad, why in failures:
+                warn(f"warning: checkpoint step {bad} in {where} cannot be restored ({why}); using step {step}")
+            return step, result
+        failures.append((step, reason or "another process could not restore it"))
+    listed = ", ".join(str(s) for s, _ in failures)
+    newest, why = failures[0]
+    raise CheckpointError(f"no checkpoint in {where} can be restored (steps {listed}); step {newest}: {why}")
+
+
+def set_aside(out_dir: str, step: int) -> str:
+    """Move an unrestorable step out of the checkpoint directory (so a new save of that step can happen); kept."""
+    dest_root = os.path.join(os.path.abspath(out_dir), UNREADABLE_SUBDIR)
+    os.makedirs(dest_root, exist_ok=True)
+    dest, n = os.path.join(dest_root, str(step)), 1
+    while os.path.exists(dest):
+        dest, n = os.path.join(dest_root, f"{step}.{n}"), n + 1
+    os.replace(os.path.join(ckpt_dir(out_dir), str(step)), dest)
+    return dest
 
 
 def config_to_dict(config: ModelConfig) -> dict:
@@ -127,25 +194,25 @@ def abstract_params(config: ModelConfig):
 
 
 def load_params(out_dir: str, *, step: int | None = None, sharding: jax.sharding.Sharding | None = None) -> Loaded:
-    """Params of a checkpoint onto one device (or the given sharding), whatever mesh wrote it."""
-    step = latest_step(out_dir) if step is None else step
-    if step is None:
-        raise CheckpointError(f"no checkpoint in {out_dir}; train one with train.py or convert a ckpt.pt")
-    meta = read_meta(out_dir, step)
-    config = config_from_dict(meta["model_config"])
-    shapes = abstract_params(config)
+    """Params of a checkpoint (the newest that restores, by default) onto one device or the given sharding."""
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    mngr = ocp.CheckpointManager(ckpt_dir(out_dir), item_names=ITEMS)
-    try:
-        params, _, _ = restore(
-            mngr,
-            step,
-            abstract_params=shapes,
-            param_shardings=jax.tree_util.tree_map(lambda _: sharding, shapes),
-        )
-    finally:
-        mngr.close()
-    return Loaded(config, params, int(meta["step"]), float(meta.get("best_val_loss", float("inf"))), meta)
+
+    def attempt(s: int) -> Loaded:
+        meta = read_meta(out_dir, s)
+        config = config_from_dict(meta["model_config"])
+        shapes = abstract_params(config)
+        mngr = ocp.CheckpointManager(ckpt_dir(out_dir), item_names=ITEMS)
+        try:
+            params, _, _ = restore(
+                mngr, s, abstract_params=shapes, param_shardings=jax.tree_util.tree_map(lambda _: sharding, shapes)
+            )
+        finally:
+            mngr.close()
+        return Loaded(config, params, int(meta["step"]), float(meta.get("best_val_loss", float("inf"))), meta)
+
+    if step is not None:
+        return attempt(step)
+    return restore_newest(out_dir, attempt)[1]
 
 
 def write_params_only(

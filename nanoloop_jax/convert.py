@@ -14,7 +14,9 @@ PyTorch Linear weights are (out, in); ours are (in, out), hence the transposes.
 
 Command line:
   python -m nanoloop_jax.convert ckpt.pt OUT_DIR               # nanoLOOP ckpt.pt -> nanoloop-jax checkpoint
-  python -m nanoloop_jax.convert OUT_DIR ckpt.pt --to-nanoloop   # and back (needs the [torch] extra)
+  python -m nanoloop_jax.convert OUT_DIR ckpt.pt --to-nanoloop   # and back (writing needs the [torch] extra)
+
+Reading a ckpt.pt needs no PyTorch: torch_ckpt unpickles tensors and plain values only.
 """
 
 from __future__ import annotations
@@ -187,20 +189,24 @@ def _import_torch():
         import torch
     except ImportError:
         raise ImportError(
-            "reading or writing a nanoLOOP ckpt.pt needs PyTorch: install the extra with "
+            "writing a nanoLOOP ckpt.pt needs PyTorch: install the extra with "
             "`uv sync --extra torch` (or `pip install 'nanoloop-jax[torch]'`)"
         ) from None
     return torch
 
 
 def load_nanoloop_ckpt(path: str) -> dict:
-    """Read a nanoLOOP ckpt.pt with torch.load(weights_only=True): never unpickles arbitrary objects."""
-    torch = _import_torch()
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    """Read a nanoLOOP ckpt.pt without PyTorch (torch_ckpt: tensors and plain values only, never other objects)."""
+    from nanoloop_jax import torch_ckpt
+
+    try:
+        ckpt = torch_ckpt.load(path)
+    except torch_ckpt.TorchCheckpointError as err:
+        raise ConversionError(f"cannot read {path}: {err}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
         raise ConversionError(f"{path} is not a nanoLOOP checkpoint (expected keys 'model' and 'model_args')")
     out = dict(ckpt)
-    out["model"] = {k: v.detach().cpu().float().numpy() for k, v in ckpt["model"].items()}
+    out["model"] = {k: np.asarray(v, dtype=np.float32) for k, v in ckpt["model"].items()}
     return out
 
 

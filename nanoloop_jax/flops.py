@@ -25,12 +25,15 @@ def block_params(config: ModelConfig) -> int:
     return 2 * d + (d * 3 * d + b * 3 * d) + (d * d + b * d) + (d * 4 * d + b * 4 * d) + (4 * d * d + b * d)
 
 
-def flops_per_token(config: ModelConfig, n_loop: int | None = None, seq_len: int | None = None) -> float:
+def flops_per_token(
+    config: ModelConfig, n_loop: int | None = None, seq_len: int | None = None, *, backward: bool = True
+) -> float:
     """Training FLOPs per token: matmuls 2·(once + reused·L) + 4·(once + reused·k), plus attention.
 
     once = prelude + coda + norm_recur + the rest of the non-embedding params (the tied head wte and ln_f),
     reused = recur + inject; L = loop iterations run forward, k = min(bptt_k, L) iterations backward.
     Attention 2·H·K·T per layer for QK^T and again for AV: ×2 forward, ×4 backward, same loop counts.
+    backward=False counts the forward terms only (an evaluation batch).
     """
     n_loop = config.n_loop if n_loop is None else n_loop
     seq_len = config.block_size if seq_len is None else seq_len
@@ -39,10 +42,10 @@ def flops_per_token(config: ModelConfig, n_loop: int | None = None, seq_len: int
     inject = (2 * d * d + int(config.bias) * d) if config.input_injection != "passthrough" else 0
     once = (config.n_prelude + config.n_coda) * block_params(config) + d + (v * d + d)  # norm_recur, wte, ln_f
     reused = config.n_block * block_params(config) + inject
-    matmul = 2 * (once + reused * n_loop) + 4 * (once + reused * k)
+    matmul = 2 * (once + reused * n_loop) + 4 * (once + reused * k) * backward
     attn_per_layer = 2 * config.n_head * (d // config.n_head) * seq_len
     attn = 2 * (config.n_prelude + config.n_block * n_loop + config.n_coda) * attn_per_layer
-    attn += 4 * (config.n_prelude + config.n_block * k + config.n_coda) * attn_per_layer
+    attn += 4 * (config.n_prelude + config.n_block * k + config.n_coda) * attn_per_layer * backward
     return float(matmul + attn)
 
 

@@ -1,4 +1,5 @@
-"""Run logging: nanoGPT-style lines on stdout, OUT_DIR/metrics.jsonl, optional wandb. Process 0 only."""
+"""Run logging: nanoGPT-style lines on stdout, OUT_DIR/metrics.jsonl, optional wandb (process 0 only), and the
+up-front warning when the measured speed says a config is far too large for the devices found."""
 
 from __future__ import annotations
 
@@ -7,6 +8,13 @@ import os
 import time
 
 import jax
+
+from nanoloop_jax import flops
+from nanoloop_jax.model import ModelConfig
+
+PROGRESS_DELAY_S = 3.0  # an evaluation still running after this many seconds shows a progress bar
+TOO_LARGE_S = 2 * 3600  # a CPU run estimated to take longer than this gets the warning (the :cpu configs take minutes)
+CPU_CONFIGS = "configs/shakespeare_char.py:cpu or configs/shakespeare_char_looped.py:cpu"
 
 
 class MetricsLogger:
@@ -40,3 +48,61 @@ class MetricsLogger:
     def close(self) -> None:
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def step_seconds(
+    t_dispatch: float, t_return: float, t_fetched: float, was_ready: bool, t_prev_done: float
+) -> tuple[float, float]:
+    """(wall time of one train step alone, when it ended), from the host's view of it.
+
+    It ended when the call returned if its metrics were already ready when fetched (CPU runs the step
+    inside the call), else when the fetch returned (the fetch waited for the device). It began when
+    dispatched or when the previous step ended, whichever is later: so neither an evaluation or
+    checkpoint between two steps, nor the wait for the step before, is counted.
+    """
+    t_done = t_return if was_ready else t_fetched
+    return t_done - max(t_dispatch, t_prev_done), t_done
+
+
+def run_flops(config, model_config: ModelConfig, remaining_steps: int, eval_depths: list[int]) -> float:
+    """FLOPs of the rest of a run (flops.py's loop-aware counts): its train steps plus its evaluations."""
+    tokens_per_step = config.data.batch_size * config.data.gradient_accumulation_steps * model_config.block_size
+    train = remaining_steps * tokens_per_step * flops.flops_per_token(model_config)
+    eval_tokens = config.train.eval_iters * config.data.batch_size * model_config.block_size
+    # train and val at the model's depth, val at each extra depth
+    per_eval = sum(
+        (2 if n == model_config.n_loop else 1) * eval_tokens * flops.flops_per_token(model_config, n, backward=False)
+        for n in eval_depths
+    )
+    n_evals = remaining_steps // config.train.eval_interval + 1
+    return train + n_evals * per_eval
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} minutes"
+    if seconds < 3 * 86400:
+        return f"{seconds / 3600:.1f} hours"
+    return f"{seconds / 86400:.1f} days"
+
+
+def too_large_warning(
+    config,
+    model_config: ModelConfig,
+    flop_per_s: float,
+    *,
+    remaining_steps: int,
+    eval_depths: list[int],
+    platform: str,
+    n_devices: int,
+) -> str | None:
+    """One line when, at the measured speed, the rest of a CPU run would take more than TOO_LARGE_S; else None."""
+    total = run_flops(config, model_config, remaining_steps, eval_depths)
+    seconds = total / flop_per_s
+    if platform != "cpu" or seconds <= TOO_LARGE_S:
+        return None
+    return (
+        f"warning: this config is far too large for {n_devices} CPU device(s): its {remaining_steps:,} steps and "
+        f"evaluations ({total:.2g} FLOPs) need about {_duration(seconds)} at the measured "
+        f"{flop_per_s / 1e9:.1f} GFLOP/s; on a CPU use a ':cpu' variant ({CPU_CONFIGS}) or a GPU/TPU"
+    )

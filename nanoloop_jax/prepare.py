@@ -55,7 +55,17 @@ def _write_splits(out_dir: pathlib.Path, train_ids: list[int], val_ids: list[int
     _write_atomic(out_dir / "train.bin", np.asarray(train_ids, dtype=np.uint16).tobytes())
 
 
-def read_shakespeare(out_dir: str | os.PathLike, input_path: str | os.PathLike | None = None) -> str:
+def prepare_command(dataset: str, data_dir: str | os.PathLike, *options: str) -> str:
+    """`python data/<dataset>/prepare.py [options]`, with --out_dir when data_dir is not the script's default."""
+    command = " ".join([f"python data/{dataset}/prepare.py", *options])
+    if pathlib.Path(data_dir).resolve() != pathlib.Path("data", dataset).resolve():
+        command += f" --out_dir={data_dir}"
+    return command
+
+
+def read_shakespeare(
+    out_dir: str | os.PathLike, input_path: str | os.PathLike | None = None, dataset: str = "shakespeare_char"
+) -> str:
     """The tiny-shakespeare text: from input_path, else out_dir/input.txt, downloading it if missing."""
     if input_path is not None:
         path = pathlib.Path(input_path)
@@ -68,8 +78,11 @@ def read_shakespeare(out_dir: str | os.PathLike, input_path: str | os.PathLike |
                 with urllib.request.urlopen(SHAKESPEARE_URL, timeout=DOWNLOAD_TIMEOUT_S) as response:
                     data = response.read()
             except (OSError, http.client.HTTPException) as e:  # URLError and timeouts are OSErrors
+                # train.py prepares on first use and has no --input flag: name both offline routes
                 raise PrepareError(
-                    f"could not download tiny-shakespeare ({_one_line(e)}); pass --input PATH to a local copy"
+                    f"could not download tiny-shakespeare ({_one_line(e)}); offline, point "
+                    "NANOLOOP_SHAKESPEARE_PATH at a local copy of input.txt, or run: "
+                    + prepare_command(dataset, out_dir, "--input=/path/to/input.txt")
                 ) from e
             path.parent.mkdir(parents=True, exist_ok=True)
             _write_atomic(path, data)
@@ -106,7 +119,7 @@ def prepare_shakespeare(out_dir: str | os.PathLike, input_path: str | os.PathLik
     """GPT-2 BPE tiny-shakespeare (nanoGPT data/shakespeare): the first 90% of the text is train."""
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    data = read_shakespeare(out_dir, input_path)
+    data = read_shakespeare(out_dir, input_path, dataset="shakespeare")
     enc = gpt2_encoding()
     n = len(data)
     # Split the text, not the tokens, as nanoGPT does, so the counts match its README.
@@ -222,9 +235,9 @@ def ensure_prepared(dataset: str, data_dir: str | os.PathLike) -> None:
         return
     prepare = {"shakespeare_char": prepare_shakespeare_char, "shakespeare": prepare_shakespeare}.get(dataset)
     if prepare is None:
-        command = f"python data/{dataset}/prepare.py"
+        command = prepare_command(dataset, data_dir)
         if data_dir.resolve() != pathlib.Path("data", dataset).resolve():  # not the script's default output
-            command += f" --out_dir={data_dir} (plus the options your config's docstring gives)"
+            command += " (plus the options your config's docstring gives)"
         raise DataError(f"{data_dir / 'train.bin'} not found; run: {command}")
     # A local copy for offline machines and CI; otherwise prepare downloads the text.
     input_path = os.environ.get("NANOLOOP_SHAKESPEARE_PATH") or None

@@ -6,20 +6,22 @@ import functools
 import json
 import math
 import os
-import signal
+import sys
 import time
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+from tqdm import tqdm
 
-from nanoloop_jax import checkpoint, flops, sharding
+from nanoloop_jax import checkpoint, flops, metrics, sharding
 from nanoloop_jax.config import model_config
 from nanoloop_jax.data import EVAL_SEED_OFFSET, BatchSampler, Prefetcher, load_meta
 from nanoloop_jax.depth import sample_depth
 from nanoloop_jax.metrics import MetricsLogger
 from nanoloop_jax.model import LoopedGPT
 from nanoloop_jax.optim import lr_schedule, make_optimizer
+from nanoloop_jax.preemption import Preemption
 from nanoloop_jax.prepare import ensure_prepared
 from nanoloop_jax.steps import TrainState, init_train_state, make_eval_step, make_train_step
 
@@ -40,6 +42,17 @@ ARCH_FIELDS = (
 
 class TrainingError(Exception):
     """A run that must stop (divergence, bad resume request): one line for the user."""
+
+
+class _Stop(Exception):
+    """SIGTERM seen by some process, raised from a poll inside a phase (evaluation) to end the run."""
+
+
+def all_processes(flag: bool, how=np.all) -> bool:
+    """`how` (np.all / np.any) of a flag over every process; the flag itself in a single-process run."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    return bool(how(multihost_utils.process_allgather(np.int32(flag))))
 
 
 class AccumSampler:
@@ -110,64 +123,101 @@ class Trainer:
     """Holds the mesh, jitted steps and state of one run; `run()` trains to max_iters."""
 
     def __init__(self, config) -> None:
-        sharding.maybe_initialize_distributed(config.distributed)
         self.config = config
+        self.saved_step = self.done_step = None  # last checkpointed / last trained step (None until known)
+        self._saving, self.mngr, self.logger = False, None, None
+        self.speed, self._t_done = None, 0.0  # first measured FLOP/s; when the last train step ended
+        # from the very start: a SIGTERM during distributed start-up, data preparation or restore ends the run
+        self.preemption = Preemption(self._nothing_to_save, self._nothing_saved_line, self._say).install()
+        try:
+            self._set_up()
+        except BaseException:
+            self.preemption.close()
+            raise
+
+    def _set_up(self) -> None:
+        config = self.config
+        sharding.maybe_initialize_distributed(config.distributed)
         os.makedirs(config.out_dir, exist_ok=True)
         self.logger = MetricsLogger(config.out_dir, config, config.wandb)
-        meta = _prepare_data(config)
-        self.start, step = _resolve_start(config, self.logger)
-        ckpt_model, self.imported = None, None
-        if self.start == "resume":
-            ckpt_model = checkpoint.read_meta(config.out_dir, step)["model_config"]
-        elif self.start == "nanoloop":
-            from nanoloop_jax import convert
-
-            self.imported = convert.load_nanoloop_ckpt(config.init_from)
-            ckpt_model = self.imported["model_args"]
-        self.model_config = _build_model_config(config, meta, ckpt_model)
-        self.model = LoopedGPT(self.model_config)
+        data_meta = _prepare_data(config)
+        self.start, _ = _resolve_start(config, self.logger)
         self.mesh = sharding.make_mesh(config.mesh)
         self.rules = sharding.logical_rules(config.mesh)
         self.schedule = lr_schedule(config.opt)
         self.tx = make_optimizer(config.opt)
         self.key = jax.random.PRNGKey(config.seed)
-        self._build_state(step)
+        self.best_val_loss = 1e9
+        if self.start == "resume":
+            self._resume(data_meta)
+        elif self.start == "nanoloop":
+            self._import_nanoloop(data_meta)
+        else:
+            self._set_model(_build_model_config(config, data_meta, None))
+            init = jax.jit(lambda k: init_train_state(self.model, self.tx, k), out_shardings=self.state_shardings)
+            self.state = init(self.key)
+        self.saved_step = self.done_step = int(jax.device_get(self.state.step))
         self._build_steps()
         self._build_data()
         self.mngr = checkpoint.manager(
             config.out_dir, max_to_keep=config.train.keep_checkpoints, async_save=config.train.async_checkpointing
         )
-        self.stop_requested = False
 
     # ---- set-up -------------------------------------------------------------------------------
-    def _build_state(self, step: int | None) -> None:
-        """State created sharded from birth: eval_shape -> logical specs -> jit(init, out_shardings)."""
+    def _set_model(self, model_config) -> None:
+        """The model and the shardings of its state: created sharded from birth (eval_shape -> logical specs)."""
+        self.model_config = model_config
+        self.model = LoopedGPT(model_config)
         init_fn = functools.partial(init_train_state, self.model, self.tx)
         self.state_shardings = sharding.state_shardings(init_fn, self.key, self.mesh, self.rules)
-        abstract = jax.eval_shape(lambda k: init_train_state(self.model, self.tx, k), self.key)
-        self.best_val_loss = 1e9
-        init = jax.jit(lambda k: init_train_state(self.model, self.tx, k), out_shardings=self.state_shardings)
-        if self.start == "scratch":
-            self.state = init(self.key)
-            return
-        if self.start == "nanoloop":
-            from nanoloop_jax import convert
 
-            _, params = convert.from_nanoloop(self.imported["model"], self.imported["model_args"])
-            params = jax.device_put(params, self.state_shardings.params)
-            opt_state = jax.jit(self.tx.init, out_shardings=self.state_shardings.opt_state)(params)
-            it = int(self.imported.get("iter_num", 0))
-            self.state = TrainState(
-                step=jax.device_put(np.int32(it), self.state_shardings.step), params=params, opt_state=opt_state
+    def _import_nanoloop(self, data_meta: dict | None) -> None:
+        from nanoloop_jax import convert
+
+        imported = convert.load_nanoloop_ckpt(self.config.init_from)
+        self._set_model(_build_model_config(self.config, data_meta, imported["model_args"]))
+        _, params = convert.from_nanoloop(imported["model"], imported["model_args"])
+        params = jax.device_put(params, self.state_shardings.params)
+        opt_state = jax.jit(self.tx.init, out_shardings=self.state_shardings.opt_state)(params)
+        it = int(imported.get("iter_num", 0))
+        self.state = TrainState(
+            step=jax.device_put(np.int32(it), self.state_shardings.step), params=params, opt_state=opt_state
+        )
+        self.best_val_loss = float(imported.get("best_val_loss", 1e9))
+        self.logger.print(
+            f"initialised from nanoLOOP checkpoint {self.config.init_from} at iter {it} "
+            "(weights only: AdamW moments start fresh)"
+        )
+
+    def _resume(self, data_meta: dict | None) -> None:
+        """Restore the newest checkpoint that restores; damaged newer ones are moved aside, not deleted."""
+        out_dir, skipped = self.config.out_dir, []
+        steps = checkpoint.all_steps(out_dir)
+        try:
+            step, meta = checkpoint.restore_newest(
+                out_dir, lambda s: self._restore(s, data_meta), warn=skipped.append, agree=all_processes
             )
-            self.best_val_loss = float(self.imported.get("best_val_loss", 1e9))
-            self.logger.print(
-                f"initialised from nanoLOOP checkpoint {self.config.init_from} at iter {it} "
-                "(weights only: AdamW moments start fresh)"
-            )
-            return
-        mngr = checkpoint.manager(self.config.out_dir)
+        except checkpoint.CheckpointError as err:
+            raise TrainingError(
+                f"{err}; if this run's architecture or opt.grad_clip differs from the checkpoint's, "
+                "resume with the same ones or use a new out_dir"
+            ) from None
+        # orbax refuses to save a step that exists, and this run will save these steps again: move them aside
+        if jax.process_index() == 0:
+            for line, bad in zip(skipped, [s for s in steps if s > step], strict=True):
+                self._warn(f"{line}; moved it to {checkpoint.set_aside(out_dir, bad)}")
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("unrestorable checkpoints moved")
+        self.best_val_loss = float(meta.get("best_val_loss", 1e9))
+        self.logger.print(f"resumed from step {meta['step']} (best val loss {self.best_val_loss:.4f})")
+
+    def _restore(self, step: int, data_meta: dict | None) -> dict:
+        """Model from the checkpoint's meta, then params (and optimizer state, if saved) onto this mesh."""
+        meta = checkpoint.read_meta(self.config.out_dir, step)
+        self._set_model(_build_model_config(self.config, data_meta, meta["model_config"]))
+        abstract = jax.eval_shape(lambda k: init_train_state(self.model, self.tx, k), self.key)
         with_opt = checkpoint.has_opt_state(self.config.out_dir, step)
+        mngr = checkpoint.manager(self.config.out_dir)
         try:
             params, opt_state, meta = checkpoint.restore(
                 mngr,
@@ -177,12 +227,6 @@ class Trainer:
                 abstract_opt_state=abstract.opt_state if with_opt else None,
                 opt_shardings=self.state_shardings.opt_state,
             )
-        except ValueError as err:
-            raise TrainingError(
-                f"the checkpoint at step {step} in {self.config.out_dir} does not fit this run's model/optimizer "
-                f"({str(err).splitlines()[0]}); resume with the same architecture and opt.grad_clip, "
-                "or use a new out_dir"
-            ) from None
         finally:
             mngr.close()
         if opt_state is None:
@@ -191,8 +235,7 @@ class Trainer:
         self.state = TrainState(
             step=jax.device_put(np.int32(meta["step"]), self.state_shardings.step), params=params, opt_state=opt_state
         )
-        self.best_val_loss = float(meta.get("best_val_loss", 1e9))
-        self.logger.print(f"resumed from step {meta['step']} (best val loss {self.best_val_loss:.4f})")
+        return meta
 
     def _build_steps(self) -> None:
         repl = sharding.replicated(self.mesh)
@@ -237,41 +280,105 @@ class Trainer:
         }
         self.tokens_per_step = cfg.data.batch_size * cfg.data.gradient_accumulation_steps * self.model_config.block_size
 
+    def _compile(self) -> float:
+        """Compile the train and eval steps up front (seconds): later steps and evals then only run.
+
+        So a compile never lands after steps were trained (where a SIGTERM would have to wait for it),
+        and the first step's time is the step's alone.
+        """
+        t0 = time.perf_counter()
+        if not self.config.train.eval_only and self.done_step < self.config.train.max_iters:
+            batch = self._batch(self.train_batches.get(self.done_step), self.batch_sharding)
+            extra = (np.int32(self.model_config.n_loop),) if self.dynamic_depth else ()
+            self.train_step.lower(self.state, batch, self.key, *extra).compile()
+        eval_batch = self._batch(self.eval_samplers["val"].get(0), self.eval_sharding)
+        for eval_step in self.eval_steps.values():
+            eval_step.lower(self.state.params, eval_batch, self.key).compile()
+        return time.perf_counter() - t0
+
     # ---- pieces of the loop ------------------------------------------------------------------
     def _batch(self, arrays, sh) -> dict[str, jax.Array]:
         """{'x', 'y'[, 'mask']} global arrays from this process's rows."""
         return {k: sharding.global_array(a, sh) for k, a in zip(("x", "y", "mask"), arrays, strict=False)}
 
     def evaluate(self) -> dict[str, float]:
-        """Mean loss over eval_iters batches of train and val (and val at extra depths)."""
-        out = {}
+        """Mean loss over eval_iters batches of train and val (and val at extra depths); a bar if it is slow."""
         eval_key = jax.random.fold_in(self.key, 2**30)
-        for n_loop, eval_step in self.eval_steps.items():
-            splits = ("train", "val") if n_loop == self.model_config.n_loop else ("val",)
-            for split in splits:
+        n_iters = self.config.train.eval_iters
+        jobs = [
+            (n_loop, split)
+            for n_loop in self.eval_steps
+            for split in (("train", "val") if n_loop == self.model_config.n_loop else ("val",))
+        ]
+        out = {}
+        with tqdm(
+            total=len(jobs) * n_iters,
+            desc="eval",
+            unit="batch",
+            delay=metrics.PROGRESS_DELAY_S,
+            leave=False,
+            file=sys.stderr,
+            disable=jax.process_index() != 0,
+        ) as bar:
+            for n_loop, split in jobs:
                 losses = []
-                for i in range(self.config.train.eval_iters):
+                for i in range(n_iters):
                     batch = self._batch(self.eval_samplers[split].get(i), self.eval_sharding)
-                    losses.append(eval_step(self.state.params, batch, jax.random.fold_in(eval_key, i)))
+                    t0 = time.perf_counter()
+                    # fetched one by one: a SIGTERM is seen within one batch, and the bar moves
+                    loss = self.eval_steps[n_loop](self.state.params, batch, jax.random.fold_in(eval_key, i))
+                    losses.append(float(loss))
+                    if self.speed is None:  # the first batch of the run: a forward pass, timed
+                        n_tokens = self.config.data.batch_size * self.model_config.block_size
+                        fwd = flops.flops_per_token(self.model_config, n_loop, backward=False) * n_tokens
+                        self._measured(fwd / (time.perf_counter() - t0))
+                    bar.update()
+                    if self._stop_signalled():
+                        raise _Stop
                 name = split if n_loop == self.model_config.n_loop else f"val_n_loop_{n_loop}"
-                out[name] = float(np.mean(jax.device_get(losses)))
+                out[name] = float(np.mean(losses))
         return out
 
-    def save(self, step: int) -> None:
+    def save(self, step: int) -> float:
+        """Save the state as checkpoint `step` (asynchronously where enabled); seconds the call blocked."""
+        t0 = time.perf_counter()
         meta = {
             "step": int(step),
             "best_val_loss": float(self.best_val_loss),
             "model_config": checkpoint.config_to_dict(self.model_config),
             "config": json.loads(self.config.to_json_best_effort()),
         }
-        checkpoint.save(self.mngr, step, params=self.state.params, opt_state=self.state.opt_state, meta=meta)
-        self.logger.print(f"saving checkpoint at step {step} to {self.config.out_dir}")
+        self._saving = True
+        try:
+            checkpoint.save(self.mngr, step, params=self.state.params, opt_state=self.state.opt_state, meta=meta)
+        finally:
+            self._saving = False
+        self.saved_step = step
+        return time.perf_counter() - t0
 
     def _stop_signalled(self) -> bool:
         """SIGTERM seen by any process (all processes must agree to save the same step)."""
-        if jax.process_count() == 1:
-            return self.stop_requested
-        return bool(np.any(multihost_utils.process_allgather(np.int32(self.stop_requested))))
+        return all_processes(self.preemption.requested, how=np.any)
+
+    def _nothing_to_save(self) -> bool:
+        """For the SIGTERM watchdog (another thread): may the process end right now without losing work?"""
+        if self._saving or self.done_step != self.saved_step:
+            return False
+        return self.mngr is None or not self.mngr.is_saving_in_progress()
+
+    def _nothing_saved_line(self) -> str:
+        since = f"since the checkpoint at step {self.saved_step}" if self.saved_step else "yet"
+        return f"SIGTERM: no step trained {since}, nothing to save; exiting cleanly"
+
+    def _say(self, line: str) -> None:
+        if self.logger is not None:
+            self.logger.print(line)
+        else:
+            print(line, flush=True)
+
+    def _warn(self, line: str) -> None:
+        if jax.process_index() == 0:
+            print(line, file=sys.stderr, flush=True)
 
     def _check_finite(self, step: int, loss: float) -> None:
         if not math.isfinite(loss):
@@ -287,6 +394,12 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------
     def run(self) -> dict:
+        try:
+            return self._run()
+        finally:
+            self.preemption.close()
+
+    def _run(self) -> dict:
         cfg, tcfg = self.config, self.config.train
         if jax.process_index() == 0:
             with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
@@ -296,25 +409,18 @@ class Trainer:
             f"mesh: {dict(self.mesh.shape)} over {jax.device_count()} devices, "
             f"{jax.process_count()} processes; tokens per step: {self.tokens_per_step:,}"
         )
-        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
-        start = int(jax.device_get(self.state.step))
+        start = self.done_step
+        summary = {"start_step": start}
+        self.logger.print(f"compiled the train and eval steps in {self._compile():.1f} s")
         prefetch = Prefetcher(self.train_batches, start_step=start, stop_step=tcfg.max_iters)
-        pending, summary, self._t_last = None, {"start_step": start}, time.time()
+        pending = None
         try:
+            if self._stop_signalled():
+                raise _Stop
             for step in range(start, tcfg.max_iters + 1):
                 if step % tcfg.eval_interval == 0 or step == tcfg.max_iters:
                     pending = self._flush(pending)
-                    losses = self.evaluate()
-                    self.logger.print(
-                        f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
-                        + "".join(f", {k} {v:.4f}" for k, v in losses.items() if k.startswith("val_n"))
-                    )
-                    self.logger.write({"step": step, "event": "eval", **losses})
-                    summary.update(losses)
-                    improved = losses["val"] < self.best_val_loss
-                    self.best_val_loss = min(self.best_val_loss, losses["val"])
-                    if (improved or tcfg.always_save_checkpoint) and step > start:
-                        self.save(step)
+                    self._evaluate_and_save(step, start, summary)
                     if tcfg.eval_only:
                         break
                 if step == tcfg.max_iters:
@@ -323,36 +429,79 @@ class Trainer:
                 batch = self._batch(arrays, self.batch_sharding)
                 depth = sample_depth(self.model_config, cfg.seed, step)
                 extra = (np.int32(depth),) if self.dynamic_depth else ()
-                self.state, metrics = self.train_step(self.state, batch, self.key, *extra)
+                t_dispatch = time.perf_counter()
+                self.state, step_metrics = self.train_step(self.state, batch, self.key, *extra)
+                t_return, self.done_step = time.perf_counter(), step + 1
                 # fetch the previous step's metrics only now, so the device already runs this step
                 pending = self._flush(pending)
-                pending = (step, metrics, depth)
+                pending = (step, step_metrics, depth, t_dispatch, t_return)
                 if self._stop_signalled():
-                    pending = self._flush(pending)
-                    self.save(step + 1)
-                    self.mngr.wait_until_finished()
-                    self.logger.print(f"SIGTERM: saved checkpoint at step {step + 1}; exiting cleanly")
-                    summary["preempted_at"] = step + 1
-                    break
+                    raise _Stop
             pending = self._flush(pending)
+        except _Stop:
+            self.preemption.take()
+            pending = self._flush(pending)
+            summary["preempted_at"] = self.done_step
+            if self.done_step != self.saved_step:
+                self.save(self.done_step)
+                self.mngr.wait_until_finished()
+                self.logger.print(f"SIGTERM: saved checkpoint at step {self.done_step}; exiting cleanly")
+            else:
+                self.logger.print(self._nothing_saved_line())
         finally:
             prefetch.close()
             self.mngr.wait_until_finished()
             self.mngr.close()
             self.logger.close()
-            signal.signal(signal.SIGTERM, previous)
         summary["best_val_loss"] = self.best_val_loss
         return summary
 
+    def _evaluate_and_save(self, step: int, start: int, summary: dict) -> None:
+        """The eval at `step`, its loss line, its time on a line of its own, and the checkpoint it may trigger."""
+        t0 = time.perf_counter()
+        losses = self.evaluate()
+        eval_s = time.perf_counter() - t0
+        self.logger.print(
+            f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+            + "".join(f", {k} {v:.4f}" for k, v in losses.items() if k.startswith("val_n"))
+        )
+        self.logger.print(f"eval: {eval_s:.2f} s")
+        self.logger.write({"step": step, "event": "eval", **losses, "eval_s": eval_s})
+        summary.update(losses)
+        improved = losses["val"] < self.best_val_loss
+        self.best_val_loss = min(self.best_val_loss, losses["val"])
+        if (improved or self.config.train.always_save_checkpoint) and step > start:
+            save_s = self.save(step)
+            self.logger.print(f"saving checkpoint at step {step} to {self.config.out_dir} ({save_s:.2f} s)")
+            self.logger.write({"step": step, "event": "checkpoint", "save_s": save_s})
+
+    def _measured(self, flop_per_s: float) -> None:
+        """The first measured speed of the run: warn up front if the config is far too large for these devices."""
+        self.speed = flop_per_s
+        line = metrics.too_large_warning(
+            self.config,
+            self.model_config,
+            flop_per_s,
+            remaining_steps=self.config.train.max_iters - self.done_step,
+            eval_depths=list(self.eval_steps),
+            platform=jax.devices()[0].platform,
+            n_devices=jax.device_count(),
+        )
+        if line:
+            self._warn(line)
+
     def _flush(self, pending):
-        """Fetch, check and log the metrics of a dispatched step."""
+        """Fetch, check and log the metrics of a dispatched step; its time is the step's alone."""
         if pending is None:
             return None
-        step, metrics, depth = pending
-        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        step, step_metrics, depth, t_dispatch, t_return = pending
+        ready = step_metrics["loss"].is_ready()
+        m = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+        t_fetched = time.perf_counter()
+        dt, self._t_done = metrics.step_seconds(t_dispatch, t_return, t_fetched, ready, self._t_done)
         self._check_finite(step, m["loss"])
-        now = time.time()
-        dt, self._t_last = now - self._t_last, now
+        if self.speed is None and dt > 0:
+            self._measured(flops.flops_per_token(self.model_config, depth) * self.tokens_per_step / dt)
         if step % self.config.train.log_interval == 0:
             tok_s = self.tokens_per_step / dt if dt > 0 else float("nan")
             mfu = flops.mfu(self.model_config, tok_s, jax.device_count(), n_loop=depth)
@@ -364,7 +513,3 @@ class Trainer:
             record = {"step": step, "event": "train", **m, "time_ms": dt * 1000, "tokens_per_s": tok_s}
             self.logger.write({**record, "mfu": mfu, "n_loop": depth})
         return None
-
-    def _on_sigterm(self, signum, frame) -> None:
-        del signum, frame
-        self.stop_requested = True

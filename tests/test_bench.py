@@ -76,6 +76,7 @@ def test_bench_py_train_prints_and_writes_every_figure(tmp_path):
         "MFU: None",
         "memory:",
         "matmul-peak fraction:",
+        "vocab_size 64: config.model.vocab_size, because",
     ):
         assert label in proc.stdout, (label, proc.stdout)
     result = json.loads(out.read_text())
@@ -109,3 +110,17 @@ def test_full_backprop_with_remat_memory_is_nearly_flat_in_n_loop():
     """bptt_k=None with a rematerialised loop body keeps one carry per iteration, not its activations."""
     config = tiny_config(bptt_k=None, remat_policy="nothing_saveable")
     assert temp_bytes(config, n_loop=16) <= 1.5 * temp_bytes(config, n_loop=2)
+
+
+def test_vocab_note_says_which_vocab_and_why(tmp_path):
+    from nanoloop_jax.prepare import prepare_shakespeare_char
+
+    config = tiny_config()
+    config.model.vocab_size = 50304
+    config.data.dataset, config.data.data_dir = "shakespeare_char", str(tmp_path / "char")
+    note = benchmark.vocab_note(config)
+    assert note.startswith("vocab_size 50304: config.model.vocab_size, because") and "meta.json does not exist" in note
+    assert f"python data/shakespeare_char/prepare.py --out_dir={tmp_path / 'char'}" in note
+    prepare_shakespeare_char(tmp_path / "char", input_path=REPO_ROOT / "tests/fixtures/tinyshakespeare_head.txt")
+    note = benchmark.vocab_note(config)
+    assert note.startswith(f"vocab_size {benchmark.bench_model_config(config).vocab_size}: the character vocabulary")

@@ -3,6 +3,8 @@
 import builtins
 import json
 import pathlib
+import pickle
+import zipfile
 
 import jax
 import numpy as np
@@ -83,28 +85,83 @@ def test_bias_true_round_trip():
     jax.tree_util.tree_map(np.testing.assert_array_equal, params, params2)
 
 
-def test_missing_torch_names_the_extra(monkeypatch):
+def _block_torch(monkeypatch):
+    """Make `import torch` fail, as on a machine without the [torch] extra."""
     real_import = builtins.__import__
 
     def fake_import(name, *args, **kwargs):
-        if name == "torch":
+        if name == "torch" or name.startswith("torch."):
             raise ImportError("no torch")
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", fake_import)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_ckpt_pt_reads_without_torch_to_the_reference_arrays(case, monkeypatch):
+    _block_torch(monkeypatch)
+    _, model_args, sd = _load(case)
+    ckpt = convert.load_nanoloop_ckpt(str(FIXTURES / case / "ckpt.pt"))
+    assert ckpt["model_args"] == model_args and isinstance(ckpt["iter_num"], int)
+    assert set(ckpt["model"]) == set(sd)
+    for k in sd:
+        assert ckpt["model"][k].dtype == np.float32
+        np.testing.assert_array_equal(ckpt["model"][k], sd[k], err_msg=k)
+
+
+def _torch_zip(tmp_path, pickle_bytes: bytes, storages: dict[str, bytes] | None = None) -> str:
+    """A torch.save-layout zip with the given data.pkl (and raw storages)."""
+    path = tmp_path / "crafted.pt"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", pickle_bytes)
+        zf.writestr("archive/byteorder", "little")
+        for key, raw in (storages or {}).items():
+            zf.writestr(f"archive/data/{key}", raw)
+    return str(path)
+
+
+def test_ckpt_pt_with_any_other_object_is_refused_in_one_line(tmp_path):
+    ran = tmp_path / "ran"
+    # what an attacker's pickle looks like: a GLOBAL to a callable, REDUCE'd with an argument
+    command = f"touch {ran}".encode()
+    evil = b"\x80\x02cos\nsystem\nX" + len(command).to_bytes(4, "little") + command + b"\x85R."
+    with pytest.raises(convert.ConversionError, match="pickles os.system, which is not a tensor") as info:
+        convert.load_nanoloop_ckpt(_torch_zip(tmp_path, evil))
+    assert "\n" not in str(info.value) and not ran.exists()
+    with pytest.raises(convert.ConversionError, match="pickles builtins.eval"):
+        convert.load_nanoloop_ckpt(_torch_zip(tmp_path, b"\x80\x02cbuiltins\neval\n."))
+    (tmp_path / "old.pt").write_bytes(pickle.dumps({"model": {}}))  # torch < 1.6 format, or any other file
+    with pytest.raises(convert.ConversionError, match="not a zip-format torch.save file"):
+        convert.load_nanoloop_ckpt(str(tmp_path / "old.pt"))
+
+
+def test_ckpt_pt_tensor_past_its_storage_is_refused(tmp_path):
+    # a (4, 4) float tensor over a 3-element storage: reading it would run past the buffer
+    payload = (
+        b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storagectorch\nFloatStorage\n"
+        b"X\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x03tQK\x00K\x04K\x04\x86K\x04K\x01\x86\x89NtR."
+    )
+    with pytest.raises(convert.ConversionError, match="reaches element 15 of a 3-element storage"):
+        convert.load_nanoloop_ckpt(_torch_zip(tmp_path, payload, {"0": np.zeros(3, np.float32).tobytes()}))
+
+
+def test_writing_ckpt_pt_without_torch_names_the_extra(monkeypatch, tmp_path):
+    _block_torch(monkeypatch)
+    _, model_args, sd = _load("standard")
+    config, params = convert.from_nanoloop(sd, model_args)
     with pytest.raises(ImportError, match="--extra torch"):
-        convert.load_nanoloop_ckpt(str(FIXTURES / "standard" / "ckpt.pt"))
+        convert.save_nanoloop_ckpt(str(tmp_path / "x.pt"), config, params)
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_ckpt_pt_to_orbax_and_back(case, tmp_path):
-    pytest.importorskip("torch", reason="reading ckpt.pt needs the [torch] extra")
     ref, model_args, sd = _load(case)
     out = tmp_path / "out"
     assert convert.main([str(FIXTURES / case / "ckpt.pt"), str(out)]) == 0
     loaded = checkpoint.load_params(str(out))
     logits = LoopedGPT(loaded.model_config).apply({"params": loaded.params}, ref["idx"].astype(np.int32))
     np.testing.assert_allclose(logits, ref["logits"], atol=1e-5)
+    pytest.importorskip("torch", reason="writing ckpt.pt (--to-nanoloop) needs the [torch] extra")
     assert convert.main([str(out), str(tmp_path / "back.pt"), "--to-nanoloop"]) == 0
     back = convert.load_nanoloop_ckpt(str(tmp_path / "back.pt"))
     assert back["model_args"] == model_args

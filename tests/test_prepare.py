@@ -124,7 +124,7 @@ def test_openwebtext_never_passes_trust_remote_code(monkeypatch, tmp_path, enc):
     assert seen and "trust_remote_code" not in seen
 
 
-def test_download_failure_says_pass_input(monkeypatch, tmp_path):
+def test_download_failure_names_the_env_var_and_the_prepare_command(monkeypatch, tmp_path):
     def offline(url, timeout):
         assert timeout is not None  # a hung connection must not hang prepare forever
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
@@ -134,7 +134,11 @@ def test_download_failure_says_pass_input(monkeypatch, tmp_path):
         prepare.prepare_shakespeare_char(tmp_path / "out")
     message = str(excinfo.value)
     assert message.startswith("could not download tiny-shakespeare (")
-    assert message.endswith("pass --input PATH to a local copy") and "\n" not in message
+    assert "\n" not in message and "--input PATH" not in message  # train.py has no --input flag
+    assert "NANOLOOP_SHAKESPEARE_PATH" in message
+    assert message.endswith(
+        f"run: python data/shakespeare_char/prepare.py --input=/path/to/input.txt --out_dir={tmp_path / 'out'}"
+    )
     assert not (tmp_path / "out" / "input.txt").exists()
 
 

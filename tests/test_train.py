@@ -3,8 +3,10 @@
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
+import time
 
 import jax
 import numpy as np
@@ -108,13 +110,29 @@ def test_missing_data_names_the_prepare_command(tmp_path):
     assert "run: python data/openwebtext/prepare.py" in res.stderr and "Traceback" not in res.stderr
 
 
-@pytest.mark.slow
-def test_train_checkpoint_and_exact_resume_after_kill(tmp_path):
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """(data_dir, out_dir) of one uninterrupted tiny run to step 8, checkpoints at 4 and 8; shared, never modified."""
+    tmp_path = tmp_path_factory.mktemp("straight")
     data_dir = tiny_data_dir(tmp_path)
-    straight = tmp_path / "straight"
-    res = run(train_cmd("configs/shakespeare_char_looped.py", *tiny_overrides(data_dir, straight)))
+    out = tmp_path / "straight"
+    res = run(train_cmd("configs/shakespeare_char_looped.py", *tiny_overrides(data_dir, out)))
     assert res.returncode == 0, res.stderr
-    assert "step 8: train loss" in res.stdout and checkpoint.latest_step(str(straight)) == 8
+    assert "step 8: train loss" in res.stdout and checkpoint.all_steps(str(out)) == [8, 4]
+    return data_dir, out
+
+
+def _copy_run(src, dst, steps) -> None:
+    """A copy of run src holding only the given checkpoint steps (as if the run had stopped there)."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("metrics.jsonl"))
+    for step in checkpoint.all_steps(str(dst)):
+        if step not in steps:
+            shutil.rmtree(dst / "checkpoints" / str(step))
+
+
+@pytest.mark.slow
+def test_train_checkpoint_and_exact_resume_after_kill(straight, tmp_path):
+    data_dir, straight = straight
     want = train_losses(straight)
     assert sorted(want) == list(range(8)) and want[7] < want[0]
 
@@ -136,6 +154,48 @@ def test_train_checkpoint_and_exact_resume_after_kill(tmp_path):
         assert got[step] == want[step], (step, got[step], want[step])
 
 
+def _truncate_step(out_dir, step: int) -> None:
+    """Damage a checkpoint as an interrupted copy would: its data files cut to half their size."""
+    files = list((out_dir / "checkpoints" / str(step)).glob("*/ocdbt.process_0/d/*"))
+    assert files
+    for f in files:
+        os.truncate(f, f.stat().st_size // 2)
+
+
+@pytest.mark.slow
+def test_truncated_newest_checkpoint_resumes_from_the_previous_one(straight, tmp_path, capsys):
+    data_dir, straight = straight
+    out = tmp_path / "damaged"
+    _copy_run(straight, out, steps=(4, 8))
+    _truncate_step(out, 8)
+
+    # readers (sample.py, depth_sweep and eval_addition load through load_params): one warning, the older step
+    assert checkpoint.load_params(str(out)).step == 4
+    warnings = capsys.readouterr().err.splitlines()
+    assert len(warnings) == 1 and warnings[0].startswith("warning: checkpoint step 8 in "), warnings
+    assert "cannot be restored (" in warnings[0] and "is not valid for value of size" in warnings[0]
+    assert warnings[0].endswith("using step 4")
+
+    res = run(train_cmd("configs/shakespeare_char_looped.py", *tiny_overrides(data_dir, out)))
+    assert res.returncode == 0, res.stderr
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: checkpoint step 8") and "moved it to" in lines[0], lines
+    assert "resumed from step 4" in res.stdout
+    assert (out / "unreadable_checkpoints" / "8" / "params").is_dir()  # kept, not deleted
+    got, want = train_losses(out), train_losses(straight)
+    assert sorted(got) == [4, 5, 6, 7] and all(got[s] == want[s] for s in got), (got, want)
+    assert checkpoint.load_params(str(out)).step == 8  # and the run wrote step 8 again
+
+    # nothing restores: one error line, nothing deleted
+    _truncate_step(out, 8)
+    _truncate_step(out, 4)
+    res = run(train_cmd("configs/shakespeare_char_looped.py", *tiny_overrides(data_dir, out)))
+    assert res.returncode == 1
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: no checkpoint in ") and "(steps 8, 4)" in lines[0], lines
+    assert checkpoint.all_steps(str(out)) == [8, 4]
+
+
 @pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
     data_dir = tiny_data_dir(tmp_path)
@@ -154,6 +214,48 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     assert step is not None and step >= 3
     loaded = checkpoint.load_params(str(out))
     assert loaded.step == step and all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(loaded.params))
+
+
+def _sigterm_when(cmd, log, ready, delay_s: float = 0.0) -> float:
+    """Start cmd (stdout to log), SIGTERM it delay_s after ready() holds; seconds from SIGTERM to exit status 0."""
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=f, stderr=subprocess.PIPE, text=True)
+        wait_for(ready, proc=proc)
+        time.sleep(delay_s)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    return time.monotonic() - t0
+
+
+@pytest.mark.slow
+def test_sigterm_during_eval_saves_the_trained_steps_and_exits_within_10s(straight, tmp_path):
+    data_dir, straight = straight
+    out, log = tmp_path / "out", tmp_path / "stdout.txt"
+    _copy_run(straight, out, steps=(4,))
+    # resumes at step 4, trains steps 4 and 5, then starts an evaluation at step 6 that would take hours
+    flags = tiny_overrides(
+        data_dir, out, **{"train.eval_interval": 6, "train.eval_iters": 10**8, "train.max_iters": 100}
+    )
+    cmd = train_cmd("configs/shakespeare_char_looped.py", *flags)
+    step_5_logged = lambda: (out / "metrics.jsonl").exists() and 5 in train_losses(out)  # noqa: E731
+    seconds = _sigterm_when(cmd, log, step_5_logged, delay_s=1.0)  # step 5 is logged just before the eval
+    assert seconds < 10, seconds
+    assert log.read_text().splitlines()[-1] == "SIGTERM: saved checkpoint at step 6; exiting cleanly"
+    assert checkpoint.all_steps(str(out)) == [6, 4]
+    assert checkpoint.load_params(str(out)).step == 6
+
+
+@pytest.mark.slow
+def test_sigterm_during_compile_exits_within_10s_with_nothing_to_save(tmp_path):
+    data_dir, out, log = tiny_data_dir(tmp_path), tmp_path / "out", tmp_path / "stdout.txt"
+    cmd = train_cmd("configs/shakespeare_char_looped.py", *tiny_overrides(data_dir, out))
+    # "mesh:" is the last line before the steps are compiled (a few seconds, even for this tiny model)
+    seconds = _sigterm_when(cmd, log, lambda: log.exists() and "mesh:" in log.read_text())
+    assert seconds < 10, seconds
+    assert log.read_text().splitlines()[-1] == "SIGTERM: no step trained yet, nothing to save; exiting cleanly"
+    assert checkpoint.all_steps(str(out)) == []
 
 
 @pytest.mark.slow
@@ -206,7 +308,6 @@ def test_shakespeare_configs_prepare_their_data(tmp_path):
 
 @pytest.mark.slow
 def test_init_from_nanoloop_ckpt_continues_the_pytorch_run(tmp_path):
-    pytest.importorskip("torch", reason="reading ckpt.pt needs the [torch] extra")
     from nanoloop_jax.prepare import prepare_shakespeare_char
 
     # a char dataset within the fixture model's 37-token vocabulary

@@ -1,0 +1,74 @@
+"""Config mistakes on the command line: exactly one `error:` line on stderr and exit 1 (train.py, bench.py)."""
+
+import os
+import sys
+
+import pytest
+from absl import flags
+from helpers import REPO_ROOT, run
+from ml_collections import config_flags
+
+from nanoloop_jax.cli import parse_flags
+
+CONFIG = "configs/shakespeare_char_looped.py"
+CONFIG_FILES = sorted(p.name for p in (REPO_ROOT / "configs").glob("*.py"))
+NLOOP = (
+    [f"--config={CONFIG}:cpu", "--config.model.nloop=3"],
+    "error: unknown field model.nloop (did you mean model.n_loop?)",
+)
+NOPE = (["--config=configs/nope.py"], f"error: no config file configs/nope.py; configs/ has: {', '.join(CONFIG_FILES)}")
+MISTAKES = [
+    NLOOP,
+    NOPE,
+    ([f"--config={CONFIG}", "--config.modle.n_loop=3"], "error: unknown field modle (did you mean model?)"),
+    ([f"--config={CONFIG}", "--config.model.xyzzy=3"], "error: unknown field model.xyzzy"),
+    ([f"--config={CONFIG}:gpu"], "unknown variant 'gpu' of shakespeare_char_looped; allowed: 'cpu'"),
+    ([f"--config={CONFIG}", "--config.model.n_loop=abc"], "invalid literal for int() with base 10: 'abc'"),
+    ([f"--config={CONFIG}", "--nope=1"], "error: Unknown command line flag 'nope'"),
+]
+
+
+def _flag_values(monkeypatch, argv: list[str]) -> flags.FlagValues:
+    """A fresh --config flag as an entry point defines it; argv as a user types it (relative to the repo)."""
+    monkeypatch.chdir(REPO_ROOT)
+    monkeypatch.setattr(sys, "argv", argv)  # config_flags reads the overrides from sys.argv
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "config file", lock_config=True, flag_values=fv)
+    return fv
+
+
+def test_an_exception_in_the_config_file_is_one_line_with_its_place(tmp_path, capsys, monkeypatch):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def get_config():\n    return 1 / 0\n")
+    argv = ["prog", f"--config={bad}"]
+    with pytest.raises(SystemExit):
+        parse_flags(argv, _flag_values(monkeypatch, argv))
+    assert capsys.readouterr().err == f"error: --config={bad}: ZeroDivisionError: division by zero ({bad}:2)\n"
+    bad.write_text("def get_config(:\n")
+    with pytest.raises(SystemExit):
+        parse_flags(argv, _flag_values(monkeypatch, argv))
+    assert capsys.readouterr().err == f"error: --config={bad}: SyntaxError: invalid syntax ({bad}:1)\n"
+
+
+@pytest.mark.parametrize(("args", "want"), MISTAKES)
+def test_parse_flags_turns_a_config_mistake_into_one_line(args, want, capsys, monkeypatch):
+    fv = _flag_values(monkeypatch, ["prog", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        parse_flags(["prog", *args], fv)
+    assert exit_info.value.code == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and want in lines[0], lines
+
+
+def test_good_flags_parse(monkeypatch):
+    argv = ["prog", f"--config={CONFIG}:cpu", "--config.model.n_loop=3", "rest"]
+    fv = _flag_values(monkeypatch, argv)
+    assert parse_flags(argv, fv) == ["prog", "rest"]
+    assert fv.config.model.n_loop == 3
+
+
+@pytest.mark.parametrize("script", ["train.py", "bench.py"])
+@pytest.mark.parametrize(("args", "want"), [NLOOP, NOPE])
+def test_entry_points_print_one_line(script, args, want):
+    res = run([sys.executable, str(REPO_ROOT / script), *args], env={**os.environ}, timeout=120)
+    assert res.returncode == 1 and res.stderr.splitlines() == [want], res.stderr

@@ -1,0 +1,69 @@
+"""Step timing that measures the step alone, and the up-front warning for a config far too large for a CPU."""
+
+import importlib.util
+
+import pytest
+from helpers import REPO_ROOT
+
+from nanoloop_jax import flops, metrics
+from nanoloop_jax.config import model_config
+
+
+def _config(variant: str):
+    spec = importlib.util.spec_from_file_location("c", REPO_ROOT / "configs" / "shakespeare_char_looped.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(variant)
+    return config, model_config(config.model, vocab_size=65)
+
+
+def test_step_time_excludes_what_ran_between_steps():
+    # CPU: the step runs inside the call (ready when fetched). Step 3 ended at t=10; an eval ran 10..12;
+    # step 4 was dispatched at 12 and returned at 12.5: it took 0.5 s, not 2.5 s
+    assert metrics.step_seconds(12.0, 12.5, 12.6, True, t_prev_done=10.0) == (0.5, 12.5)
+    # the step before that eval was fetched with nothing dispatched after it: still its own 0.5 s, not ~0
+    assert metrics.step_seconds(9.5, 10.0, 10.0001, True, t_prev_done=9.5) == (0.5, 10.0)
+    # accelerator: dispatch returns at once and the fetch waits for the device; the step began when the
+    # previous one ended (it was queued behind it)
+    assert metrics.step_seconds(20.0, 20.001, 21.0, False, t_prev_done=20.6) == pytest.approx((0.4, 21.0))
+
+
+def test_forward_flops_are_the_forward_terms():
+    _, mc = _config("")
+    fwd, total = flops.flops_per_token(mc, backward=False), flops.flops_per_token(mc)
+    assert 0 < fwd < total
+    # full backprop (bptt_k = n_loop): backward is twice the forward, as the 2/4 matmul factors say
+    full = model_config(_config("")[0].model, vocab_size=65, bptt_k=None)
+    assert flops.flops_per_token(full) == pytest.approx(3 * flops.flops_per_token(full, backward=False))
+
+
+def test_full_size_config_on_a_cpu_gets_one_warning_pointing_to_the_cpu_variant():
+    config, mc = _config("")
+    kw = dict(remaining_steps=config.train.max_iters, eval_depths=[mc.n_loop], n_devices=1)
+    line = metrics.too_large_warning(config, mc, 50e9, platform="cpu", **kw)  # ~50 GFLOP/s: a 2-core CPU
+    assert line.startswith("warning: this config is far too large for 1 CPU device(s): its 5,000 steps")
+    assert "at the measured 50.0 GFLOP/s" in line and "configs/shakespeare_char_looped.py:cpu" in line
+    assert "\n" not in line
+    assert metrics.too_large_warning(config, mc, 50e9, platform="gpu", **kw) is None  # accelerators: no advice
+    cpu_config, cpu_mc = _config("cpu")
+    assert (
+        metrics.too_large_warning(
+            cpu_config,
+            cpu_mc,
+            20e9,
+            platform="cpu",
+            remaining_steps=cpu_config.train.max_iters,
+            eval_depths=[cpu_mc.n_loop],
+            n_devices=1,
+        )
+        is None
+    )
+
+
+def test_run_flops_counts_the_evaluations():
+    config, mc = _config("")
+    train_only = metrics.run_flops(config, mc, 10, eval_depths=[])
+    with_evals = metrics.run_flops(config, mc, 10, eval_depths=[mc.n_loop, 1])
+    per_eval = config.train.eval_iters * config.data.batch_size * mc.block_size
+    want = per_eval * (2 * flops.flops_per_token(mc, backward=False) + flops.flops_per_token(mc, 1, backward=False))
+    assert with_evals - train_only == pytest.approx(want)  # 10 steps, eval_interval 250: the eval at the start
