@@ -193,11 +193,12 @@ def run() -> None:
             f"{config.vocab_size}; pass the model's dataset with --data_dir"
         )
     top_k = effective_top_k(tokenizer.vocab_size)
+    dc = decode_config(config.n_loop)
     prompt_ids = encode_prompt(tokenizer, FLAGS.start)
     # only now, so that a bad input leaves exactly one line on stderr
     print(f"loaded {loaded.description}; tokenizer: {tokenizer.name} ({tokenizer.vocab_size} tokens)", file=sys.stderr)
     sc = SampleConfig(FLAGS.temperature, top_k, FLAGS.top_p, vocab_limit=tokenizer.vocab_size)
-    decoder = KVDecoder(config, sc, decode_config(config.n_loop), chunk_size=CHUNK, window=FLAGS.window)
+    decoder = KVDecoder(config, sc, dc, chunk_size=CHUNK, window=FLAGS.window)
     gen, timed, seconds = write_samples(
         decoder,
         params,

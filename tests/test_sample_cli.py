@@ -182,6 +182,10 @@ def test_bad_inputs_are_one_line_and_exit_1(runs, tiny_run, tmp_path, capsys):
         "unexpected arguments": [*common, "positional"],
         "--device='mps' is not supported": [*common, "--device=mps"],
         "--init_from='gpt2' is not supported": [*common, "--init_from=gpt2"],
+        "kv_share (5) must be in 0..n_loop (3)": [*common, "--kv_share=5"],
+        "draft_n_loop (3) must be in 1..n_loop-1": [*common, "--draft_n_loop=3"],
+        "--exit_criterion=kl needs --exit_threshold": [*common, "--exit_criterion=kl"],
+        "verifies drafts in one parallel pass": [*common, "--draft_n_loop=1", "--warm_start"],
     }
     for message, flags in cases.items():
         rc = _main(*flags)
