@@ -24,6 +24,7 @@ from absl import app, flags, logging
 from nanoloop_jax import checkpoint, cpu_defaults
 from nanoloop_jax.data import EVAL_SEED_OFFSET, BatchSampler, DataError
 from nanoloop_jax.model import LoopedGPT
+from nanoloop_jax.plotting import pyplot
 from nanoloop_jax.steps import make_eval_step
 
 flags.DEFINE_string("out_dir", None, "Checkpoint dir(s), comma-separated to compare runs in one plot.")
@@ -68,13 +69,7 @@ def write_csv(path: str, rows: list[dict]) -> None:
 
 def plot(path: str, curves: dict[str, list[dict]], trained: dict[str, int]) -> None:
     """Loss vs n_loop (log x), one line per run, the trained depth marked."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ImportError("plotting needs matplotlib: uv sync --extra plot (the CSV was written)") from None
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
     for label, rows in curves.items():
         xs, ys = [r["n_loop"] for r in rows], [r["val_loss"] for r in rows]

@@ -27,6 +27,7 @@ from absl import app, flags, logging
 
 from nanoloop_jax import checkpoint
 from nanoloop_jax.data import DataError
+from nanoloop_jax.plotting import pyplot
 from nanoloop_jax.recurrence import EXIT_CRITERIA, DecodeConfig
 from nanoloop_jax.sampling import KVDecoder, SampleConfig
 from nanoloop_jax.steps import cross_entropy
@@ -121,13 +122,7 @@ def write_csv(path: str, rows: list[dict]) -> None:
 
 def plot(path: str, rows: list[dict]) -> None:
     """Val loss vs mean iterations per token, one curve per exit criterion (and kv_share/warm setting)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ImportError("plotting needs matplotlib: uv sync --extra plot (the CSV was written)") from None
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     groups: dict[str, list[dict]] = {}
     for r in rows:

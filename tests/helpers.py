@@ -81,3 +81,30 @@ def wait_for(predicate, timeout=240, proc=None):
             raise AssertionError(f"process exited early ({proc.returncode}):\n{out}\n{err}")
         time.sleep(0.2)
     raise AssertionError("timed out waiting")
+
+
+def perturbed(params, scale: float, seed: int = 100):
+    """params with every leaf nudged by scale·N(0, 1), so identity-like inits (inject, norms) hide no bug."""
+    import jax
+
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    return jax.tree_util.tree_unflatten(
+        tree, [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
+    )
+
+
+def tiny_checkpoint(tmp_path: pathlib.Path):
+    """(ModelConfig, params, out_dir): a perturbed 1+1x2+1 char model (vocab 59) saved as an orbax checkpoint."""
+    import jax
+
+    from nanoloop_jax import checkpoint
+    from nanoloop_jax.model import ModelConfig, init_params
+
+    config = ModelConfig(
+        block_size=32, vocab_size=59, n_prelude=1, n_block=1, n_coda=1, n_loop=2, n_head=2, n_embd=32, bptt_k=1
+    )
+    params = perturbed(init_params(config, jax.random.PRNGKey(0)), 0.1)
+    out = tmp_path / "out"
+    checkpoint.write_params_only(str(out), config, params, step=7, best_val_loss=9.0)
+    return config, params, out

@@ -3,25 +3,17 @@
 import csv
 import sys
 
-import jax
 import numpy as np
-from helpers import run, tiny_data_dir
+from helpers import run, tiny_checkpoint, tiny_data_dir
 
-from nanoloop_jax import checkpoint
 from nanoloop_jax.data import EVAL_SEED_OFFSET, BatchSampler
-from nanoloop_jax.model import LoopedGPT, ModelConfig, init_params
+from nanoloop_jax.model import LoopedGPT
 from nanoloop_jax.steps import cross_entropy
 
 
 def test_sweep_csv_equals_direct_evaluation(tmp_path):
     data_dir = tiny_data_dir(tmp_path)
-    config = ModelConfig(
-        block_size=32, vocab_size=59, n_prelude=1, n_block=1, n_coda=1, n_loop=2, n_head=2, n_embd=32, bptt_k=1
-    )
-    params = init_params(config, jax.random.PRNGKey(0))
-    params = jax.tree_util.tree_map(lambda x: x + 0.1 * jax.random.normal(jax.random.PRNGKey(1), x.shape), params)
-    out = tmp_path / "out"
-    checkpoint.write_params_only(str(out), config, params, step=7, best_val_loss=9.0)
+    config, params, out = tiny_checkpoint(tmp_path)
     res = run(
         [
             sys.executable,

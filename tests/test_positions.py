@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 from exit_oracle import Oracle
+from helpers import perturbed
 
 from nanoloop_jax.model import LoopedGPT, ModelConfig, count_params, init_params
 from nanoloop_jax.recompute import naive_generate
@@ -23,11 +24,7 @@ NEW = 40  # past block_size (16) more than twice
 @functools.cache
 def _params(pos_encoding: str):
     cfg = dataclasses.replace(TINY, pos_encoding=pos_encoding)
-    params = init_params(cfg, jax.random.PRNGKey(0))
-    leaves, tree = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(100), len(leaves))
-    leaves = [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
-    return cfg, jax.tree_util.tree_unflatten(tree, leaves)
+    return cfg, perturbed(init_params(cfg, jax.random.PRNGKey(0)), 0.3)
 
 
 def _prompt(length=5, batch=2):

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import perturbed
 
 from nanoloop_jax.model import ModelConfig, init_params
 from nanoloop_jax.recompute import naive_generate, naive_windows
@@ -33,11 +34,7 @@ NEW = 40  # past block_size (16) more than twice: the window restarts several ti
 def _params(injection: str):
     """Init params with every leaf nudged, so identity-like inits (inject, norms) don't hide bugs."""
     cfg = dataclasses.replace(TINY, input_injection=injection)
-    params = init_params(cfg, jax.random.PRNGKey(0))
-    leaves, tree = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(100), len(leaves))
-    leaves = [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
-    return cfg, jax.tree_util.tree_unflatten(tree, leaves)
+    return cfg, perturbed(init_params(cfg, jax.random.PRNGKey(0)), 0.3)
 
 
 @functools.cache

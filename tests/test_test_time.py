@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from exit_oracle import Oracle
+from helpers import perturbed
 
 from nanoloop_jax.model import LoopedGPT, ModelConfig, init_params
 from nanoloop_jax.recompute import naive_generate
@@ -29,13 +30,7 @@ SETTINGS = [(0, False), (2, False), (0, True)]  # (kv_share, warm_start)
 
 @functools.cache
 def _params(cfg=TINY, scale=0.3):
-    """Init params with every leaf nudged, so identity-like inits (inject, norms) don't hide bugs."""
-    params = init_params(cfg, jax.random.PRNGKey(0))
-    leaves, tree = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(100), len(leaves))
-    return jax.tree_util.tree_unflatten(
-        tree, [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
-    )
+    return perturbed(init_params(cfg, jax.random.PRNGKey(0)), scale)
 
 
 @functools.cache
