@@ -1,0 +1,54 @@
+"""Parity with loops that generalize to longer inputs (Fan et al. 2025): a NoPE looped block, T(n) = n + 1.
+
+  python train.py --config=configs/parity_lengthgen.py
+
+prepares data/parity if missing, trains on bit strings of length 1..20 (one length per batch, T(n)
+iterations, loss only on the parity bit after the last one, gradient through every iteration), then writes
+the accuracy of lengths 5..50 at every n_loop and with the confidence stop to out_dir/accuracy.csv.
+
+Measured: (filled in from the run)
+"""
+
+from ml_collections import ConfigDict
+
+from nanoloop_jax.config import base_config
+
+
+def get_config():
+    c = base_config()
+    c.out_dir = "out-parity-lengthgen"
+    c.seed = 0  # param init and the (length, rows) of every batch
+    c.data.dataset = "parity"  # data/parity/prepare.py
+    c.data.data_dir = "data/parity"  # lengthgen.npz + meta.json, made from the lengthgen section if missing
+    c.data.batch_size = 64  # problems per step, all of one length
+    c.model.block_size = 64  # no position table (NoPE); only bounds the sequence: length 50 is 52 tokens
+    c.model.n_prelude, c.model.n_block, c.model.n_coda = 0, 1, 0  # the paper's model: embed -> looped block -> head
+    c.model.n_loop = 21  # T(20): the depth of the longest training input (used by the fixed-depth baseline)
+    c.model.n_head = 4  # 16-wide heads
+    c.model.n_embd = 64  # width (~55k parameters)
+    c.model.pos_encoding = "none"  # NoPE, as the paper: causal attention is the only source of order
+    c.model.input_injection = "inject"  # the embeddings re-enter every iteration (the paper's input injection)
+    c.model.bptt_k = None  # full backprop through all T(n) iterations (lengthgen.py's scan + cond)
+    c.opt.learning_rate = 1e-3  # peak
+    c.opt.min_lr = 1e-4  # end of the cosine
+    c.opt.warmup_iters = 200  # linear warmup steps
+    c.opt.lr_decay_iters = 6000  # = max_iters
+    c.opt.beta2 = 0.99  # small batches
+    c.opt.weight_decay = 0.1  # AdamW on matrices
+    c.train.max_iters = 6000  # optimizer steps
+    c.train.eval_interval = 500  # checkpoint every this many steps
+    c.train.log_interval = 50  # print a training line every this many steps
+
+    c.lengthgen = ConfigDict()  # its presence makes train.py run nanoloop_jax/lengthgen_train.py
+    c.lengthgen.task = "parity"  # 'parity' | 'addition'
+    c.lengthgen.train_lengths = (1, 20)  # min, max input length in training (bits; addition: operand digits)
+    c.lengthgen.test_lengths = (5, 10, 15, 20, 25, 30, 35, 40, 45, 50)  # evaluated lengths
+    c.lengthgen.num_train = 20_000  # training problems per length (sampled with replacement)
+    c.lengthgen.num_test = 500  # test problems per length
+    c.lengthgen.data_seed = 0  # every data file is a pure function of this
+    c.lengthgen.depth_rule = "linear"  # 'linear': T(n) = depth_scale·n + depth_offset | 'fixed': model.n_loop
+    c.lengthgen.depth_scale = 1  # T(n) = n + 1: one iteration per input bit plus the '=' slot
+    c.lengthgen.depth_offset = 1
+    c.lengthgen.eval_extra_depth = 10  # evaluate n_loop up to max T(n) + this (the confidence stop's range)
+    c.lengthgen.eval_batch_size = 250  # test problems per evaluation batch
+    return c
