@@ -43,6 +43,8 @@ def get_config():
     c.lengthgen.task = "parity"  # 'parity' | 'addition'
     c.lengthgen.train_lengths = (1, 20)  # min, max input length in training (bits; addition: operand digits)
     c.lengthgen.test_lengths = (5, 10, 15, 20, 25, 30, 35, 40, 45, 50)  # evaluated lengths
+    c.lengthgen.curriculum_steps = 1000  # the longest training length grows 1 -> 20 over these steps
+    c.lengthgen.additive_injection = False  # True: inject starts as e + s (the paper), not nanoLOOP's e alone
     c.lengthgen.num_train = 20_000  # training problems per length (sampled with replacement)
     c.lengthgen.num_test = 500  # test problems per length
     c.lengthgen.data_seed = 0  # every data file is a pure function of this

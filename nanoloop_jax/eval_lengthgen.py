@@ -66,15 +66,29 @@ def write_csv(path: str, result: Result) -> None:
             w.writerow([n, "adaptive", f"{adaptive:.4f}"])
 
 
-def format_table(result: Result, fixed: Sequence[int], train_max: int) -> str:
-    """Rows: lengths; columns: T(n), the accuracy there, adaptive, then fixed n_loops. '|' after the trained range."""
-    lines = [f"{'length':>6} {'T(n)':>5} {'acc@T':>6} {'adapt':>6} " + " ".join(f"{'n=' + str(d):>6}" for d in fixed)]
+def read_csv(path: str) -> dict[int, dict[str, float]]:
+    """accuracy.csv -> {length: {n_loop (as written): accuracy}}."""
+    out: dict[int, dict[str, float]] = {}
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            out.setdefault(int(row["length"]), {})[row["n_loop"]] = float(row["accuracy"])
+    return out
+
+
+def format_table(result: Result, fixed: Sequence[int], train_max: int, baseline: dict | None = None) -> str:
+    """Rows: lengths; columns: T(n), the accuracy there, adaptive, fixed n_loops, and a baseline run's n_loop 1."""
+    base_head = f" {'base@1':>6}" if baseline else ""
+    head = f"{'length':>6} {'T(n)':>5} {'acc@T':>6} {'adapt':>6} " + " ".join(f"{'n=' + str(d):>6}" for d in fixed)
+    lines = [head + base_head]
     for n, (per_depth, adaptive, depth) in sorted(result.items()):
         at_t = f"{per_depth[depth - 1]:6.3f}" if depth <= len(per_depth) else f"{'n/a':>6}"
         cells = " ".join(f"{per_depth[d - 1]:6.3f}" if d <= len(per_depth) else f"{'':>6}" for d in fixed)
+        base = f" {baseline[n]['1']:6.3f}" if baseline and n in baseline else (f" {'':>6}" if baseline else "")
         mark = " " if n <= train_max else "*"
-        lines.append(f"{n:>5}{mark} {depth:>5} {at_t} {adaptive:6.3f} {cells}")
-    lines.append("(* = longer than any training input)")
+        lines.append(f"{n:>5}{mark} {depth:>5} {at_t} {adaptive:6.3f} {cells}{base}")
+    lines.append(
+        "(* = longer than any training input" + ("; base@1 = the baseline run at n_loop 1)" if baseline else ")")
+    )
     return "\n".join(lines)
 
 
@@ -112,7 +126,9 @@ def plot_heatmap(path: str, result: Result, train_max: int, title: str) -> None:
     plt.close(fig)
 
 
-def report(out_dir: str, result: Result, lg, step: int, log=print, plot: bool = True) -> list[str]:
+def report(
+    out_dir: str, result: Result, lg, step: int, log=print, plot: bool = True, baseline: dict | None = None
+) -> list[str]:
     """Print the table, write accuracy.csv (and the heat map); returns the paths written."""
     train_max = int(lg.train_lengths[1])
     depth_max = max(len(v[0]) for v in result.values())
@@ -121,7 +137,7 @@ def report(out_dir: str, result: Result, lg, step: int, log=print, plot: bool = 
         f"{out_dir} (step {step}): {lg.task} exact-match accuracy, "
         f"trained on lengths {lg.train_lengths[0]}..{train_max}"
     )
-    log(format_table(result, fixed, train_max))
+    log(format_table(result, fixed, train_max, baseline))
     paths = [os.path.join(out_dir, "accuracy.csv")]
     write_csv(paths[0], result)
     if plot:
@@ -154,6 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--lengths", default="", help="e.g. 10,20,40 (default: the run's lengthgen.test_lengths)")
     p.add_argument("--max_depth", type=int, default=0, help="largest n_loop (default: max T(n) + eval_extra_depth)")
     p.add_argument("--batch_size", type=int, default=250, help="problems evaluated together")
+    p.add_argument(
+        "--baseline", default="", help="a baseline run's out_dir: its n_loop-1 accuracy.csv column joins the table"
+    )
     args = p.parse_args(argv)
     try:
         loaded = checkpoint.load_params(args.out_dir)
@@ -166,7 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_depth = args.max_depth or default_max_depth(lg, loaded.model_config.n_loop)
         model = LoopedGPT(loaded.model_config)
         result = evaluate(model, loaded.params, data_dir, lg, lengths, max_depth, args.batch_size)
-        report(args.out_dir, result, lg, loaded.step)
+        baseline = read_csv(os.path.join(args.baseline, "accuracy.csv")) if args.baseline else None
+        report(args.out_dir, result, lg, loaded.step, baseline=baseline)
     except (checkpoint.CheckpointError, FileNotFoundError, ValueError) as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1

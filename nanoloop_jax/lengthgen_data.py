@@ -163,9 +163,22 @@ def depth_for_length(lg, n_loop: int, n: int) -> int:
 
 
 class LengthBatches:
-    """Training batches: step s draws one length n in train_lengths and batch_size rows of that length, padded."""
+    """Training batches: step s draws one length n in train_lengths and batch_size rows of that length, padded.
 
-    def __init__(self, data_dir: str | os.PathLike, task: str, train_lengths, batch_size: int, seed: int) -> None:
+    With curriculum_steps > 0 the longest length drawn grows linearly from the shortest to the longest
+    over the first curriculum_steps steps (Fan et al. train with a length curriculum too).
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike,
+        task: str,
+        train_lengths,
+        batch_size: int,
+        seed: int,
+        curriculum_steps: int = 0,
+    ) -> None:
+        self.curriculum_steps = curriculum_steps
         with np.load(pathlib.Path(data_dir) / FILE) as f:
             lo, hi = train_lengths
             self.pools = {n: (f[f"x_train_{n}"], f[f"y_train_{n}"]) for n in range(lo, hi + 1)}
@@ -173,10 +186,17 @@ class LengthBatches:
         self.width = seq_len(task, self.lengths[-1])
         self.batch_size, self.seed = batch_size, seed
 
+    def longest(self, step: int) -> int:
+        """The longest length step `step` may draw."""
+        lo, hi = self.lengths[0], self.lengths[-1]
+        if self.curriculum_steps <= 0:
+            return hi
+        return min(hi, lo + int(np.ceil((hi - lo) * step / self.curriculum_steps)))
+
     def get(self, step: int) -> tuple[int, np.ndarray, np.ndarray]:
         """(n, x, y) for `step`: a pure function of (seed, step); x padded with PAD, y with -1, to self.width."""
         rng = np.random.default_rng([self.seed, 0x1E96, step])
-        n = int(rng.choice(self.lengths))
+        n = int(rng.choice(self.lengths[: self.longest(step) - self.lengths[0] + 1]))
         xs, ys = self.pools[n]
         rows = rng.integers(0, len(xs), self.batch_size)
         return n, *pad_rows(xs[rows], ys[rows], self.width)

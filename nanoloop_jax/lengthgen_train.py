@@ -14,6 +14,7 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from nanoloop_jax import checkpoint, lengthgen_data
@@ -24,6 +25,14 @@ from nanoloop_jax.metrics import MetricsLogger
 from nanoloop_jax.model import LoopedGPT
 from nanoloop_jax.optim import lr_schedule, make_optimizer
 from nanoloop_jax.steps import TrainState, init_train_state
+
+
+def additive_injection(params: dict) -> dict:
+    """Params whose inject kernel is [I; I]: u = e + s at init, the paper's injection (nanoLOOP's [I; 0] drops s)."""
+    kernel = params["loop"]["inject"]["kernel"]
+    d = kernel.shape[1]
+    loop = {**params["loop"], "inject": {**params["loop"]["inject"], "kernel": jnp.concatenate([jnp.eye(d)] * 2)}}
+    return {**params, "loop": loop}
 
 
 class LengthGenTrainer:
@@ -44,7 +53,7 @@ class LengthGenTrainer:
         self.schedule, self.tx = lr_schedule(config.opt), make_optimizer(config.opt)
         self.train_step = jax.jit(make_train_step(self.model, self.tx, self.schedule, self.max_depth), donate_argnums=0)
         self.batches = lengthgen_data.LengthBatches(
-            self.data_dir, lg.task, lg.train_lengths, config.data.batch_size, config.seed
+            self.data_dir, lg.task, lg.train_lengths, config.data.batch_size, config.seed, lg.curriculum_steps
         )
         self.mngr = checkpoint.manager(config.out_dir, max_to_keep=1, async_save=False)
         self.state = self._initial_state()
@@ -54,6 +63,8 @@ class LengthGenTrainer:
         fresh = jax.jit(lambda k: init_train_state(self.model, self.tx, k))(key)
         step = checkpoint.latest_step(self.config.out_dir)
         if step is None:
+            if self.config.lengthgen.additive_injection:
+                fresh = fresh.replace(params=additive_injection(fresh.params))
             return fresh
         dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         shard = lambda tree: jax.tree_util.tree_map(lambda _: dev, tree)  # noqa: E731

@@ -12,7 +12,7 @@ import pytest
 from ml_collections import ConfigDict
 
 from nanoloop_jax import convert, lengthgen_data
-from nanoloop_jax.eval_lengthgen import Result, write_csv
+from nanoloop_jax.eval_lengthgen import Result, format_table, read_csv, write_csv
 from nanoloop_jax.lengthgen import accuracies, answers_per_iteration, logits_at_depth, make_train_step
 from nanoloop_jax.model import LoopedGPT, ModelConfig, init_params
 from nanoloop_jax.steps import TrainState, cross_entropy
@@ -94,14 +94,16 @@ def test_depth_d_forward_and_gradient_equal_the_model_at_n_loop_d():
     model = LoopedGPT(CFG)
     x = jax.random.randint(jax.random.PRNGKey(1), (2, 10), 0, 14)
     y = jnp.where(jnp.arange(10) > 6, x, -1)
-    for d in (1, 4):
-        ours = jax.value_and_grad(lambda p: cross_entropy(logits_at_depth(model, p, x, jnp.int32(d), 6), y))(params)  # noqa: B023
-        ref = jax.value_and_grad(lambda p: cross_entropy(model.apply({"params": p}, x, n_loop=d), y))(params)  # noqa: B023
-        jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4), ours, ref)
-        correct, _ = answers_per_iteration(model, params, x, y, 5)
-        logits = model.apply({"params": params}, x, n_loop=d)
-        want = jnp.all((jnp.argmax(logits, -1) == y) | (y < 0), axis=-1)
-        np.testing.assert_array_equal(correct[d - 1], want)
+    d = 3  # traced inside a scan of 6; the reference unrolls 3 static iterations
+    ours = jax.jit(jax.value_and_grad(lambda p: cross_entropy(logits_at_depth(model, p, x, jnp.int32(d), 6), y)))
+    ref = jax.jit(jax.value_and_grad(lambda p: cross_entropy(model.apply({"params": p}, x, n_loop=d), y)))
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4), ours(params), ref(params)
+    )
+    correct, _ = jax.jit(lambda p: answers_per_iteration(model, p, x, y, 5))(params)
+    logits = jax.jit(lambda p: model.apply({"params": p}, x, n_loop=d))(params)
+    want = jnp.all((jnp.argmax(logits, -1) == y) | (y < 0), axis=-1)
+    np.testing.assert_array_equal(correct[d - 1], want)
 
 
 def test_one_compile_for_every_length_and_depth():
@@ -134,6 +136,10 @@ def test_accuracy_csv_columns(tmp_path):
     assert rows[0] == ["length", "n_loop", "accuracy"]
     assert rows[1:4] == [["20", "1", "0.5000"], ["20", "2", "1.0000"], ["20", "adaptive", "1.0000"]]
     assert len(rows) == 7
+    back = read_csv(tmp_path / "accuracy.csv")
+    assert back[40] == {"1": 0.25, "2": 0.5, "adaptive": 0.75}
+    table = format_table(result, [1, 2], train_max=20, baseline=back)
+    assert "base@1" in table and "40*" in table
 
 
 @pytest.mark.parametrize("task", ["parity", "addition"])
