@@ -111,7 +111,7 @@ def plot_heatmap(path: str, result: Result, train_max: int, title: str) -> None:
     for i, n in enumerate(lengths):
         if result[n][2] <= depth_max:
             ax.plot(result[n][2] - 1, i, "o", color="w", markersize=3)
-    ticks = list(range(0, depth_max, max(1, depth_max // 12)))
+    ticks = [t for t in range(0, depth_max, max(1, depth_max // 12)) if t == 0 or t < depth_max - 2]  # room for 'adapt'
     ax.set_xticks(ticks + [depth_max], [str(t + 1) for t in ticks] + ["adapt"])
     ax.set_yticks(range(len(lengths)), [str(n) for n in lengths])
     if train_max in lengths and lengths.index(train_max) + 1 < len(lengths):
