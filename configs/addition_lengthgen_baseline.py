@@ -5,7 +5,10 @@
 Every other field equals the looped config's (tests/test_lengthgen.py checks), so its accuracy.csv sits
 next to the looped run's in the same table. At test time n_loop > 1 re-runs the block, never trained.
 
-Measured: (filled in from the run)
+Measured (2 busy shared CPU cores): 2,000 steps in 2 min (125 s). Exact match at n_loop 1, 500 problems
+per length: 1.000 at 1 digit, 0.816 at 8, 0.694 at 10, 0.634 at 12, 0.036 at 16 (all lengths: the
+table in configs/addition_lengthgen.py). With model.pos_encoding='none' (NoPE): 1.000 at 1 digit, 0.164
+at 2, 0.000 from 5 on.
 """
 
 import importlib.util
