@@ -10,7 +10,7 @@ the carry moves one slot per iteration at every length.
 
 Measured (2 CPU cores shared with other jobs, load 5-13): 2,000 steps in 13 min (769 s), evaluation 83 s;
 exact match on 500 problems per length (100 for 1 digit); base@1 = configs/addition_lengthgen_baseline.py
-(RoPE, n_loop 1), NoPE@1 = the same baseline with model.pos_encoding='none':
+(RoPE, n_loop 1), NoPE@1 = that baseline with pos_encoding='none' and additive_injection=False:
   digits  T(n)  acc@T(n)  adaptive   n=1   base@1  NoPE@1
      1      2    1.000     0.890   0.150   1.000   1.000
      4      5    0.976     0.924   0.000   0.912   0.006
