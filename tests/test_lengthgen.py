@@ -153,7 +153,7 @@ def test_baseline_differs_from_looped_only_in_depth(task):
         if (looped[section][k] if k else looped[section]) != (base[section][k] if k else base[section])
     }
     assert diff == {("out_dir", None), ("model", "n_loop"), ("lengthgen", "depth_rule")}
-    assert base["model"]["pos_encoding"] == "none" and base["model"]["n_loop"] == 1
+    assert base["model"]["n_loop"] == 1 and base["model"]["pos_encoding"] == looped["model"]["pos_encoding"]
 
 
 def test_converter_refuses_rope_and_nope():
@@ -167,3 +167,31 @@ def test_converter_refuses_rope_and_nope():
     learned = ModelConfig(block_size=8, vocab_size=14, n_prelude=0, n_block=1, n_coda=0, n_head=2, n_embd=8)
     sd, args = convert.to_nanoloop(learned, init_params(learned, jax.random.PRNGKey(0)))
     assert convert.from_nanoloop(sd, args)[0].pos_encoding == "learned"  # a ckpt.pt always converts to learned
+
+
+def test_train_py_path_trains_and_writes_accuracy_csv(tmp_path):
+    """Trainer(config) with a lengthgen section prepares data, trains, checkpoints and writes accuracy.csv."""
+    from nanoloop_jax.trainer import Trainer
+
+    c = _config("parity_lengthgen")
+    c.out_dir, c.data.data_dir = str(tmp_path / "out"), str(tmp_path / "data")
+    c.model.n_embd, c.model.n_head, c.model.block_size = 16, 2, 8
+    c.data.batch_size, c.train.max_iters, c.train.eval_interval, c.train.log_interval = 4, 2, 1, 1
+    c.lengthgen.train_lengths, c.lengthgen.test_lengths, c.lengthgen.num_train, c.lengthgen.num_test = (
+        (1, 2),
+        (3,),
+        8,
+        6,
+    )
+    c.lengthgen.eval_extra_depth = 1
+    Trainer(c).run()
+    with open(tmp_path / "out" / "accuracy.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["length", "n_loop", "accuracy"] and [r[1] for r in rows[1:]] == [
+        "1",
+        "2",
+        "3",
+        "4",
+        "5",
+        "adaptive",
+    ]
