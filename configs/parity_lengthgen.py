@@ -9,20 +9,20 @@ the accuracy of lengths 5..50 at every n_loop and with the confidence stop to ou
 Measured (2 CPU cores shared with other jobs, load 8-16): 2,000 steps in 21 min (1,257 s), evaluation
 3.5 min; exact match on 500 problems per length, `base@1` = configs/parity_lengthgen_baseline.py:
   length  T(n)  acc@T(n)  adaptive   n=1   base@1
-     5      6    1.000     0.576   0.508   1.000
-    10     11    1.000     0.532   0.518   0.926
-    15     16    0.994     0.666   0.474   0.612
-    20     21    1.000     0.424   0.518   0.584
-    25*    26    0.998     0.454   0.502   0.548
-    30*    31    1.000     0.394   0.496   0.502
-    35*    36    0.900     0.446   0.508   0.486
-    40*    41    0.910     0.588   0.494   0.506
-    45*    46    0.830     0.508   0.512   0.488
-    50*    51    0.686     0.468   0.508   0.492
+     5      6    1.000     0.576   0.508   0.970
+    10     11    1.000     0.532   0.518   0.696
+    15     16    0.994     0.666   0.474   0.578
+    20     21    1.000     0.424   0.518   0.562
+    25*    26    0.998     0.454   0.502   0.498
+    30*    31    1.000     0.394   0.496   0.494
+    35*    36    0.900     0.446   0.508   0.508
+    40*    41    0.910     0.588   0.494   0.494
+    45*    46    0.830     0.508   0.512   0.512
+    50*    51    0.686     0.468   0.508   0.508
 (* longer than any training input.) The loops generalize at T(n) = n + 1 (1.000 up to 30 bits, 0.91 at
 40: the issue's target of 0.95 at 40 is missed), but only at exactly T(n): one iteration more or less
 gives chance, so the confidence stop (adaptive) picks confident wrong iterations and stays near chance.
-What did not learn (chance at length 4 after 500-600 steps): nanoLOOP's inject init [I; 0] (the state is
+What did not learn (chance at lengths 4-9 after 400-600 steps): nanoLOOP's inject init [I; 0] (the state is
 ignored at init) with NoPE or RoPE at lr 1e-3 or 3e-3, batch 64 or 32. RoPE with additive injection:
 0.994 at 20, 0.726 at 25, 0.576 at 35, 0.460 at 40.
 """
