@@ -84,7 +84,7 @@ def test_depth_rule():
 
 
 CFG = ModelConfig(
-    block_size=16, vocab_size=14, n_prelude=1, n_block=1, n_coda=1, n_loop=3, n_head=2, n_embd=16, pos_encoding="none"
+    block_size=16, vocab_size=14, n_prelude=0, n_block=1, n_coda=0, n_loop=3, n_head=2, n_embd=16, pos_encoding="none"
 )
 
 
@@ -156,16 +156,21 @@ def test_baseline_differs_from_looped_only_in_depth(task):
     assert base["model"]["n_loop"] == 1 and base["model"]["pos_encoding"] == looped["model"]["pos_encoding"]
 
 
+def _zero_params(cfg: ModelConfig) -> dict:
+    """Params of the right shapes without running an init (the converter only reads shapes and values)."""
+    shapes = jax.eval_shape(lambda k: init_params(cfg, k), jax.random.PRNGKey(0))
+    return jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype), shapes)
+
+
 def test_converter_refuses_rope_and_nope():
+    small = dict(block_size=8, vocab_size=14, n_prelude=0, n_block=1, n_coda=0, n_head=2, n_embd=8)
     for pos in ("rope", "none"):
-        cfg = ModelConfig(
-            block_size=8, vocab_size=14, n_prelude=0, n_block=1, n_coda=0, n_head=2, n_embd=8, pos_encoding=pos
-        )
+        cfg = ModelConfig(**small, pos_encoding=pos)
         with pytest.raises(convert.ConversionError, match="pos_encoding='learned'") as err:
-            convert.to_nanoloop(cfg, init_params(cfg, jax.random.PRNGKey(0)))
+            convert.to_nanoloop(cfg, _zero_params(cfg))
         assert "\n" not in str(err.value)
-    learned = ModelConfig(block_size=8, vocab_size=14, n_prelude=0, n_block=1, n_coda=0, n_head=2, n_embd=8)
-    sd, args = convert.to_nanoloop(learned, init_params(learned, jax.random.PRNGKey(0)))
+    learned = ModelConfig(**small)
+    sd, args = convert.to_nanoloop(learned, _zero_params(learned))
     assert convert.from_nanoloop(sd, args)[0].pos_encoding == "learned"  # a ckpt.pt always converts to learned
 
 
