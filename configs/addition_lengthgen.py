@@ -52,6 +52,8 @@ def get_config():
     c.model.pos_encoding = "rope"  # the digits an answer slot needs sit at fixed relative offsets (-1, -2, -3)
     c.opt.learning_rate = 3e-3  # at 1e-3 the 1-digit sums were still at 1.2 nats after 650 steps
     c.opt.min_lr = 3e-4  # end of the cosine
+    c.opt.lr_decay_iters = 2000  # = max_iters
+    c.train.max_iters = 2000  # optimizer steps: the measured run (parity's 3,000 came after it)
     c.lengthgen.task = "addition"  # a+b, both operands n digits
     c.lengthgen.train_lengths = (1, 8)  # operand digits in training
     c.lengthgen.test_lengths = tuple(range(1, 17))  # every length up to twice the longest trained
