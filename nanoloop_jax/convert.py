@@ -150,6 +150,10 @@ def from_nanoloop(state_dict: dict, model_args: dict, **jax_knobs) -> tuple[Mode
 
 def to_nanoloop(config: ModelConfig, params: dict) -> tuple[dict[str, np.ndarray], dict]:
     """(ModelConfig, params) -> (nanoLOOP state_dict with numpy arrays, model_args); inverse of from_nanoloop."""
+    if config.pos_encoding != "learned":  # nanoLOOP has only the learned wpe table: no rope, no NoPE
+        raise ConversionError(
+            f"nanoLOOP checkpoints need model.pos_encoding='learned'; this model uses {config.pos_encoding!r}"
+        )
     sd = {}
     for path, value in _flatten(params).items():
         value = np.asarray(value, dtype=np.float32)

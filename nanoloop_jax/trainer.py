@@ -122,6 +122,14 @@ def _build_model_config(config, meta: dict | None, ckpt_model: dict | None):
 class Trainer:
     """Holds the mesh, jitted steps and state of one run; `run()` trains to max_iters."""
 
+    def __new__(cls, config):
+        # Length-generalization configs (a `lengthgen` section) have their own loop: nanoloop_jax/lengthgen_train.py.
+        if cls is Trainer and "lengthgen" in config:
+            from nanoloop_jax.lengthgen_train import LengthGenTrainer
+
+            return LengthGenTrainer(config)
+        return super().__new__(cls)
+
     def __init__(self, config) -> None:
         self.config = config
         self.saved_step = self.done_step = None  # last checkpointed / last trained step (None until known)

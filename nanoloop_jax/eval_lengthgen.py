@@ -1,0 +1,197 @@
+"""Exact-match accuracy of a length-generalization run per (input length, n_loop), and with the confidence stop.
+
+  python -m nanoloop_jax.eval_lengthgen --out_dir=out-parity-lengthgen
+  python -m nanoloop_jax.eval_lengthgen --out_dir=out-parity-lengthgen --max_depth=80 --lengths=10,40,50
+
+Every test length n runs the loop once up to max_depth iterations and reads the answer after each, so the
+table has every n_loop 1..max_depth; its columns are T(n) (the trained depth rule), `adaptive` (per
+problem, the iteration whose greedy answer is most probable) and a few fixed depths. Writes
+OUT_DIR/accuracy.csv (columns length,n_loop,accuracy: one row per length and n_loop 1..max_depth, then
+one with n_loop=adaptive) and OUT_DIR/accuracy.png (heat map, matplotlib: uv sync --extra plot).
+train.py runs this at the end of every config with a `lengthgen` section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+from nanoloop_jax import lengthgen_data
+from nanoloop_jax.lengthgen import accuracies, answers_per_iteration
+from nanoloop_jax.model import LoopedGPT
+
+
+class Result(dict):
+    """length -> (accuracy at n_loop 1..max_depth, adaptive accuracy, T(n))."""
+
+
+def evaluate(
+    model: LoopedGPT, params, data_dir: str, lg, lengths: Sequence[int], max_depth: int, batch_size: int, log=print
+) -> Result:
+    """Accuracy at every n_loop in 1..max_depth and with the confidence stop, per test length."""
+    fn = jax.jit(lambda p, x, y: answers_per_iteration(model, p, x, y, max_depth))
+    out = Result()
+    for n in lengths:
+        x, y = lengthgen_data.load_test(data_dir, n)
+        correct, conf = [], []
+        for start in range(0, len(x), batch_size):
+            xb, yb = x[start : start + batch_size].astype(np.int32), y[start : start + batch_size].astype(np.int32)
+            c, f = jax.device_get(fn(params, xb, yb))
+            correct.append(c)
+            conf.append(f)
+        per_depth, adaptive = accuracies(np.concatenate(correct, axis=1), np.concatenate(conf, axis=1))
+        depth = lengthgen_data.depth_for_length(lg, model.config.n_loop, n)
+        out[n] = (per_depth, adaptive, depth)
+        at_t = f"{per_depth[depth - 1]:.3f}" if depth <= max_depth else "n/a"
+        log(
+            f"length {n}: T(n)={depth} acc {at_t}, adaptive {adaptive:.3f}, best n_loop {int(np.argmax(per_depth)) + 1}"
+        )
+    return out
+
+
+def write_csv(path: str, result: Result) -> None:
+    """length,n_loop,accuracy: n_loop 1..max_depth as numbers, then `adaptive`."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["length", "n_loop", "accuracy"])
+        for n, (per_depth, adaptive, _) in sorted(result.items()):
+            for d, acc in enumerate(per_depth, start=1):
+                w.writerow([n, d, f"{acc:.4f}"])
+            w.writerow([n, "adaptive", f"{adaptive:.4f}"])
+
+
+def read_csv(path: str) -> dict[int, dict[str, float]]:
+    """accuracy.csv -> {length: {n_loop (as written): accuracy}}."""
+    out: dict[int, dict[str, float]] = {}
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            out.setdefault(int(row["length"]), {})[row["n_loop"]] = float(row["accuracy"])
+    return out
+
+
+def format_table(result: Result, fixed: Sequence[int], train_max: int, baseline: dict | None = None) -> str:
+    """Rows: lengths; columns: T(n), the accuracy there, adaptive, fixed n_loops, and a baseline run's n_loop 1."""
+    base_head = f" {'base@1':>6}" if baseline else ""
+    head = f"{'length':>6} {'T(n)':>5} {'acc@T':>6} {'adapt':>6} " + " ".join(f"{'n=' + str(d):>6}" for d in fixed)
+    lines = [head + base_head]
+    for n, (per_depth, adaptive, depth) in sorted(result.items()):
+        at_t = f"{per_depth[depth - 1]:6.3f}" if depth <= len(per_depth) else f"{'n/a':>6}"
+        cells = " ".join(f"{per_depth[d - 1]:6.3f}" if d <= len(per_depth) else f"{'':>6}" for d in fixed)
+        base = f" {baseline[n]['1']:6.3f}" if baseline and n in baseline else (f" {'':>6}" if baseline else "")
+        mark = " " if n <= train_max else "*"
+        lines.append(f"{n:>5}{mark} {depth:>5} {at_t} {adaptive:6.3f} {cells}{base}")
+    lines.append(
+        "(* = longer than any training input" + ("; base@1 = the baseline run at n_loop 1)" if baseline else ")")
+    )
+    return "\n".join(lines)
+
+
+def plot_heatmap(path: str, result: Result, train_max: int, title: str) -> None:
+    """Length x n_loop accuracy, a white dot on T(n), the adaptive stop as the last column."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lengths = sorted(result)
+    depth_max = max(len(result[n][0]) for n in lengths)
+    grid = np.full((len(lengths), depth_max + 1), np.nan)
+    for i, n in enumerate(lengths):
+        per_depth, adaptive, _ = result[n]
+        grid[i, : len(per_depth)] = per_depth
+        grid[i, -1] = adaptive
+    fig, ax = plt.subplots(figsize=(min(0.22 * depth_max + 3, 20), 0.35 * len(lengths) + 1.8))
+    im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+    for i, n in enumerate(lengths):
+        if result[n][2] <= depth_max:
+            ax.plot(result[n][2] - 1, i, "o", color="w", markersize=3)
+    ticks = [t for t in range(0, depth_max, max(1, depth_max // 12)) if t == 0 or t < depth_max - 2]  # room for 'adapt'
+    ax.set_xticks(ticks + [depth_max], [str(t + 1) for t in ticks] + ["adapt"])
+    ax.set_yticks(range(len(lengths)), [str(n) for n in lengths])
+    if train_max in lengths and lengths.index(train_max) + 1 < len(lengths):
+        ax.axhline(lengths.index(train_max) + 0.5, color="r", linewidth=2)
+    ax.axvline(depth_max - 0.5, color="k", linewidth=2)
+    ax.set_xlabel("n_loop at test time (white dot: T(n))")
+    ax.set_ylabel("input length (below the red line: longer than trained)")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, label="exact-match accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(
+    out_dir: str, result: Result, lg, step: int, log=print, plot: bool = True, baseline: dict | None = None
+) -> list[str]:
+    """Print the table, write accuracy.csv (and the heat map); returns the paths written."""
+    train_max = int(lg.train_lengths[1])
+    depth_max = max(len(v[0]) for v in result.values())
+    fixed = sorted({1, *(d for d in (5, 10, 20, 30, 40, 50, 60) if d <= depth_max), depth_max})
+    log(
+        f"{out_dir} (step {step}): {lg.task} exact-match accuracy, "
+        f"trained on lengths {lg.train_lengths[0]}..{train_max}"
+    )
+    log(format_table(result, fixed, train_max, baseline))
+    paths = [os.path.join(out_dir, "accuracy.csv")]
+    write_csv(paths[0], result)
+    if plot:
+        try:
+            plot_heatmap(
+                os.path.join(out_dir, "accuracy.png"),
+                result,
+                train_max,
+                f"{os.path.basename(os.path.abspath(out_dir))} (step {step}): {lg.task}",
+            )
+            paths.append(os.path.join(out_dir, "accuracy.png"))
+        except ImportError:
+            log("matplotlib missing: no heat map (uv sync --extra plot)")
+    log("wrote " + ", ".join(paths))
+    return paths
+
+
+def default_max_depth(lg, n_loop: int) -> int:
+    """The largest T(n) over the test lengths plus lg.eval_extra_depth (the adaptive stop's search range)."""
+    return max(lengthgen_data.depth_for_length(lg, n_loop, n) for n in lg.test_lengths) + lg.eval_extra_depth
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ml_collections import ConfigDict
+
+    from nanoloop_jax import checkpoint
+
+    p = argparse.ArgumentParser(prog="python -m nanoloop_jax.eval_lengthgen", description=__doc__.splitlines()[0])
+    p.add_argument("--out_dir", required=True, help="a run of a config with a lengthgen section (results go here)")
+    p.add_argument("--lengths", default="", help="e.g. 10,20,40 (default: the run's lengthgen.test_lengths)")
+    p.add_argument("--max_depth", type=int, default=0, help="largest n_loop (default: max T(n) + eval_extra_depth)")
+    p.add_argument("--batch_size", type=int, default=250, help="problems evaluated together")
+    p.add_argument(
+        "--baseline", default="", help="a baseline run's out_dir: its n_loop-1 accuracy.csv column joins the table"
+    )
+    args = p.parse_args(argv)
+    try:
+        loaded = checkpoint.load_params(args.out_dir)
+        run_cfg = loaded.meta.get("config") or {}
+        if "lengthgen" not in run_cfg:
+            raise ValueError(f"{args.out_dir} was not trained with a lengthgen config")
+        lg = ConfigDict(run_cfg["lengthgen"])
+        data_dir = run_cfg["data"]["data_dir"]
+        lengths = [int(s) for s in args.lengths.split(",") if s.strip()] or list(lg.test_lengths)
+        max_depth = args.max_depth or default_max_depth(lg, loaded.model_config.n_loop)
+        model = LoopedGPT(loaded.model_config)
+        result = evaluate(model, loaded.params, data_dir, lg, lengths, max_depth, args.batch_size)
+        baseline = read_csv(os.path.join(args.baseline, "accuracy.csv")) if args.baseline else None
+        report(args.out_dir, result, lg, loaded.step, baseline=baseline)
+    except (checkpoint.CheckpointError, FileNotFoundError, ValueError) as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Looped forward with a per-batch depth T(n), full backprop through it, and per-iteration answers for evaluation.
+
+Fan et al. 2025 train with the loss only at the last of T(n) iterations and the gradient through all of
+them. LoopedGPT.__call__'s traced-depth path runs n_loop - bptt_k iterations without gradient and always
+exactly bptt_k with it, so it can give either full backprop (bptt_k >= every depth, but then every batch
+runs bptt_k iterations, not T(n)) or T(n) iterations (with the first ones frozen), not both. Here the
+loop is a lax.scan over max_depth iterations whose body is a lax.cond(i < depth, iterate, identity): one
+compiled step for every depth, exactly T(n) iterations run forward and backward (cond executes one
+branch), and every iteration gets its gradient. It drives the model's own pieces (embed, prelude_blocks,
+the LoopBody params, coda_blocks, head), as the decoder and _nograd_iterations do.
+
+Evaluation runs the loop once up to max_depth and reads the answer out after every iteration, so one
+pass gives the accuracy at every n_loop and the confidence-based stop: per problem, the iteration whose
+greedy answer has the highest probability (the sum of its tokens' max log-probabilities).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from nanoloop_jax.model import LoopBody, LoopedGPT, ModelConfig
+from nanoloop_jax.steps import TrainState, cross_entropy
+
+
+def check_model(config: ModelConfig) -> None:
+    """One-line errors for model settings this path does not support."""
+    if config.input_injection == "inject_random":
+        raise ValueError(
+            "lengthgen runs need a deterministic initial state: model.input_injection 'inject' or 'passthrough'"
+        )
+    if config.dropout:
+        raise ValueError("lengthgen runs have no dropout: set model.dropout=0.0")
+
+
+class Pieces:
+    """The model's forward split at the loop: (e, s0) = start(x); s' = iterate(s, e); logits = readout(s)."""
+
+    def __init__(self, model: LoopedGPT, params: Any, t: int) -> None:
+        self.model, self.params, self.pos_T = model, params, jnp.arange(t)
+        self.body = LoopBody(model.config, parent=None)
+
+    def _apply(self, method, *args):
+        return self.model.apply({"params": self.params}, *args, method=method)
+
+    def start(self, idx_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
+        x_BxTxD = self._apply(LoopedGPT.embed, idx_BxT, self.pos_T)
+        e_BxTxD, _ = self._apply(LoopedGPT.prelude_blocks, x_BxTxD, self.pos_T)
+        return e_BxTxD, self._apply(LoopedGPT.initial_state, e_BxTxD, self.pos_T)
+
+    def iterate(self, s_BxTxD: jax.Array, e_BxTxD: jax.Array) -> jax.Array:
+        loop = {"params": self.params["loop"]}
+        return self.body.apply(loop, s_BxTxD, e_BxTxD, self.pos_T, method=LoopBody.iterate)[0]
+
+    def readout(self, s_BxTxD: jax.Array) -> jax.Array:
+        x_BxTxD, _ = self._apply(LoopedGPT.coda_blocks, s_BxTxD, self.pos_T)
+        return self._apply(LoopedGPT.head, x_BxTxD)
+
+
+def logits_at_depth(model: LoopedGPT, params: Any, idx_BxT: jax.Array, depth: jax.Array, max_depth: int) -> jax.Array:
+    """Logits (B, T, V) after `depth` (traced, 1..max_depth) iterations, differentiable through all of them."""
+    p = Pieces(model, params, idx_BxT.shape[1])
+    e_BxTxD, s_BxTxD = p.start(idx_BxT)
+
+    def step(s, i):
+        return jax.lax.cond(i < depth, lambda s: p.iterate(s, e_BxTxD), lambda s: s, s), None
+
+    s_BxTxD, _ = jax.lax.scan(step, s_BxTxD, jnp.arange(max_depth))
+    return p.readout(s_BxTxD)
+
+
+def make_train_step(model: LoopedGPT, tx: optax.GradientTransformation, schedule: optax.Schedule, max_depth: int):
+    """train_step(state, x, y, depth) -> (state, metrics); loss on y >= 0 after `depth` iterations."""
+
+    def loss_fn(params, x, y, depth):
+        return cross_entropy(logits_at_depth(model, params, x, depth, max_depth), y)
+
+    def train_step(state: TrainState, x: jax.Array, y: jax.Array, depth: jax.Array) -> tuple[TrainState, dict]:
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, x, y, depth)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def answers_per_iteration(
+    model: LoopedGPT, params: Any, idx_BxT: jax.Array, y_BxT: jax.Array, n_iter: int
+) -> tuple[jax.Array, jax.Array]:
+    """(correct LxB, confidence LxB) after each of n_iter iterations: exact match of every answer slot, and
+    the log-probability of the greedy answer (sum over answer slots of the max log-softmax)."""
+    p = Pieces(model, params, idx_BxT.shape[1])
+    e_BxTxD, s_BxTxD = p.start(idx_BxT)
+    answer_BxT = y_BxT >= 0
+
+    def step(s, _):
+        s = p.iterate(s, e_BxTxD)
+        logp_BxTxV = jax.nn.log_softmax(p.readout(s), axis=-1)
+        right_BxT = (jnp.argmax(logp_BxTxV, axis=-1) == y_BxT) | ~answer_BxT
+        conf_B = jnp.sum(jnp.where(answer_BxT, jnp.max(logp_BxTxV, axis=-1), 0.0), axis=-1)
+        return s, (jnp.all(right_BxT, axis=-1), conf_B)
+
+    _, (correct_LxB, conf_LxB) = jax.lax.scan(step, s_BxTxD, None, length=n_iter)
+    return correct_LxB, conf_LxB
+
+
+def accuracies(correct_LxB: np.ndarray, conf_LxB: np.ndarray) -> tuple[np.ndarray, float]:
+    """(accuracy at n_loop 1..L, accuracy of the confidence stop); ties go to the earliest iteration."""
+    pick_B = np.argmax(conf_LxB, axis=0)
+    adaptive = float(np.mean(correct_LxB[pick_B, np.arange(correct_LxB.shape[1])]))
+    return correct_LxB.mean(axis=1), adaptive

@@ -1,0 +1,202 @@
+"""Length generalization: task data, the depth rule, T(n)-deep training in one compile, accuracy.csv, configs."""
+
+import csv
+import importlib.util
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from ml_collections import ConfigDict
+
+from nanoloop_jax import convert, lengthgen_data
+from nanoloop_jax.eval_lengthgen import Result, format_table, read_csv, write_csv
+from nanoloop_jax.lengthgen import accuracies, answers_per_iteration, logits_at_depth, make_train_step
+from nanoloop_jax.model import LoopedGPT, ModelConfig, init_params
+from nanoloop_jax.steps import TrainState, cross_entropy
+
+CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
+ITOS = dict(enumerate(lengthgen_data.CHARS))
+
+
+def _text(row) -> str:
+    return "".join(ITOS[int(t)] for t in row)
+
+
+def _config(name: str):
+    spec = importlib.util.spec_from_file_location(name, CONFIGS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def test_parity_problems_have_their_length_and_parity():
+    for n in (1, 7, 30):
+        x, y = lengthgen_data.parity_problems(np.random.default_rng(n), 50, n)
+        assert x.shape == (50, lengthgen_data.seq_len("parity", n))
+        for row, target in zip(x, y, strict=True):
+            text = _text(row)
+            assert text[0] == "^" and text[-1] == "=" and set(text[1:-1]) <= {"0", "1"} and len(text) == n + 2
+            assert (target >= 0).sum() == 1 and ITOS[int(target[-1])] == str(text.count("1") % 2)
+
+
+def test_addition_problems_decode_to_their_sum():
+    for n in (1, 3, 12):
+        x, y = lengthgen_data.make_problems("addition", np.random.default_rng(n), 40, n, test=False)
+        assert x.shape == y.shape == (40, lengthgen_data.seq_len("addition", n))
+        for row, target in zip(x, y, strict=True):
+            text = _text(row)
+            a, b = int(text[1::3][::-1]), int(text[2::3][::-1])
+            assert set(text[3::3]) == {"_"} and len(str(a)) == len(str(b)) == n  # both operands exactly n digits
+            answer = "".join(ITOS[int(t)] for t in target[target >= 0])
+            assert int(answer[::-1]) == a + b and len(answer) == n + 1
+    x, _ = lengthgen_data.make_problems("addition", np.random.default_rng(0), 1000, 1, test=True)
+    assert len(x) == 100  # 1-digit test set: all 100 problems, enumerated
+
+
+def test_batches_hold_one_length_padded_to_one_width(tmp_path):
+    lengthgen_data.prepare_lengthgen(tmp_path, "parity", (2, 6), (8,), 30, 10, progress=False)
+    batches = lengthgen_data.LengthBatches(tmp_path, "parity", (2, 6), 5, seed=0)
+    seen = set()
+    for step in range(30):
+        n, x, y = batches.get(step)
+        seen.add(n)
+        assert x.shape == y.shape == (5, 8) and np.all(x[:, n + 2 :] == lengthgen_data.STOI["."])
+        assert np.all((y >= 0).sum(1) == 1) and np.all(y[:, n + 1] >= 0)
+    assert seen == set(range(2, 7))
+    n, x, _ = batches.get(3)
+    assert np.array_equal(batches.get(3)[1], x)  # a pure function of the step
+    assert lengthgen_data.load_test(tmp_path, 8)[0].shape == (10, 10)
+
+
+def test_depth_rule():
+    lg = ConfigDict({"depth_rule": "linear", "depth_scale": 1, "depth_offset": 1})
+    assert [lengthgen_data.depth_for_length(lg, 7, n) for n in (1, 20, 50)] == [2, 21, 51]
+    lg.depth_scale, lg.depth_offset = 2, 0
+    assert lengthgen_data.depth_for_length(lg, 7, 5) == 10
+    lg.depth_rule = "fixed"
+    assert lengthgen_data.depth_for_length(lg, 7, 50) == 7
+    lg.depth_rule = "n+1"
+    with pytest.raises(ValueError, match="depth_rule must be one of"):
+        lengthgen_data.depth_for_length(lg, 7, 5)
+
+
+CFG = ModelConfig(
+    block_size=16, vocab_size=14, n_prelude=0, n_block=1, n_coda=0, n_loop=3, n_head=2, n_embd=16, pos_encoding="none"
+)
+
+
+def test_depth_d_forward_and_gradient_equal_the_model_at_n_loop_d():
+    """The scan+cond loop at traced depth d == LoopedGPT(n_loop=d) with full backprop, values and gradients."""
+    params = init_params(CFG, jax.random.PRNGKey(0))
+    model = LoopedGPT(CFG)
+    x = jax.random.randint(jax.random.PRNGKey(1), (2, 10), 0, 14)
+    y = jnp.where(jnp.arange(10) > 6, x, -1)
+    d = 3  # traced inside a scan of 6; the reference unrolls 3 static iterations
+    ours = jax.jit(jax.value_and_grad(lambda p: cross_entropy(logits_at_depth(model, p, x, jnp.int32(d), 6), y)))
+    ref = jax.jit(jax.value_and_grad(lambda p: cross_entropy(model.apply({"params": p}, x, n_loop=d), y)))
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4), ours(params), ref(params)
+    )
+    correct, _ = jax.jit(lambda p: answers_per_iteration(model, p, x, y, 5))(params)
+    logits = jax.jit(lambda p: model.apply({"params": p}, x, n_loop=d))(params)
+    want = jnp.all((jnp.argmax(logits, -1) == y) | (y < 0), axis=-1)
+    np.testing.assert_array_equal(correct[d - 1], want)
+
+
+def test_one_compile_for_every_length_and_depth():
+    model = LoopedGPT(CFG)
+    tx = optax.adam(1e-3)
+    params = init_params(CFG, jax.random.PRNGKey(0))
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    step = jax.jit(make_train_step(model, tx, optax.constant_schedule(1e-3), max_depth=6))
+    losses = []
+    for depth in (1, 3, 6):
+        x = np.full((2, 10), 3, np.int32)
+        state, metrics = step(state, x, x, np.int32(depth))
+        losses.append(float(metrics["loss"]))
+    assert step._cache_size() == 1 and all(np.isfinite(losses))
+
+
+def test_adaptive_stop_picks_the_most_confident_iteration():
+    correct = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 0]], bool)  # iterations x problems
+    conf = np.array([[-0.1, -5.0, -1.0], [-3.0, -0.2, -0.5], [-2.0, -4.0, -0.4]])
+    per_depth, adaptive = accuracies(correct, conf)
+    np.testing.assert_allclose(per_depth, [1 / 3, 1 / 3, 0])
+    assert adaptive == pytest.approx(2 / 3)  # problems 0 and 1 stop at their right iteration, 2 at a wrong one
+
+
+def test_accuracy_csv_columns(tmp_path):
+    result = Result({20: (np.array([0.5, 1.0]), 1.0, 2), 40: (np.array([0.25, 0.5]), 0.75, 3)})
+    write_csv(tmp_path / "accuracy.csv", result)
+    with open(tmp_path / "accuracy.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["length", "n_loop", "accuracy"]
+    assert rows[1:4] == [["20", "1", "0.5000"], ["20", "2", "1.0000"], ["20", "adaptive", "1.0000"]]
+    assert len(rows) == 7
+    back = read_csv(tmp_path / "accuracy.csv")
+    assert back[40] == {"1": 0.25, "2": 0.5, "adaptive": 0.75}
+    table = format_table(result, [1, 2], train_max=20, baseline=back)
+    assert "base@1" in table and "40*" in table
+
+
+@pytest.mark.parametrize("task", ["parity", "addition"])
+def test_baseline_differs_from_looped_only_in_depth(task):
+    looped = _config(f"{task}_lengthgen").to_dict()
+    base = _config(f"{task}_lengthgen_baseline").to_dict()
+    diff = {
+        (section, k)
+        for section in looped
+        for k in (looped[section] if isinstance(looped[section], dict) else [None])
+        if (looped[section][k] if k else looped[section]) != (base[section][k] if k else base[section])
+    }
+    assert diff == {("out_dir", None), ("model", "n_loop"), ("lengthgen", "depth_rule")}
+    assert base["model"]["n_loop"] == 1 and base["model"]["pos_encoding"] == looped["model"]["pos_encoding"]
+
+
+def _zero_params(cfg: ModelConfig) -> dict:
+    """Params of the right shapes without running an init (the converter only reads shapes and values)."""
+    shapes = jax.eval_shape(lambda k: init_params(cfg, k), jax.random.PRNGKey(0))
+    return jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype), shapes)
+
+
+def test_converter_refuses_rope_and_nope():
+    small = dict(block_size=8, vocab_size=14, n_prelude=0, n_block=1, n_coda=0, n_head=2, n_embd=8)
+    for pos in ("rope", "none"):
+        cfg = ModelConfig(**small, pos_encoding=pos)
+        with pytest.raises(convert.ConversionError, match="pos_encoding='learned'") as err:
+            convert.to_nanoloop(cfg, _zero_params(cfg))
+        assert "\n" not in str(err.value)
+    learned = ModelConfig(**small)
+    sd, args = convert.to_nanoloop(learned, _zero_params(learned))
+    assert convert.from_nanoloop(sd, args)[0].pos_encoding == "learned"  # a ckpt.pt always converts to learned
+
+
+def test_train_py_path_trains_and_writes_accuracy_csv(tmp_path):
+    """Trainer(config) with a lengthgen section prepares data, trains, checkpoints and writes accuracy.csv."""
+    from nanoloop_jax.trainer import Trainer
+
+    c = _config("parity_lengthgen")
+    c.out_dir, c.data.data_dir = str(tmp_path / "out"), str(tmp_path / "data")
+    c.model.n_embd, c.model.n_head, c.model.block_size = 16, 2, 8
+    c.data.batch_size, c.train.max_iters, c.train.eval_interval, c.train.log_interval = 4, 2, 1, 1
+    c.lengthgen.train_lengths, c.lengthgen.test_lengths, c.lengthgen.num_train, c.lengthgen.num_test = (
+        (1, 2),
+        (3,),
+        8,
+        6,
+    )
+    c.lengthgen.eval_extra_depth = 1
+    Trainer(c).run()
+    with open(tmp_path / "out" / "accuracy.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["length", "n_loop", "accuracy"] and [r[1] for r in rows[1:]] == [
+        "1",
+        "2",
+        "3",
+        "4",
+        "5",
+        "adaptive",
+    ]
