@@ -38,7 +38,10 @@ def main(argv: list[str]) -> int:
         summary = Trainer(FLAGS.config).run()
     except (DataError, TrainingError, CheckpointError, ValueError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        # one line: no teardown reports of orbax's abandoned reads (a damaged checkpoint) after it
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
     if "preempted_at" in summary:
         # the checkpoint is written and the logs closed; the machine is going away, and tearing down the
         # interpreter (JAX's backends, orbax's threads) takes a second or more, far more on a loaded host

@@ -16,8 +16,11 @@ any other (or one device).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -86,6 +89,28 @@ def _warn(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+@contextlib.contextmanager
+def _quiet_abandoned_reads():
+    """Drop the reports of a failed restore's abandoned reads ('Exception ignored in <coroutine ...>',
+    asyncio's 'Task exception was never retrieved'): hundreds of traceback lines for a failure that
+    restore_newest reports in one line.
+
+    Orbax abandons a damaged step's other read tasks; Python and asyncio report each as it is collected,
+    possibly after this block, so once a restore has failed asyncio's error log stays off in this process.
+    """
+    hook, asyncio_log = sys.unraisablehook, logging.getLogger("asyncio")
+    sys.unraisablehook = lambda unraisable: None
+    was_disabled, asyncio_log.disabled = asyncio_log.disabled, True
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        gc.collect()
+        sys.unraisablehook = hook
+        asyncio_log.disabled = was_disabled or failed
+
+
 def restore_newest(
     out_dir: str,
     attempt: Callable[[int], T],
@@ -105,7 +130,8 @@ def restore_newest(
     failures: list[tuple[int, str]] = []
     for step in steps:
         try:
-            result, reason = attempt(step), None
+            with _quiet_abandoned_reads():
+                result, reason = attempt(step), None
         except Exception as err:  # noqa: BLE001 -- orbax raises bare Exception for damaged tensorstore data
             result, reason = None, _reason(err)
         if agree(reason is None):

@@ -6,7 +6,6 @@ import sys
 import numpy as np
 from helpers import run, tiny_checkpoint, tiny_data_dir
 
-from nanoloop_jax.frontier import COLUMNS, val_windows
 from nanoloop_jax.model import LoopedGPT
 from nanoloop_jax.steps import cross_entropy
 
@@ -30,8 +29,11 @@ def test_frontier_csv(tmp_path):
     )
     assert res.returncode == 0, res.stderr
     rows = list(csv.DictReader(open(out / "frontier.csv")))
-    assert tuple(rows[0]) == COLUMNS and len(rows) == 6
-    x, y = val_windows(str(data_dir), 32, 6)
+    columns = ("n_loop", "exit", "threshold", "kv_share", "warm_start", "val_loss", "mean_iters", "kv_cache_mib")
+    assert tuple(rows[0]) == columns and len(rows) == 6
+    val = np.memmap(data_dir / "val.bin", dtype=np.uint16, mode="r")  # the first 6 windows of 32, shifted by one
+    x = np.stack([val[i * 32 : (i + 1) * 32] for i in range(6)]).astype(np.int32)
+    y = np.stack([val[i * 32 + 1 : (i + 1) * 32 + 1] for i in range(6)]).astype(np.int32)
     direct = float(cross_entropy(LoopedGPT(config).apply({"params": params}, x, n_loop=4), y))
     fixed = rows[0]  # n_loop 4, none, kv_share 0: exactly the model's forward
     np.testing.assert_allclose(float(fixed["val_loss"]), direct, rtol=1e-5)
