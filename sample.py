@@ -178,11 +178,11 @@ def write_samples(
 def run() -> None:
     import jax
 
-    from nanoloop_jax import checkpoint
+    from nanoloop_jax import loading
     from nanoloop_jax.sampling import KVDecoder, SampleConfig
     from nanoloop_jax.tokenizer import load_tokenizer
 
-    loaded = checkpoint.load_model(FLAGS.out_dir, FLAGS.ckpt)
+    loaded = loading.load_model(FLAGS.out_dir, FLAGS.ckpt)
     config, params = loaded.model_config, loaded.params
     if FLAGS.dtype is not None:
         config = dataclasses.replace(config, dtype=FLAGS.dtype)

@@ -8,7 +8,6 @@ On CPU there is no peak FLOP/s to divide by, so the same run also times a large 
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from typing import Any
@@ -19,7 +18,7 @@ import numpy as np
 
 from nanoloop_jax import flops, roofline
 from nanoloop_jax.config import model_config
-from nanoloop_jax.data import load_meta
+from nanoloop_jax.data import data_dir_of, load_meta
 from nanoloop_jax.model import LoopedGPT, ModelConfig
 from nanoloop_jax.optim import make_optimizer
 from nanoloop_jax.prepare import prepare_command
@@ -58,14 +57,14 @@ def numpy_matmul_flops(shape: tuple[int, int, int] = MATMUL_SHAPE, repeats: int 
 
 def bench_model_config(config) -> ModelConfig:
     """config.model as a ModelConfig, with vocab_size from the dataset's meta.json when it is prepared (as train.py)."""
-    meta = load_meta(config.data.data_dir or os.path.join("data", config.data.dataset))
+    meta = load_meta(data_dir_of(config.data))
     overrides = {"vocab_size": int(meta["vocab_size"])} if meta and "stoi" in meta else {}
     return model_config(config.model, **overrides)
 
 
 def vocab_note(config) -> str:
     """Which vocab_size bench_model_config picks and why: an unprepared char dataset silently means GPT-2's 50304."""
-    data_dir = config.data.data_dir or os.path.join("data", config.data.dataset)
+    data_dir = data_dir_of(config.data)
     meta, vocab = load_meta(data_dir), bench_model_config(config).vocab_size
     if meta and "stoi" in meta:
         return f"vocab_size {vocab}: the character vocabulary of {data_dir}/meta.json"

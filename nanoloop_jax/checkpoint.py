@@ -30,7 +30,10 @@ import flax.linen as nn
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from ml_collections import ConfigDict
 
+from nanoloop_jax.config import run_config_of
+from nanoloop_jax.fileio import write_atomic
 from nanoloop_jax.model import LoopedGPT, ModelConfig
 
 CKPT_SUBDIR = "checkpoints"
@@ -241,14 +244,32 @@ def load_params(out_dir: str, *, step: int | None = None, sharding: jax.sharding
     return restore_newest(out_dir, attempt)[1]
 
 
+def write_run_config(out_dir: str, config: ConfigDict) -> None:
+    """OUT_DIR/config.json: the run config (base_config's schema), readable, written atomically."""
+    write_atomic(os.path.join(out_dir, "config.json"), config.to_json_best_effort(indent=2).encode())
+
+
 def write_params_only(
-    out_dir: str, config: ModelConfig, params, *, step: int, best_val_loss: float, source: dict | None = None
+    out_dir: str,
+    model: ModelConfig,
+    params,
+    *,
+    step: int,
+    best_val_loss: float,
+    source: dict | None = None,
+    dataset: str | None = None,
 ) -> None:
-    """A checkpoint without optimizer state (converted weights): sample.py reads it, train.py resumes from it."""
+    """A checkpoint without optimizer state (converted weights): sample.py reads it, train.py resumes from it.
+
+    Its run config (meta and config.json) is base_config with this model and dataset (run_config_of), so
+    every checkpoint records the same schema; `source` records where the weights came from.
+    """
+    run_config = run_config_of(model, dataset)
     meta = {
         "step": int(step),
         "best_val_loss": float(best_val_loss),
-        "model_config": config_to_dict(config),
+        "model_config": config_to_dict(model),
+        "config": json.loads(run_config.to_json_best_effort()),
         "source": source or {},
     }
     mngr = manager(out_dir, async_save=False)
@@ -257,37 +278,4 @@ def write_params_only(
         mngr.wait_until_finished()
     finally:
         mngr.close()
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump({"model": config_to_dict(config), "source": source or {}}, f, indent=2, default=str)
-
-
-@dataclasses.dataclass
-class InferenceModel:
-    """A model to evaluate or sample: weights, config, the dataset dir its checkpoint names, and a label."""
-
-    model_config: ModelConfig
-    params: Any
-    data_dir: str | None
-    description: str
-
-
-def load_model(out_dir: str | None, ckpt: str | None = None) -> InferenceModel:
-    """Params from OUT_DIR's orbax checkpoint, else from a nanoLOOP ckpt.pt (--ckpt, or OUT_DIR/ckpt.pt)."""
-    from nanoloop_jax import convert
-
-    if ckpt is None and out_dir and latest_step(out_dir) is not None:
-        loaded = load_params(out_dir)
-        data = (loaded.meta.get("config") or {}).get("data") or {}
-        data_dir = data.get("data_dir") or (os.path.join("data", data["dataset"]) if data.get("dataset") else None)
-        source = (loaded.meta.get("source") or {}).get("nanoloop_config") or {}
-        if data_dir is None and source.get("dataset"):
-            data_dir = os.path.join("data", source["dataset"])
-        return InferenceModel(loaded.model_config, loaded.params, data_dir, f"{out_dir} (step {loaded.step})")
-    pt_path = ckpt or os.path.join(out_dir or ".", "ckpt.pt")
-    if not os.path.isfile(pt_path):
-        where = f"{ckpt} does not exist" if ckpt else f"no checkpoint in {out_dir} (no checkpoints/ and no ckpt.pt)"
-        raise CheckpointError(f"{where}; train one with train.py or pass --ckpt=PATH")
-    raw = convert.load_nanoloop_ckpt(pt_path)
-    config, params = convert.from_nanoloop(raw["model"], raw["model_args"])
-    dataset = (raw.get("config") or {}).get("dataset")
-    return InferenceModel(config, params, os.path.join("data", dataset) if dataset else None, f"{pt_path} (nanoLOOP)")
+    write_run_config(out_dir, run_config)

@@ -42,6 +42,8 @@ def base_config() -> ConfigDict:
     c.model.attention = "auto"  # 'auto' (the platform's, kernels.py) | 'xla' | 'cudnn' (GPU) | 'pallas' (TPU)
     c.model.platform = config_dict.placeholder(str)  # platform lowered for: 'cpu'|'cuda'|'rocm'|'tpu'; None = default
     c.model.norm_eps = ModelConfig.norm_eps  # RMSNorm epsilon (torch.nn.RMSNorm default: float32 eps)
+    c.model.pos_encoding = "learned"  # 'learned' (nanoLOOP's wpe) | 'rope' (rotary q/k) | 'none' (NoPE)
+    c.model.rope_theta = ModelConfig.rope_theta  # RoPE base (pos_encoding='rope')
 
     c.data = ConfigDict()
     c.data.dataset = "openwebtext"  # name under data/; shakespeare* are prepared automatically if missing
@@ -83,6 +85,16 @@ def base_config() -> ConfigDict:
     c.distributed.num_processes = config_dict.placeholder(int)  # total processes (with coordinator_address)
     c.distributed.process_id = config_dict.placeholder(int)  # this process's id (with coordinator_address)
     c.distributed.cpu_collectives = "gloo"  # collectives for multi-process CPU runs ('' = JAX default)
+    return c
+
+
+def run_config_of(model: ModelConfig, dataset: str | None = None) -> ConfigDict:
+    """A run config (base_config) describing `model`: what converted checkpoints record as their config."""
+    c = base_config()
+    for field in dataclasses.fields(ModelConfig):
+        c.model[field.name] = getattr(model, field.name)
+    if dataset:
+        c.data.dataset = dataset
     return c
 
 

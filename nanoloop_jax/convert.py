@@ -271,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                 step=int(ckpt.get("iter_num", 0)),
                 best_val_loss=float(ckpt.get("best_val_loss", 1e9)),
                 source={"converted_from": str(args.src), "nanoloop_config": ckpt.get("config", {})},
+                dataset=(ckpt.get("config") or {}).get("dataset"),
             )
             print(f"wrote nanoloop-jax checkpoint to {args.dst} (iter {ckpt.get('iter_num', 0)})")
     except (ConversionError, ImportError, FileNotFoundError, checkpoint.CheckpointError) as err:

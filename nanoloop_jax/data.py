@@ -31,6 +31,11 @@ class DataError(Exception):
     """A data problem the user can fix; the message is one line saying how."""
 
 
+def data_dir_of(data) -> str:
+    """The dataset directory a run config's `data` section (ConfigDict or its JSON dict) names."""
+    return data["data_dir"] or os.path.join("data", data["dataset"])
+
+
 def load_meta(data_dir: str | os.PathLike) -> dict | None:
     """The dataset's meta.json (vocab size, tokenizer, char tables), or None if there is none."""
     data_dir = pathlib.Path(data_dir)
@@ -123,6 +128,17 @@ class _Failure:
 
     def __init__(self, error: BaseException) -> None:
         self.error = error
+
+
+class AccumSampler:
+    """(accum, B_local, T) batches: micro-step m of step s is the sampler's step s·accum + m."""
+
+    def __init__(self, sampler: BatchSampler, accum: int) -> None:
+        self.sampler, self.accum = sampler, accum
+
+    def get(self, step: int) -> tuple[np.ndarray, ...]:
+        parts = zip(*(self.sampler.get(step * self.accum + m) for m in range(self.accum)), strict=True)
+        return tuple(np.stack(p) for p in parts)
 
 
 class Prefetcher:

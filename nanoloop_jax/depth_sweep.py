@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from nanoloop_jax import checkpoint, cpu_defaults
+from nanoloop_jax import checkpoint, cpu_defaults, loading
 from nanoloop_jax.data import EVAL_SEED_OFFSET, BatchSampler, DataError
 from nanoloop_jax.model import LoopedGPT
 from nanoloop_jax.plotting import pyplot
@@ -40,7 +40,7 @@ FLAGS = flags.FLAGS
 
 
 def sweep(
-    model: checkpoint.InferenceModel, data_dir: str, n_loops: list[int], eval_iters: int, batch_size: int, seed: int
+    model: loading.InferenceModel, data_dir: str, n_loops: list[int], eval_iters: int, batch_size: int, seed: int
 ) -> list[dict]:
     """[{n_loop, val_loss, tokens_per_s}] over the same val batches for every depth."""
     cfg = model.model_config
@@ -108,7 +108,7 @@ def main(argv: list[str]) -> int:
     curves, trained = {}, {}
     try:
         for out_dir, label in zip(sources, labels, strict=True):
-            model = checkpoint.load_model(out_dir, FLAGS.ckpt)
+            model = loading.load_model(out_dir, FLAGS.ckpt)
             data_dir = FLAGS.data_dir or model.data_dir
             if data_dir is None:
                 raise DataError("the checkpoint names no dataset; pass --data_dir=DIR")

@@ -168,16 +168,6 @@ def plot_heatmap(path: str, digits, n_loops, grid: np.ndarray, trained_loop: int
     plt.close(fig)
 
 
-def data_dir_of(meta: dict, override: str | None) -> str:
-    """The dataset dir: --data_dir, else the one the checkpoint's run config names."""
-    if override:
-        return override
-    data = (meta.get("config") or {}).get("data") or {}
-    if data.get("data_dir") or data.get("dataset"):
-        return data.get("data_dir") or os.path.join("data", data["dataset"])
-    raise EvalError("the checkpoint does not name its dataset; pass --data_dir=data/addition")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m nanoloop_jax.eval_addition", description=__doc__.splitlines()[0])
     p.add_argument("--out_dir", required=True, help="directory with a nanoloop-jax checkpoint (results go here too)")
@@ -192,14 +182,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, log: Callable[[str], None]) -> np.ndarray:
     """Load, evaluate, print and write; returns the grid."""
-    from nanoloop_jax import checkpoint
+    from nanoloop_jax import loading
     from nanoloop_jax.data import load_meta
 
     n_loops = parse_ints(args.n_loops)
     if args.batch_size < 1 or args.num_problems < 0:
         raise EvalError("--batch_size must be >= 1 and --num_problems >= 0")
-    loaded = checkpoint.load_params(args.out_dir)
-    data_dir = data_dir_of(loaded.meta, args.data_dir)
+    loaded = loading.load_model(args.out_dir)
+    data_dir = args.data_dir or loaded.data_dir
+    if data_dir is None:
+        raise EvalError("the checkpoint does not name its dataset; pass --data_dir=data/addition")
     meta = load_meta(data_dir)
     if not meta or meta.get("task") != "addition":
         raise EvalError(f"{data_dir} is not an addition dataset; run: python data/addition/prepare.py")
@@ -221,7 +213,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> np.ndarray:
     max_train = int(meta["max_train_digits"])
     sizes = sorted({len(a) for a, _ in tests.values()})
     print(
-        f"{args.out_dir} (step {loaded.step}): exact-match accuracy, {'/'.join(map(str, sizes))} problems per "
+        f"{loaded.description}: exact-match accuracy, {'/'.join(map(str, sizes))} problems per "
         f"length, trained on 1..{max_train} digits with n_loop={cfg.n_loop}"
     )
     print(format_table(digits, n_loops, grid, cfg.n_loop, max_train))
@@ -230,7 +222,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> np.ndarray:
     written = [csv_path]
     if args.plot == "true":
         png_path = os.path.join(args.out_dir, "addition_eval.png")
-        title = f"{os.path.basename(os.path.abspath(args.out_dir))} (step {loaded.step}): addition accuracy"
+        title = f"{loaded.description}: addition accuracy"
         plot_heatmap(png_path, digits, n_loops, grid, cfg.n_loop, max_train, title)
         written.append(png_path)
     print("wrote " + ", ".join(written))

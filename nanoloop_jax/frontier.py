@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from nanoloop_jax import checkpoint
+from nanoloop_jax import checkpoint, loading
 from nanoloop_jax.data import DataError
 from nanoloop_jax.plotting import pyplot
 from nanoloop_jax.recurrence import EXIT_CRITERIA, DecodeConfig
@@ -170,7 +170,7 @@ def main(argv: list[str]) -> int:
         warm = _bools(FLAGS.warm_start)
         for n_loop, k in itertools.product(n_loops, kv_shares):
             DecodeConfig(n_loop, kv_share=k).validate()
-        model = checkpoint.load_model(FLAGS.out_dir, FLAGS.ckpt)
+        model = loading.load_model(FLAGS.out_dir, FLAGS.ckpt)
         data_dir = FLAGS.data_dir or model.data_dir
         if data_dir is None:
             raise DataError("the checkpoint names no dataset; pass --data_dir=DIR")

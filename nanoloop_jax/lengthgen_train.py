@@ -90,8 +90,7 @@ class LengthGenTrainer:
 
     def run(self) -> dict:
         cfg, tcfg = self.config, self.config.train
-        with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
-            f.write(cfg.to_json_best_effort(indent=2))
+        checkpoint.write_run_config(cfg.out_dir, cfg)
         self.logger.print(f"model: {self.model_config}")
         self.logger.print(
             f"lengthgen: {cfg.lengthgen.task}, T(n) = {self.depths} (one compiled step, scan of {self.max_depth})"

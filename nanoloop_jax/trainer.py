@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from nanoloop_jax import checkpoint, flops, metrics, sharding
 from nanoloop_jax.config import model_config
-from nanoloop_jax.data import EVAL_SEED_OFFSET, BatchSampler, Prefetcher, load_meta
+from nanoloop_jax.data import EVAL_SEED_OFFSET, AccumSampler, BatchSampler, Prefetcher, data_dir_of, load_meta
 from nanoloop_jax.depth import sample_depth
 from nanoloop_jax.metrics import MetricsLogger
 from nanoloop_jax.model import LoopedGPT
@@ -55,24 +55,9 @@ def all_processes(flag: bool, how=np.all) -> bool:
     return bool(how(multihost_utils.process_allgather(np.int32(flag))))
 
 
-class AccumSampler:
-    """(accum, B_local, T) batches: micro-step m of step s is the sampler's step s·accum + m."""
-
-    def __init__(self, sampler: BatchSampler, accum: int) -> None:
-        self.sampler, self.accum = sampler, accum
-
-    def get(self, step: int) -> tuple[np.ndarray, ...]:
-        parts = zip(*(self.sampler.get(step * self.accum + m) for m in range(self.accum)), strict=True)
-        return tuple(np.stack(p) for p in parts)
-
-
-def data_dir_of(config) -> str:
-    return config.data.data_dir or os.path.join("data", config.data.dataset)
-
-
 def _prepare_data(config) -> dict | None:
     """Prepare Shakespeare data if missing (process 0 first, then the others) and read meta.json."""
-    data_dir = data_dir_of(config)
+    data_dir = data_dir_of(config.data)
     if jax.process_index() == 0:
         ensure_prepared(config.data.dataset, data_dir)
     if jax.process_count() > 1:
@@ -281,10 +266,10 @@ class Trainer:
             process_index=jax.process_index(),
             process_count=jax.process_count(),
         )
-        train = BatchSampler(data_dir_of(cfg), "train", seed=cfg.seed, **kw)
+        train = BatchSampler(data_dir_of(cfg.data), "train", seed=cfg.seed, **kw)
         self.train_batches = AccumSampler(train, cfg.data.gradient_accumulation_steps)
         self.eval_samplers = {
-            s: BatchSampler(data_dir_of(cfg), s, seed=cfg.seed + EVAL_SEED_OFFSET, **kw) for s in ("train", "val")
+            s: BatchSampler(data_dir_of(cfg.data), s, seed=cfg.seed + EVAL_SEED_OFFSET, **kw) for s in ("train", "val")
         }
         self.tokens_per_step = cfg.data.batch_size * cfg.data.gradient_accumulation_steps * self.model_config.block_size
 
@@ -410,8 +395,7 @@ class Trainer:
     def _run(self) -> dict:
         cfg, tcfg = self.config, self.config.train
         if jax.process_index() == 0:
-            with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
-                f.write(cfg.to_json_best_effort(indent=2))
+            checkpoint.write_run_config(cfg.out_dir, cfg)
         self.logger.print(f"model: {self.model_config}")
         self.logger.print(
             f"mesh: {dict(self.mesh.shape)} over {jax.device_count()} devices, "
