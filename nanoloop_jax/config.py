@@ -93,8 +93,7 @@ def run_config_of(model: ModelConfig, dataset: str | None = None) -> ConfigDict:
     c = base_config()
     for field in dataclasses.fields(ModelConfig):
         c.model[field.name] = getattr(model, field.name)
-    if dataset:
-        c.data.dataset = dataset
+    c.data.dataset = dataset or ""  # '' = not known (data_dir_of gives None): tools then ask for --data_dir
     return c
 
 

@@ -31,9 +31,9 @@ class DataError(Exception):
     """A data problem the user can fix; the message is one line saying how."""
 
 
-def data_dir_of(data) -> str:
-    """The dataset directory a run config's `data` section (ConfigDict or its JSON dict) names."""
-    return data["data_dir"] or os.path.join("data", data["dataset"])
+def data_dir_of(data) -> str | None:
+    """The dataset directory a run config's `data` section (ConfigDict or its JSON dict) names, if any."""
+    return data["data_dir"] or (os.path.join("data", data["dataset"]) if data["dataset"] else None)
 
 
 def load_meta(data_dir: str | os.PathLike) -> dict | None:
