@@ -19,6 +19,45 @@ config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", 
 FLAGS = flags.FLAGS
 
 
+def prepare_data(config) -> dict | None:
+    """Prepare the dataset if missing (process 0 first, then hosts without a shared filesystem); its meta.json."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    from nanoloop_jax.data import data_dir_of, load_meta
+    from nanoloop_jax.prepare import ensure_prepared
+
+    data_dir = data_dir_of(config.data)
+    if jax.process_index() == 0:
+        ensure_prepared(config.data.dataset, data_dir)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("data prepared")
+        ensure_prepared(config.data.dataset, data_dir)
+    return load_meta(data_dir)
+
+
+def train(config, preemption) -> dict:
+    """Distributed start-up, data, the starting state (fresh, resumed or imported), then the training loop."""
+    from nanoloop_jax import sharding
+    from nanoloop_jax.metrics import MetricsLogger
+    from nanoloop_jax.optim import make_optimizer
+    from nanoloop_jax.train_state import start_state
+    from nanoloop_jax.trainer import Trainer
+
+    if "lengthgen" in config:  # length-generalization task: its own data and per-length evaluation
+        from nanoloop_jax.lengthgen_train import LengthGenTrainer
+
+        return LengthGenTrainer(config).run()
+    sharding.maybe_initialize_distributed(config.distributed)
+    os.makedirs(config.out_dir, exist_ok=True)
+    logger = MetricsLogger(config.out_dir, config, config.wandb)
+    data_meta = prepare_data(config)
+    mesh, rules = sharding.make_mesh(config.mesh), sharding.logical_rules(config.mesh)
+    warn = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731  (process 0 only: start_state)
+    start = start_state(config, data_meta, make_optimizer(config.opt), mesh, rules, logger.print, warn)
+    return Trainer(config, start, mesh, rules, logger, preemption).run()
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         print(f"error: unexpected arguments {argv[1:]}; use --config.<field>=value", file=sys.stderr)
@@ -32,16 +71,22 @@ def main(argv: list[str]) -> int:
     cpu_defaults.apply_if_cpu()  # before jax.distributed / the first computation creates the backends
     from nanoloop_jax.checkpoint import CheckpointError
     from nanoloop_jax.data import DataError
-    from nanoloop_jax.trainer import Trainer, TrainingError
+    from nanoloop_jax.preemption import Preemption
+    from nanoloop_jax.train_state import StartError
+    from nanoloop_jax.trainer import TrainingError
 
+    # from the very start: a SIGTERM during distributed start-up, data preparation or restore ends the run
+    preemption = Preemption().install()
     try:
-        summary = Trainer(FLAGS.config).run()
-    except (DataError, TrainingError, CheckpointError, ValueError, ImportError) as err:
+        summary = train(FLAGS.config, preemption)
+    except (DataError, StartError, TrainingError, CheckpointError, ValueError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         # one line: no teardown reports of orbax's abandoned reads (a damaged checkpoint) after it
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(1)
+    finally:
+        preemption.close()
     if "preempted_at" in summary:
         # the checkpoint is written and the logs closed; the machine is going away, and tearing down the
         # interpreter (JAX's backends, orbax's threads) takes a second or more, far more on a loaded host

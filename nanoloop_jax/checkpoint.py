@@ -38,7 +38,6 @@ from nanoloop_jax.model import LoopedGPT, ModelConfig
 
 CKPT_SUBDIR = "checkpoints"
 UNREADABLE_SUBDIR = "unreadable_checkpoints"  # where train.py moves damaged steps out of orbax's way
-ITEMS = ("params", "opt_state", "meta")
 T = TypeVar("T")
 
 
@@ -61,10 +60,27 @@ def ckpt_dir(out_dir: str) -> str:
     return os.path.join(os.path.abspath(out_dir), CKPT_SUBDIR)
 
 
+def _handlers() -> dict[str, ocp.CheckpointHandler]:
+    """The items of a step and their formats (registered, so item_metadata can name the items a step has)."""
+    standard = ocp.StandardCheckpointHandler
+    return {"params": standard(), "opt_state": standard(), "meta": ocp.JsonCheckpointHandler()}
+
+
 def manager(out_dir: str, *, max_to_keep: int | None = None, async_save: bool = True) -> ocp.CheckpointManager:
     """The run's CheckpointManager (every process of a multi-host run must create it)."""
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True)
-    return ocp.CheckpointManager(ckpt_dir(out_dir), options=options, item_names=ITEMS)
+    return ocp.CheckpointManager(ckpt_dir(out_dir), options=options, item_handlers=_handlers())
+
+
+@contextlib.contextmanager
+def _reader(out_dir: str):
+    """A CheckpointManager for reading OUT_DIR's steps (creates nothing), closed on exit."""
+    options = ocp.CheckpointManagerOptions(create=False)
+    mngr = ocp.CheckpointManager(ckpt_dir(out_dir), options=options, item_handlers=_handlers())
+    try:
+        yield mngr
+    finally:
+        mngr.close()
 
 
 def all_steps(out_dir: str) -> list[int]:
@@ -180,12 +196,14 @@ def read_meta(out_dir: str, step: int | None = None) -> dict:
     step = latest_step(out_dir) if step is None else step
     if step is None:
         raise CheckpointError(f"no checkpoint in {out_dir}; train one with train.py or convert a ckpt.pt")
-    with open(os.path.join(ckpt_dir(out_dir), str(step), "meta", "metadata")) as f:
-        return json.load(f)
+    with _reader(out_dir) as mngr:
+        return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
 
 def has_opt_state(out_dir: str, step: int) -> bool:
-    return os.path.isdir(os.path.join(ckpt_dir(out_dir), str(step), "opt_state"))
+    """Whether step `step` saved optimizer state (converted checkpoints do not)."""
+    with _reader(out_dir) as mngr:
+        return "opt_state" in mngr.item_metadata(step).keys()
 
 
 def _abstract(tree, shardings):
@@ -230,13 +248,10 @@ def load_params(out_dir: str, *, step: int | None = None, sharding: jax.sharding
         meta = read_meta(out_dir, s)
         config = config_from_dict(meta["model_config"])
         shapes = abstract_params(config)
-        mngr = ocp.CheckpointManager(ckpt_dir(out_dir), item_names=ITEMS)
-        try:
+        with _reader(out_dir) as mngr:
             params, _, _ = restore(
                 mngr, s, abstract_params=shapes, param_shardings=jax.tree_util.tree_map(lambda _: sharding, shapes)
             )
-        finally:
-            mngr.close()
         return Loaded(config, params, int(meta["step"]), float(meta.get("best_val_loss", float("inf"))), meta)
 
     if step is not None:

@@ -26,6 +26,7 @@ import re
 import sys
 
 import numpy as np
+from flax import traverse_util
 
 from nanoloop_jax.model import ModelConfig
 
@@ -100,25 +101,6 @@ def jax_path_to_torch(path: str) -> str:
     return f"transformer.{section}.{j}.{inner}.{leaf_map[kind]}"
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
-    out = {}
-    for k, v in tree.items():
-        path = f"{prefix}{k}"
-        out.update(_flatten(v, path + "/") if isinstance(v, dict) else {path: v})
-    return out
-
-
-def _unflatten(flat: dict[str, np.ndarray]) -> dict:
-    tree: dict = {}
-    for path, v in flat.items():
-        node = tree
-        *parents, leaf = path.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
-    return tree
-
-
 def config_from_model_args(model_args: dict, **jax_knobs) -> ModelConfig:
     """ModelConfig from nanoLOOP's model_args dict (its GPTConfig fields) plus optional JAX knobs."""
     unknown = set(model_args) - set(_GPT_FIELDS)
@@ -143,7 +125,7 @@ def from_nanoloop(state_dict: dict, model_args: dict, **jax_knobs) -> tuple[Mode
     for name, value in sd.items():
         path, transpose = torch_name_to_jax(name)
         flat[path] = np.ascontiguousarray(value.T if transpose else value).astype(np.float32)
-    params = _unflatten(flat)
+    params = traverse_util.unflatten_dict(flat, sep="/")
     _check_against_config(config, params)
     return config, params
 
@@ -155,7 +137,7 @@ def to_nanoloop(config: ModelConfig, params: dict) -> tuple[dict[str, np.ndarray
             f"nanoLOOP checkpoints need model.pos_encoding='learned'; this model uses {config.pos_encoding!r}"
         )
     sd = {}
-    for path, value in _flatten(params).items():
+    for path, value in traverse_util.flatten_dict(params, sep="/").items():
         value = np.asarray(value, dtype=np.float32)
         name = jax_path_to_torch(path)
         sd[name] = np.ascontiguousarray(value.T) if path.endswith("/kernel") else value
@@ -175,8 +157,8 @@ def _check_against_config(config: ModelConfig, params: dict) -> None:
     )
     import flax.linen as nn
 
-    want = {p: tuple(v.shape) for p, v in _flatten(nn.unbox(abstract["params"])).items()}
-    got = {p: tuple(v.shape) for p, v in _flatten(params).items()}
+    want = {p: tuple(v.shape) for p, v in traverse_util.flatten_dict(nn.unbox(abstract["params"]), sep="/").items()}
+    got = {p: tuple(v.shape) for p, v in traverse_util.flatten_dict(params, sep="/").items()}
     missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
     if missing or extra:
         raise ConversionError(

@@ -23,8 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from nanoloop_jax import steps
 from nanoloop_jax.model import LoopBody, LoopedGPT, ModelConfig
-from nanoloop_jax.steps import TrainState, cross_entropy
+from nanoloop_jax.steps import TrainState
 
 
 def check_model(config: ModelConfig) -> None:
@@ -74,17 +75,19 @@ def logits_at_depth(model: LoopedGPT, params: Any, idx_BxT: jax.Array, depth: ja
 
 
 def make_train_step(model: LoopedGPT, tx: optax.GradientTransformation, schedule: optax.Schedule, max_depth: int):
-    """train_step(state, x, y, depth) -> (state, metrics); loss on y >= 0 after `depth` iterations."""
-
-    def loss_fn(params, x, y, depth):
-        return cross_entropy(logits_at_depth(model, params, x, depth, max_depth), y)
+    """train_step(state, x, y, depth) -> (state, metrics): steps.make_train_step with the loss on y >= 0 after
+    `depth` iterations of logits_at_depth, for one (B, T) batch."""
+    step = steps.make_train_step(
+        model,
+        tx,
+        schedule,
+        dynamic_depth=True,
+        logits_fn=lambda params, x, key, depth: logits_at_depth(model, params, x, depth, max_depth),
+    )
+    no_key = jax.random.PRNGKey(0)  # no dropout or noise in these runs (check_model)
 
     def train_step(state: TrainState, x: jax.Array, y: jax.Array, depth: jax.Array) -> tuple[TrainState, dict]:
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, x, y, depth)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        return step(state, {"x": x[None], "y": y[None]}, no_key, depth)
 
     return train_step
 

@@ -1,5 +1,5 @@
 """The training loop of configs with a `lengthgen` section: one length n per batch, T(n) loop iterations, then
-the per-length evaluation (accuracy.csv, heat map) in out_dir. train.py reaches it through Trainer's hook.
+the per-length evaluation (accuracy.csv, heat map) in out_dir. train.py runs it for such configs.
 
 Single device on purpose: these models are ~100k parameters and the runs are sized for a 2-core CPU.
 Resumes from the newest checkpoint in out_dir (batches and depths are pure functions of seed and step);

@@ -18,23 +18,26 @@ import threading
 import time
 from collections.abc import Callable
 
+NOTHING_TRAINED = "SIGTERM: no step trained yet, nothing to save; exiting cleanly"
 GRACE_S = 2.0  # how long the main thread gets to take over a stop before the watchdog may end the process
 
 
 class Preemption:
     """Installed for the life of a run (`install()` ... `close()`, from the main thread)."""
 
-    def __init__(
-        self,
-        can_exit_now: Callable[[], bool],
-        exit_line: Callable[[], str],
-        say: Callable[[str], None],
-        grace_s: float = GRACE_S,
-    ) -> None:
-        self.can_exit_now, self.exit_line, self.say, self.grace_s = can_exit_now, exit_line, say, grace_s
+    def __init__(self, grace_s: float = GRACE_S) -> None:
+        # until a Trainer `watch`es: nothing is trained yet, so the watchdog may always end the process
+        self.can_exit_now: Callable[[], bool] = lambda: True
+        self.exit_line: Callable[[], str] = lambda: NOTHING_TRAINED
+        self.say: Callable[[str], None] = lambda line: print(line, flush=True)
+        self.grace_s = grace_s
         self.requested = False  # a SIGTERM arrived
         self.taken = False  # the main thread is handling it (the watchdog then stays out of the way)
         self._thread: threading.Thread | None = None
+
+    def watch(self, can_exit_now: Callable[[], bool], exit_line: Callable[[], str], say: Callable[[str], None]) -> None:
+        """From now on ask the training loop whether exiting loses work, and what to say."""
+        self.can_exit_now, self.exit_line, self.say = can_exit_now, exit_line, say
 
     def install(self) -> Preemption:
         if threading.current_thread() is not threading.main_thread():

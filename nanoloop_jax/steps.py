@@ -50,18 +50,25 @@ def make_train_step(
     tx: optax.GradientTransformation,
     schedule: optax.Schedule | None = None,
     dynamic_depth: bool = False,
+    logits_fn=None,
 ):
     """train_step(state, batch, key[, n_loop]) for batch = {'x', 'y'[, 'mask']} of shape (accum, B, T).
 
     dynamic_depth=True adds a traced int32 n_loop argument (randomized depth): one compile for all depths.
+    logits_fn(params, x, key, n_loop) replaces the model's training forward (lengthgen.py's full-backprop
+    variable-depth loop); the default is model.apply in train mode.
 
     Gradient accumulation runs inside the step as a lax.scan over the leading micro-step axis
     (mean of micro-batch gradients == the gradient of the mean loss, as nanoGPT's loss / accum).
     """
 
+    def train_logits(params, x, key, n_loop):
+        return model.apply({"params": params}, x, train=True, n_loop=n_loop, rngs=_rngs(key))
+
+    forward = logits_fn or train_logits
+
     def loss_fn(params, x, y, mask, key, n_loop):
-        logits = model.apply({"params": params}, x, train=True, n_loop=n_loop, rngs=_rngs(key))
-        return cross_entropy(logits, y, mask)
+        return cross_entropy(forward(params, x, key, n_loop), y, mask)
 
     grad_fn = jax.value_and_grad(loss_fn)
 

@@ -1,234 +1,55 @@
-"""The training loop: build sharded state, train with periodic eval/checkpoints, resume exactly, stop safely."""
+"""The training loop: jitted steps over a Start (train_state.py), periodic eval and checkpoints, safe stops."""
 
 from __future__ import annotations
 
-import functools
 import json
 import math
-import os
 import sys
 import time
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from nanoloop_jax import checkpoint, flops, metrics, sharding
-from nanoloop_jax.config import model_config
-from nanoloop_jax.data import EVAL_SEED_OFFSET, AccumSampler, BatchSampler, Prefetcher, data_dir_of, load_meta
+from nanoloop_jax.data import EVAL_SEED_OFFSET, AccumSampler, BatchSampler, Prefetcher, data_dir_of
 from nanoloop_jax.depth import sample_depth
 from nanoloop_jax.metrics import MetricsLogger
 from nanoloop_jax.model import LoopedGPT
 from nanoloop_jax.optim import lr_schedule, make_optimizer
 from nanoloop_jax.preemption import Preemption
-from nanoloop_jax.prepare import ensure_prepared
-from nanoloop_jax.steps import TrainState, init_train_state, make_eval_step, make_train_step
+from nanoloop_jax.steps import make_eval_step, make_train_step
+from nanoloop_jax.train_state import Start, all_processes
 
-# nanoLOOP forces these from the checkpoint on resume: the parameter shapes depend on them.
-ARCH_FIELDS = (
-    "n_prelude",
-    "n_block",
-    "n_coda",
-    "n_loop",
-    "n_head",
-    "n_embd",
-    "block_size",
-    "bias",
-    "vocab_size",
-    "input_injection",
-)
+# Fold-in index of the evaluation key: far above any step index, so eval dropout/noise never reuses a step's.
+EVAL_KEY_INDEX = 2**30
 
 
 class TrainingError(Exception):
-    """A run that must stop (divergence, bad resume request): one line for the user."""
+    """A run that must stop (divergence): one line for the user."""
 
 
 class _Stop(Exception):
     """SIGTERM seen by some process, raised from a poll inside a phase (evaluation) to end the run."""
 
 
-def all_processes(flag: bool, how=np.all) -> bool:
-    """`how` (np.all / np.any) of a flag over every process; the flag itself in a single-process run."""
-    if jax.process_count() == 1:
-        return bool(flag)
-    return bool(how(multihost_utils.process_allgather(np.int32(flag))))
-
-
-def _prepare_data(config) -> dict | None:
-    """Prepare Shakespeare data if missing (process 0 first, then the others) and read meta.json."""
-    data_dir = data_dir_of(config.data)
-    if jax.process_index() == 0:
-        ensure_prepared(config.data.dataset, data_dir)
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("data prepared")
-        ensure_prepared(config.data.dataset, data_dir)  # hosts without a shared filesystem
-    return load_meta(data_dir)
-
-
-def _resolve_start(config, logger: MetricsLogger) -> tuple[str, int | None]:
-    """('scratch' | 'resume' | 'nanoloop', checkpoint step) from init_from and what out_dir holds."""
-    latest = checkpoint.latest_step(config.out_dir)
-    if latest is not None:
-        if config.init_from != "resume":
-            logger.print(
-                f"found a checkpoint at step {latest} in {config.out_dir}: resuming from it "
-                "(use a new out_dir to start over)"
-            )
-        return "resume", latest
-    if config.init_from == "resume":
-        raise TrainingError(f"init_from=resume but {config.out_dir} holds no checkpoint")
-    if config.init_from == "scratch":
-        return "scratch", None
-    if config.init_from.endswith(".pt"):
-        return "nanoloop", None
-    raise TrainingError(
-        f"config.init_from must be 'scratch', 'resume' or a nanoLOOP ckpt.pt path, got {config.init_from!r}"
-    )
-
-
-def _build_model_config(config, meta: dict | None, ckpt_model: dict | None):
-    """config.model, with the vocabulary of a char-level dataset and the architecture of a checkpoint."""
-    overrides = {}
-    if meta and "stoi" in meta:
-        overrides["vocab_size"] = int(meta["vocab_size"])  # char-level: the dataset defines the vocabulary
-    if ckpt_model is not None:
-        overrides.update({k: ckpt_model[k] for k in ARCH_FIELDS})
-    mc = model_config(config.model, **overrides)
-    data_vocab = int(meta["vocab_size"]) if meta and "vocab_size" in meta else None
-    if data_vocab is not None and data_vocab > mc.vocab_size:
-        raise TrainingError(
-            f"the dataset has {data_vocab} token ids but the model's vocab_size is {mc.vocab_size}; "
-            "use a checkpoint trained on this dataset or a larger model.vocab_size"
-        )
-    return mc
-
-
 class Trainer:
     """Holds the mesh, jitted steps and state of one run; `run()` trains to max_iters."""
 
-    def __new__(cls, config):
-        # Length-generalization configs (a `lengthgen` section) have their own loop: nanoloop_jax/lengthgen_train.py.
-        if cls is Trainer and "lengthgen" in config:
-            from nanoloop_jax.lengthgen_train import LengthGenTrainer
-
-            return LengthGenTrainer(config)
-        return super().__new__(cls)
-
-    def __init__(self, config) -> None:
-        self.config = config
-        self.saved_step = self.done_step = None  # last checkpointed / last trained step (None until known)
-        self._saving, self.mngr, self.logger = False, None, None
-        self.speed, self._t_done = None, 0.0  # first measured FLOP/s; when the last train step ended
-        # from the very start: a SIGTERM during distributed start-up, data preparation or restore ends the run
-        self.preemption = Preemption(self._nothing_to_save, self._nothing_saved_line, self._say).install()
-        try:
-            self._set_up()
-        except BaseException:
-            self.preemption.close()
-            raise
-
-    def _set_up(self) -> None:
-        config = self.config
-        sharding.maybe_initialize_distributed(config.distributed)
-        os.makedirs(config.out_dir, exist_ok=True)
-        self.logger = MetricsLogger(config.out_dir, config, config.wandb)
-        data_meta = _prepare_data(config)
-        self.start, _ = _resolve_start(config, self.logger)
-        self.mesh = sharding.make_mesh(config.mesh)
-        self.rules = sharding.logical_rules(config.mesh)
-        self.schedule = lr_schedule(config.opt)
-        self.tx = make_optimizer(config.opt)
+    def __init__(self, config, start: Start, mesh, rules, logger: MetricsLogger, preemption: Preemption) -> None:
+        self.config, self.mesh, self.rules, self.logger, self.preemption = config, mesh, rules, logger, preemption
+        self.model_config, self.state, self.state_shardings, self.best_val_loss = start
+        self.model = LoopedGPT(self.model_config)
+        self.schedule, self.tx = lr_schedule(config.opt), make_optimizer(config.opt)
         self.key = jax.random.PRNGKey(config.seed)
-        self.best_val_loss = 1e9
-        if self.start == "resume":
-            self._resume(data_meta)
-        elif self.start == "nanoloop":
-            self._import_nanoloop(data_meta)
-        else:
-            self._set_model(_build_model_config(config, data_meta, None))
-            init = jax.jit(lambda k: init_train_state(self.model, self.tx, k), out_shardings=self.state_shardings)
-            self.state = init(self.key)
-        self.saved_step = self.done_step = int(jax.device_get(self.state.step))
+        self._saving, self.speed, self._t_done = False, None, 0.0  # first measured FLOP/s; when the last step ended
+        self.saved_step = self.done_step = int(jax.device_get(self.state.step))  # last checkpointed / trained step
         self._build_steps()
         self._build_data()
         self.mngr = checkpoint.manager(
             config.out_dir, max_to_keep=config.train.keep_checkpoints, async_save=config.train.async_checkpointing
         )
-
-    # ---- set-up -------------------------------------------------------------------------------
-    def _set_model(self, model_config) -> None:
-        """The model and the shardings of its state: created sharded from birth (eval_shape -> logical specs)."""
-        self.model_config = model_config
-        self.model = LoopedGPT(model_config)
-        init_fn = functools.partial(init_train_state, self.model, self.tx)
-        self.state_shardings = sharding.state_shardings(init_fn, self.key, self.mesh, self.rules)
-
-    def _import_nanoloop(self, data_meta: dict | None) -> None:
-        from nanoloop_jax import convert
-
-        imported = convert.load_nanoloop_ckpt(self.config.init_from)
-        self._set_model(_build_model_config(self.config, data_meta, imported["model_args"]))
-        _, params = convert.from_nanoloop(imported["model"], imported["model_args"])
-        params = jax.device_put(params, self.state_shardings.params)
-        opt_state = jax.jit(self.tx.init, out_shardings=self.state_shardings.opt_state)(params)
-        it = int(imported.get("iter_num", 0))
-        self.state = TrainState(
-            step=jax.device_put(np.int32(it), self.state_shardings.step), params=params, opt_state=opt_state
-        )
-        self.best_val_loss = float(imported.get("best_val_loss", 1e9))
-        self.logger.print(
-            f"initialised from nanoLOOP checkpoint {self.config.init_from} at iter {it} "
-            "(weights only: AdamW moments start fresh)"
-        )
-
-    def _resume(self, data_meta: dict | None) -> None:
-        """Restore the newest checkpoint that restores; damaged newer ones are moved aside, not deleted."""
-        out_dir, skipped = self.config.out_dir, []
-        steps = checkpoint.all_steps(out_dir)
-        try:
-            step, meta = checkpoint.restore_newest(
-                out_dir, lambda s: self._restore(s, data_meta), warn=skipped.append, agree=all_processes
-            )
-        except checkpoint.CheckpointError as err:
-            raise TrainingError(
-                f"{err}; if this run's architecture or opt.grad_clip differs from the checkpoint's, "
-                "resume with the same ones or use a new out_dir"
-            ) from None
-        # orbax refuses to save a step that exists, and this run will save these steps again: move them aside
-        if jax.process_index() == 0:
-            for line, bad in zip(skipped, [s for s in steps if s > step], strict=True):
-                self._warn(f"{line}; moved it to {checkpoint.set_aside(out_dir, bad)}")
-        if jax.process_count() > 1:
-            multihost_utils.sync_global_devices("unrestorable checkpoints moved")
-        self.best_val_loss = float(meta.get("best_val_loss", 1e9))
-        self.logger.print(f"resumed from step {meta['step']} (best val loss {self.best_val_loss:.4f})")
-
-    def _restore(self, step: int, data_meta: dict | None) -> dict:
-        """Model from the checkpoint's meta, then params (and optimizer state, if saved) onto this mesh."""
-        meta = checkpoint.read_meta(self.config.out_dir, step)
-        self._set_model(_build_model_config(self.config, data_meta, meta["model_config"]))
-        abstract = jax.eval_shape(lambda k: init_train_state(self.model, self.tx, k), self.key)
-        with_opt = checkpoint.has_opt_state(self.config.out_dir, step)
-        mngr = checkpoint.manager(self.config.out_dir)
-        try:
-            params, opt_state, meta = checkpoint.restore(
-                mngr,
-                step,
-                abstract_params=abstract.params,
-                param_shardings=self.state_shardings.params,
-                abstract_opt_state=abstract.opt_state if with_opt else None,
-                opt_shardings=self.state_shardings.opt_state,
-            )
-        finally:
-            mngr.close()
-        if opt_state is None:
-            self.logger.print("checkpoint has no optimizer state (converted weights): AdamW moments start fresh")
-            opt_state = jax.jit(self.tx.init, out_shardings=self.state_shardings.opt_state)(params)
-        self.state = TrainState(
-            step=jax.device_put(np.int32(meta["step"]), self.state_shardings.step), params=params, opt_state=opt_state
-        )
-        return meta
+        preemption.watch(self._nothing_to_save, self._nothing_saved_line, self.logger.print)
 
     def _build_steps(self) -> None:
         repl = sharding.replicated(self.mesh)
@@ -296,7 +117,7 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """Mean loss over eval_iters batches of train and val (and val at extra depths); a bar if it is slow."""
-        eval_key = jax.random.fold_in(self.key, 2**30)
+        eval_key = jax.random.fold_in(self.key, EVAL_KEY_INDEX)
         n_iters = self.config.train.eval_iters
         jobs = [
             (n_loop, split)
@@ -357,17 +178,11 @@ class Trainer:
         """For the SIGTERM watchdog (another thread): may the process end right now without losing work?"""
         if self._saving or self.done_step != self.saved_step:
             return False
-        return self.mngr is None or not self.mngr.is_saving_in_progress()
+        return not self.mngr.is_saving_in_progress()
 
     def _nothing_saved_line(self) -> str:
         since = f"since the checkpoint at step {self.saved_step}" if self.saved_step else "yet"
         return f"SIGTERM: no step trained {since}, nothing to save; exiting cleanly"
-
-    def _say(self, line: str) -> None:
-        if self.logger is not None:
-            self.logger.print(line)
-        else:
-            print(line, flush=True)
 
     def _warn(self, line: str) -> None:
         if jax.process_index() == 0:
@@ -387,12 +202,7 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------
     def run(self) -> dict:
-        try:
-            return self._run()
-        finally:
-            self.preemption.close()
-
-    def _run(self) -> dict:
+        """Train to train.max_iters (evaluating and checkpointing on the way); a summary of the run."""
         cfg, tcfg = self.config, self.config.train
         if jax.process_index() == 0:
             checkpoint.write_run_config(cfg.out_dir, cfg)

@@ -1,4 +1,4 @@
-"""Shared test helpers: a tiny prepared dataset and tiny train.py command lines."""
+"""Shared test helpers: the tiny model, perturbed params, a tiny prepared dataset and tiny train.py command lines."""
 
 import json
 import os
@@ -83,6 +83,28 @@ def wait_for(predicate, timeout=240, proc=None):
     raise AssertionError("timed out waiting")
 
 
+# The suite's tiny looped model: 1 prelude + 2 recurrent blocks x 3 loops + 1 coda, width 32, vocab 20.
+TINY_MODEL = dict(
+    block_size=16, vocab_size=20, n_prelude=1, n_block=2, n_coda=1, n_loop=3, n_head=2, n_embd=32, bptt_k=2
+)
+
+
+def tiny_config(**overrides):
+    """TINY_MODEL as a ModelConfig, with the fields a test varies overridden."""
+    from nanoloop_jax.model import ModelConfig
+
+    return ModelConfig(**{**TINY_MODEL, **overrides})
+
+
+def perturbed_params(config, scale: float = 0.3, seed: int = 0, noise_seed: int = 100):
+    """init_params(config, seed), perturbed (see `perturbed`)."""
+    import jax
+
+    from nanoloop_jax.model import init_params
+
+    return perturbed(init_params(config, jax.random.PRNGKey(seed)), scale, noise_seed)
+
+
 def perturbed(params, scale: float, seed: int = 100):
     """params with every leaf nudged by scale·N(0, 1), so identity-like inits (inject, norms) hide no bug."""
     import jax
@@ -96,15 +118,10 @@ def perturbed(params, scale: float, seed: int = 100):
 
 def tiny_checkpoint(tmp_path: pathlib.Path):
     """(ModelConfig, params, out_dir): a perturbed 1+1x2+1 char model (vocab 59) saved as an orbax checkpoint."""
-    import jax
-
     from nanoloop_jax import checkpoint
-    from nanoloop_jax.model import ModelConfig, init_params
 
-    config = ModelConfig(
-        block_size=32, vocab_size=59, n_prelude=1, n_block=1, n_coda=1, n_loop=2, n_head=2, n_embd=32, bptt_k=1
-    )
-    params = perturbed(init_params(config, jax.random.PRNGKey(0)), 0.1)
+    config = tiny_config(block_size=32, vocab_size=59, n_block=1, n_loop=2, bptt_k=1)
+    params = perturbed_params(config, 0.1)
     out = tmp_path / "out"
     checkpoint.write_params_only(str(out), config, params, step=7, best_val_loss=9.0)
     return config, params, out

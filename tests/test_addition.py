@@ -9,11 +9,12 @@ import pathlib
 import jax
 import numpy as np
 import pytest
+from helpers import tiny_config
 
 from nanoloop_jax import addition, checkpoint, eval_addition
 from nanoloop_jax.config import model_config
 from nanoloop_jax.data import BatchSampler
-from nanoloop_jax.model import LoopedGPT, ModelConfig, init_params
+from nanoloop_jax.model import LoopedGPT, init_params
 from nanoloop_jax.tokenizer import load_tokenizer
 
 ITOS = dict(enumerate(addition.CHARS))
@@ -163,9 +164,7 @@ def test_parse_ints():
             eval_addition.parse_ints(bad)
 
 
-TINY = ModelConfig(
-    vocab_size=len(addition.CHARS), block_size=32, n_embd=32, n_head=2, n_prelude=1, n_block=1, n_coda=1, n_loop=2
-)
+TINY = tiny_config(vocab_size=len(addition.CHARS), block_size=32, n_block=1, n_loop=2, bptt_k=None)
 
 
 @pytest.fixture(scope="module")

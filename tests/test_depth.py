@@ -7,27 +7,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import tiny_config
 
 from nanoloop_jax.config import base_config
 from nanoloop_jax.depth import sample_depth
-from nanoloop_jax.model import LoopedGPT, ModelConfig, init_params
+from nanoloop_jax.model import LoopedGPT, init_params
 from nanoloop_jax.optim import make_optimizer
 from nanoloop_jax.steps import init_train_state, make_train_step
 
-CFG = ModelConfig(
-    block_size=16,
-    vocab_size=29,
-    n_prelude=1,
-    n_block=2,
-    n_coda=1,
-    n_loop=4,
-    n_head=2,
-    n_embd=16,
-    bptt_k=2,
-    loop_sampling="poisson_lognormal",
-    n_loop_mean=4.0,
-    n_loop_max=32,
-    dropout=0.1,
+CFG = tiny_config(
+    vocab_size=29, n_loop=4, n_embd=16, loop_sampling="poisson_lognormal", n_loop_mean=4.0, n_loop_max=32, dropout=0.1
 )
 
 

@@ -4,14 +4,13 @@ import dataclasses
 
 import jax
 import pytest
+from helpers import tiny_config
 
 from nanoloop_jax import flops
-from nanoloop_jax.model import ModelConfig, count_params, init_params
+from nanoloop_jax.model import count_params, init_params
 
 # 1 prelude + 1 recurrent block looped 3 times (gradient through the last 2) + 1 coda, 8 wide, 2 heads.
-TINY = ModelConfig(
-    block_size=16, vocab_size=11, n_prelude=1, n_block=1, n_coda=1, n_loop=3, n_head=2, n_embd=8, bptt_k=2
-)
+TINY = tiny_config(vocab_size=11, n_block=1, n_embd=8)
 
 
 def test_flops_per_token_matches_a_hand_count():

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import tiny_config
 from ml_collections import ConfigDict
 
 from nanoloop_jax import convert, lengthgen_data
@@ -83,9 +84,7 @@ def test_depth_rule():
         lengthgen_data.depth_for_length(lg, 7, 5)
 
 
-CFG = ModelConfig(
-    block_size=16, vocab_size=14, n_prelude=0, n_block=1, n_coda=0, n_loop=3, n_head=2, n_embd=16, pos_encoding="none"
-)
+CFG = tiny_config(vocab_size=14, n_prelude=0, n_block=1, n_coda=0, n_embd=16, bptt_k=None, pos_encoding="none")
 
 
 def test_depth_d_forward_and_gradient_equal_the_model_at_n_loop_d():
@@ -175,8 +174,8 @@ def test_converter_refuses_rope_and_nope():
 
 
 def test_train_py_path_trains_and_writes_accuracy_csv(tmp_path):
-    """Trainer(config) with a lengthgen section prepares data, trains, checkpoints and writes accuracy.csv."""
-    from nanoloop_jax.trainer import Trainer
+    """train.py's path for a lengthgen config prepares data, trains, checkpoints and writes accuracy.csv."""
+    from nanoloop_jax.lengthgen_train import LengthGenTrainer
 
     c = _config("parity_lengthgen")
     c.out_dir, c.data.data_dir = str(tmp_path / "out"), str(tmp_path / "data")
@@ -189,7 +188,7 @@ def test_train_py_path_trains_and_writes_accuracy_csv(tmp_path):
         6,
     )
     c.lengthgen.eval_extra_depth = 1
-    Trainer(c).run()
+    LengthGenTrainer(c).run()
     with open(tmp_path / "out" / "accuracy.csv") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["length", "n_loop", "accuracy"] and [r[1] for r in rows[1:]] == [

@@ -8,34 +8,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import perturbed_params, tiny_config
 
 from nanoloop_jax.model import Block, Dense, LoopedGPT, ModelConfig, count_params, init_params, rms_norm
 
-TINY = ModelConfig(
-    block_size=16,
-    vocab_size=29,
-    n_prelude=1,
-    n_block=2,
-    n_coda=1,
-    n_loop=3,
-    n_head=2,
-    n_embd=16,
-    bptt_k=None,
-    input_injection="inject",
-)
+TINY = tiny_config(vocab_size=29, n_embd=16, bptt_k=None)
 
 
 def _idx(b=2, t=10, seed=0, vocab=29):
     return jax.random.randint(jax.random.PRNGKey(seed), (b, t), 0, vocab)
 
 
-def _perturbed_params(cfg, seed=0):
-    """Init params with every leaf nudged, so identity-like inits (inject, norms) don't hide bugs."""
-    params = init_params(cfg, jax.random.PRNGKey(seed))
-    leaves, tree = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(seed + 100), len(leaves))
-    leaves = [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
-    return jax.tree_util.tree_unflatten(tree, leaves)
+def _perturbed_params(cfg):
+    return perturbed_params(cfg, 0.05)
 
 
 def unrolled_forward(cfg, params, idx, n_loop=None, detach_before=0):

@@ -7,16 +7,14 @@ import jax
 import numpy as np
 import pytest
 from exit_oracle import Oracle
-from helpers import perturbed
+from helpers import perturbed_params, tiny_config
 
-from nanoloop_jax.model import LoopedGPT, ModelConfig, count_params, init_params
+from nanoloop_jax.model import LoopedGPT, count_params
 from nanoloop_jax.recompute import naive_generate
 from nanoloop_jax.recurrence import DecodeConfig
 from nanoloop_jax.sampling import KVDecoder, SampleConfig
 
-TINY = ModelConfig(
-    block_size=16, vocab_size=20, n_prelude=1, n_block=2, n_coda=1, n_loop=3, n_head=2, n_embd=32, bptt_k=2
-)
+TINY = tiny_config()
 GREEDY = SampleConfig(temperature=0.0)
 NEW = 40  # past block_size (16) more than twice
 
@@ -24,7 +22,7 @@ NEW = 40  # past block_size (16) more than twice
 @functools.cache
 def _params(pos_encoding: str):
     cfg = dataclasses.replace(TINY, pos_encoding=pos_encoding)
-    return cfg, perturbed(init_params(cfg, jax.random.PRNGKey(0)), 0.3)
+    return cfg, perturbed_params(cfg, 0.3)
 
 
 def _prompt(length=5, batch=2):

@@ -12,26 +12,17 @@ import sys
 import jax
 import numpy as np
 import pytest
+from helpers import tiny_config
 
 from nanoloop_jax import checkpoint
-from nanoloop_jax.model import ModelConfig, init_params
+from nanoloop_jax.model import init_params
 from nanoloop_jax.sampling import KVDecoder, SampleConfig
 from nanoloop_jax.tokenizer import Tokenizer
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 CHARS = "\n !',.:;?abcdefghijklmnopqrstuvwxyz"  # 35 characters
 FIXTURE_PT = REPO_ROOT / "tests" / "fixtures" / "prc_inject_bptt" / "ckpt.pt"
-TINY = ModelConfig(
-    block_size=16,
-    vocab_size=40,  # padded past the 35 characters: ids 35..39 must never be sampled
-    n_prelude=1,
-    n_block=2,
-    n_coda=1,
-    n_loop=3,
-    n_head=2,
-    n_embd=32,
-    bptt_k=2,
-)
+TINY = tiny_config(vocab_size=40)  # padded past the 35 characters: ids 35..39 must never be sampled
 SEPARATOR = "---------------"
 
 

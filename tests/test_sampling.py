@@ -7,25 +7,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import perturbed
+from helpers import perturbed_params, tiny_config
 
-from nanoloop_jax.model import ModelConfig, init_params
 from nanoloop_jax.recompute import naive_generate, naive_windows
 from nanoloop_jax.recurrence import DecodeConfig
 from nanoloop_jax.sampling import KVDecoder, SampleConfig, filter_logits, sample_token
 
-TINY = ModelConfig(
-    block_size=16,
-    vocab_size=20,
-    n_prelude=1,
-    n_block=2,
-    n_coda=1,
-    n_loop=3,
-    n_head=2,
-    n_embd=32,
-    bptt_k=2,
-    input_injection="inject",
-)
+TINY = tiny_config()
 GREEDY = SampleConfig(temperature=0.0)
 NEW = 40  # past block_size (16) more than twice: the window restarts several times
 
@@ -34,7 +22,7 @@ NEW = 40  # past block_size (16) more than twice: the window restarts several ti
 def _params(injection: str):
     """Init params with every leaf nudged, so identity-like inits (inject, norms) don't hide bugs."""
     cfg = dataclasses.replace(TINY, input_injection=injection)
-    return cfg, perturbed(init_params(cfg, jax.random.PRNGKey(0)), 0.3)
+    return cfg, perturbed_params(cfg, 0.3)
 
 
 @functools.cache

@@ -5,6 +5,7 @@ import functools
 import jax
 import numpy as np
 import pytest
+from helpers import perturbed, tiny_config
 from ml_collections import ConfigDict
 
 from nanoloop_jax import checkpoint, sharding
@@ -13,9 +14,7 @@ from nanoloop_jax.model import LoopedGPT, ModelConfig
 from nanoloop_jax.optim import make_optimizer
 from nanoloop_jax.steps import init_train_state, make_train_step
 
-CFG = ModelConfig(
-    block_size=16, vocab_size=64, n_prelude=1, n_block=1, n_coda=1, n_loop=3, n_head=4, n_embd=32, bptt_k=2
-)
+CFG = tiny_config(vocab_size=64, n_block=1, n_head=4)
 OPT = base_config().opt
 OPT.update(dict(learning_rate=1e-2, min_lr=1e-3, warmup_iters=0, lr_decay_iters=10))
 
@@ -38,11 +37,7 @@ def _setup(shape):
 
 
 def _perturb(params):
-    leaves, tree = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(7), len(leaves))
-    return jax.tree_util.tree_unflatten(
-        tree, [x + 0.2 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
-    )
+    return perturbed(params, 0.2, seed=7)
 
 
 def _one_step(shape):

@@ -11,16 +11,14 @@ import jax
 import numpy as np
 import pytest
 from exit_oracle import Oracle
-from helpers import perturbed
+from helpers import perturbed_params, tiny_config
 
-from nanoloop_jax.model import LoopedGPT, ModelConfig, init_params
+from nanoloop_jax.model import LoopedGPT, ModelConfig
 from nanoloop_jax.recompute import naive_generate
 from nanoloop_jax.recurrence import EXIT_CRITERIA, DecodeConfig
 from nanoloop_jax.sampling import KVDecoder, SampleConfig
 
-TINY = ModelConfig(
-    block_size=16, vocab_size=20, n_prelude=1, n_block=2, n_coda=1, n_loop=3, n_head=2, n_embd=32, bptt_k=2
-)
+TINY = tiny_config()
 GREEDY = SampleConfig(temperature=0.0)
 # thresholds that make positions exit after different numbers of iterations with the params below
 EPS = {"none": 0.0, "latent_diff": 0.2, "kl": 0.05, "entropy": 0.05, "argmax": 0.0}
@@ -29,7 +27,7 @@ SETTINGS = [(0, False), (2, False), (0, True)]  # (kv_share, warm_start)
 
 @functools.cache
 def _params(cfg=TINY, scale=0.3):
-    return perturbed(init_params(cfg, jax.random.PRNGKey(0)), scale)
+    return perturbed_params(cfg, scale)
 
 
 @functools.cache
