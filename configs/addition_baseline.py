@@ -21,23 +21,12 @@ The 4-digit misses are the units digit of 4+4-digit sums (27% right with the tru
 other digits >= 99.7%, the units digit of every other length pair >= 97%): the looped model learned it.
 """
 
-import importlib.util
-import pathlib
-
-
-def _looped_config():
-    """configs/addition_looped.py's config, loaded by path (config files are not an importable package)."""
-    spec = importlib.util.spec_from_file_location(
-        "addition_looped", pathlib.Path(__file__).with_name("addition_looped.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from configs import addition_looped
 
 
 def get_config():
-    c = _looped_config()  # data, widths, optimizer and schedule exactly as the looped model's
-    c.out_dir = "out-addition-baseline"
+    c = addition_looped.get_config()  # data, widths, optimizer and schedule exactly as the looped model's
+    c.out_dir = "out-addition-baseline"  # its own directory: train.py resumes from whatever out_dir holds
     c.model.n_loop = 1  # the 3 blocks (and the inject layer, a learned linear map here) each run once
     c.train.eval_n_loops = "2,4"  # val loss if the middle block is re-run (depths never trained)
     return c

@@ -30,23 +30,12 @@ the length; nanoLOOP's inject init [I; 0] (additive_injection
 False): 0.974 at 8, 0.786 at 10, 0.184 at T(12) (0.456 adaptive).
 """
 
-import importlib.util
-import pathlib
-
-
-def _parity_config():
-    """configs/parity_lengthgen.py's config, loaded by path (config files are not an importable package)."""
-    spec = importlib.util.spec_from_file_location(
-        "parity_lengthgen", pathlib.Path(__file__).with_name("parity_lengthgen.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from configs import parity_lengthgen
 
 
 def get_config():
-    c = _parity_config()  # model, optimizer and depth rule as parity's
-    c.out_dir = "out-addition-lengthgen"
+    c = parity_lengthgen.get_config()  # model, optimizer and depth rule as parity's
+    c.out_dir = "out-addition-lengthgen"  # its own directory: train.py resumes from whatever out_dir holds
     c.data.dataset = "addition_lengthgen"  # python data/addition/prepare.py --lengthgen
     c.data.data_dir = "data/addition_lengthgen"  # not data/addition: that holds the concatenated-problems layout
     c.model.n_loop = 9  # T(8): the depth of the longest training input (used by the fixed-depth baseline)

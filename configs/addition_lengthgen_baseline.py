@@ -1,4 +1,4 @@
-"""Non-looped baseline for configs/addition_lengthgen.py: the same parameters (NoPE, one block) run once, n_loop 1.
+"""Non-looped baseline for configs/addition_lengthgen.py: the same parameters (RoPE, one block) run once, n_loop 1.
 
   python train.py --config=configs/addition_lengthgen_baseline.py
 
@@ -11,23 +11,9 @@ table in configs/addition_lengthgen.py). With pos_encoding='none', additive_inje
 at 2, 0.000 from 5 on.
 """
 
-import importlib.util
-import pathlib
-
-
-def _looped_config():
-    """configs/addition_lengthgen.py's config, loaded by path (config files are not an importable package)."""
-    spec = importlib.util.spec_from_file_location(
-        "addition_lengthgen", pathlib.Path(__file__).with_name("addition_lengthgen.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from configs import addition_lengthgen, parity_lengthgen
 
 
 def get_config():
-    c = _looped_config()  # data, width, optimizer and schedule exactly as the looped model's
-    c.out_dir = "out-addition-lengthgen-baseline"
-    c.model.n_loop = 1  # the block runs once: a plain 1-layer NoPE transformer
-    c.lengthgen.depth_rule = "fixed"  # T(n) = model.n_loop = 1 at every length
-    return c
+    # data, width, optimizer and schedule exactly as the looped model's; n_loop 1 and depth rule 'fixed'
+    return parity_lengthgen.one_pass_baseline(addition_lengthgen.get_config(), "out-addition-lengthgen-baseline")

@@ -25,7 +25,7 @@ from nanoloop_jax.config import base_config
 
 def get_config():
     c = base_config()
-    c.out_dir = "out-addition-looped"
+    c.out_dir = "out-addition-looped"  # its own directory: train.py resumes from whatever out_dir holds
     c.data.dataset = "addition"  # the synthetic addition task (data/addition/prepare.py)
     c.data.data_dir = "data/addition4"  # 1..4-digit operands: prepare.py --max_digits=4 --out_dir=data/addition4
     c.data.batch_size = 32  # windows per step (32 x 64 tokens, ~37% of them answer targets)

@@ -15,14 +15,12 @@ from nanoloop_jax.config import base_config
 
 def get_config():
     c = base_config()
-    c.out_dir = "out-gpt2-owt-looped"
-    c.data.dataset = "openwebtext"
-    c.data.batch_size = 480  # global; lower it and raise gradient_accumulation_steps if memory is short
-    c.data.gradient_accumulation_steps = 1
-    c.model.bptt_k = 4
+    c.out_dir = "out-gpt2-owt-looped"  # its own directory: train.py resumes from whatever out_dir holds
+    c.data.batch_size = 480  # global; lower it and raise data.gradient_accumulation_steps if memory is short
+    c.model.bptt_k = 4  # nanoLOOP train.py's default: gradient through the last 4 (here all) iterations
     c.model.attention = "auto"  # cuDNN flash attention on GPUs, the Pallas flash kernel on TPUs (kernels.py)
     c.model.remat_policy = "dots_with_no_batch_dims_saveable"  # keep matmul outputs, recompute the rest
-    c.train.eval_interval = 1000
-    c.train.eval_iters = 100
-    c.train.log_interval = 10
+    c.train.eval_interval = 1000  # steps between evaluations and checkpoints: ~0.5B tokens apart
+    c.train.eval_iters = 100  # batches per split per evaluation: 49M tokens drawn from the ~4M-token val split
+    c.train.log_interval = 10  # a training line every 10 steps
     return c

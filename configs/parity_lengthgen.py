@@ -35,7 +35,7 @@ from nanoloop_jax.config import base_config
 
 def get_config():
     c = base_config()
-    c.out_dir = "out-parity-lengthgen"
+    c.out_dir = "out-parity-lengthgen"  # its own directory: train.py resumes from whatever out_dir holds
     c.seed = 0  # param init and the (length, rows) of every batch
     c.data.dataset = "parity"  # data/parity/prepare.py
     c.data.data_dir = "data/parity"  # lengthgen.npz + meta.json, made from the lengthgen section if missing
@@ -69,7 +69,15 @@ def get_config():
     c.lengthgen.data_seed = 0  # every data file is a pure function of this
     c.lengthgen.depth_rule = "linear"  # 'linear': T(n) = depth_scale·n + depth_offset | 'fixed': model.n_loop
     c.lengthgen.depth_scale = 1  # T(n) = n + 1: one iteration per input bit plus the '=' slot
-    c.lengthgen.depth_offset = 1
+    c.lengthgen.depth_offset = 1  # the '+ 1' of T(n) = n + 1: the '=' slot after the last bit
     c.lengthgen.eval_extra_depth = 10  # evaluate n_loop up to max T(n) + this (the confidence stop's range)
     c.lengthgen.eval_batch_size = 250  # test problems per evaluation batch
+    return c
+
+
+def one_pass_baseline(c: ConfigDict, out_dir: str) -> ConfigDict:
+    """The non-looped baseline of a length-generalization config c: the same parameters, run once at every length."""
+    c.out_dir = out_dir  # its own directory: train.py resumes from whatever out_dir holds
+    c.model.n_loop = 1  # the block runs once: a plain 1-layer transformer (c's position encoding)
+    c.lengthgen.depth_rule = "fixed"  # T(n) = model.n_loop = 1 at every length
     return c

@@ -14,9 +14,12 @@ import http.client
 import json
 import os
 import pathlib
+import sys
 import urllib.request
+from collections.abc import Callable
 
 import numpy as np
+from absl import app, flags, logging
 
 from nanoloop_jax.data import DataError
 from nanoloop_jax.tokenizer import gpt2_encoding
@@ -61,6 +64,35 @@ def prepare_command(dataset: str, data_dir: str | os.PathLike, *options: str) ->
     if pathlib.Path(data_dir).resolve() != pathlib.Path("data", dataset).resolve():
         command += f" --out_dir={data_dir}"
     return command
+
+
+def run_script(prepare: Callable[[], object], errors: tuple[type[Exception], ...] = (DataError,)) -> None:
+    """app.run a data/<name>/prepare.py: prepare() reads the flags and writes the files.
+
+    A flag mistake is absl's `FATAL Flags parsing error` line; a stray positional argument or one of
+    `errors` (a mistake the user can fix: bad values, a missing input) is one `error:` line, exit status 1.
+    """
+
+    def main(argv: list[str]) -> None:
+        logging.set_verbosity(logging.WARNING)  # absl would print the libraries' INFO logs (datasets, jax)
+        if len(argv) > 1:
+            sys.exit(f"error: unexpected arguments {' '.join(argv[1:])} (every option is a --flag)")
+        try:
+            prepare()
+        except errors as e:
+            sys.exit(f"error: {e}")
+
+    app.run(main)
+
+
+def run_shakespeare_script(
+    prepare: Callable[[pathlib.Path | str, str | None], object], default_out_dir: pathlib.Path
+) -> None:
+    """data/shakespeare*/prepare.py: flags --input (a local copy of the text) and --out_dir, then prepare()."""
+    flags.disclaim_key_flags()  # the flags below are the calling script's: its --help lists them
+    input_path = flags.DEFINE_string("input", None, "local tiny-shakespeare text (default: download)")
+    out_dir = flags.DEFINE_string("out_dir", str(default_out_dir), "where to write (default: next to this script)")
+    run_script(lambda: prepare(out_dir.value, input_path.value))
 
 
 def read_shakespeare(

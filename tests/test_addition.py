@@ -2,7 +2,6 @@
 
 import csv
 import functools
-import importlib.util
 import json
 import pathlib
 
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 from helpers import tiny_config
 
+from configs import addition_baseline, addition_looped
 from nanoloop_jax import addition, checkpoint, eval_addition
 from nanoloop_jax.config import model_config
 from nanoloop_jax.data import BatchSampler
@@ -208,13 +208,6 @@ def test_eval_cli_on_a_tiny_checkpoint(tmp_path, data_dir, tiny_params, capsys):
     assert "--data_dir" in capsys.readouterr().err
 
 
-def load_config(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
 def flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -223,7 +216,7 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 
 def test_baseline_is_the_looped_config_run_once_with_the_same_parameters():
-    looped, baseline = load_config("addition_looped"), load_config("addition_baseline")
+    looped, baseline = addition_looped.get_config(), addition_baseline.get_config()
     a, b = flatten(looped.to_dict()), flatten(baseline.to_dict())
     assert {k for k in a if a[k] != b[k]} == {"out_dir", "model.n_loop", "train.eval_n_loops"}
     assert (looped.model.n_loop, baseline.model.n_loop) == (4, 1)

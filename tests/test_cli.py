@@ -11,7 +11,7 @@ from ml_collections import config_flags
 from nanoloop_jax.cli import parse_flags
 
 CONFIG = "configs/shakespeare_char_looped.py"
-CONFIG_FILES = sorted(p.name for p in (REPO_ROOT / "configs").glob("*.py"))
+CONFIG_FILES = sorted(p.name for p in (REPO_ROOT / "configs").glob("*.py") if not p.name.startswith("_"))
 NLOOP = (
     [f"--config={CONFIG}:cpu", "--config.model.nloop=3"],
     "error: unknown field model.nloop (did you mean model.n_loop?)",

@@ -1,8 +1,6 @@
 """Length generalization: task data, the depth rule, T(n)-deep training in one compile, accuracy.csv, configs."""
 
 import csv
-import importlib.util
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -12,25 +10,22 @@ import pytest
 from helpers import tiny_config
 from ml_collections import ConfigDict
 
+from configs import addition_lengthgen, addition_lengthgen_baseline, parity_lengthgen, parity_lengthgen_baseline
 from nanoloop_jax import convert, lengthgen_data
 from nanoloop_jax.eval_lengthgen import Result, format_table, read_csv, write_csv
 from nanoloop_jax.lengthgen import accuracies, answers_per_iteration, logits_at_depth, make_train_step
 from nanoloop_jax.model import LoopedGPT, ModelConfig, init_params
 from nanoloop_jax.steps import TrainState, cross_entropy
 
-CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
+LENGTHGEN_CONFIGS = {  # task -> its looped config and that config's one-pass baseline
+    "parity": (parity_lengthgen, parity_lengthgen_baseline),
+    "addition": (addition_lengthgen, addition_lengthgen_baseline),
+}
 ITOS = dict(enumerate(lengthgen_data.CHARS))
 
 
 def _text(row) -> str:
     return "".join(ITOS[int(t)] for t in row)
-
-
-def _config(name: str):
-    spec = importlib.util.spec_from_file_location(name, CONFIGS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def test_parity_problems_have_their_length_and_parity():
@@ -143,8 +138,8 @@ def test_accuracy_csv_columns(tmp_path):
 
 @pytest.mark.parametrize("task", ["parity", "addition"])
 def test_baseline_differs_from_looped_only_in_depth(task):
-    looped = _config(f"{task}_lengthgen").to_dict()
-    base = _config(f"{task}_lengthgen_baseline").to_dict()
+    looped_config, baseline_config = LENGTHGEN_CONFIGS[task]
+    looped, base = looped_config.get_config().to_dict(), baseline_config.get_config().to_dict()
     diff = {
         (section, k)
         for section in looped
@@ -177,7 +172,7 @@ def test_train_py_path_trains_and_writes_accuracy_csv(tmp_path):
     """train.py's path for a lengthgen config prepares data, trains, checkpoints and writes accuracy.csv."""
     from nanoloop_jax.lengthgen_train import LengthGenTrainer
 
-    c = _config("parity_lengthgen")
+    c = parity_lengthgen.get_config()
     c.out_dir, c.data.data_dir = str(tmp_path / "out"), str(tmp_path / "data")
     c.model.n_embd, c.model.n_head, c.model.block_size = 16, 2, 8
     c.data.batch_size, c.train.max_iters, c.train.eval_interval, c.train.log_interval = 4, 2, 1, 1

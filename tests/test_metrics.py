@@ -1,19 +1,14 @@
 """Step timing that measures the step alone, and the up-front warning for a config far too large for a CPU."""
 
-import importlib.util
-
 import pytest
-from helpers import REPO_ROOT
 
+from configs import shakespeare_char_looped
 from nanoloop_jax import flops, metrics
 from nanoloop_jax.config import model_config
 
 
 def _config(variant: str):
-    spec = importlib.util.spec_from_file_location("c", REPO_ROOT / "configs" / "shakespeare_char_looped.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(variant)
+    config = shakespeare_char_looped.get_config(variant)
     return config, model_config(config.model, vocab_size=65)
 
 

@@ -1,6 +1,6 @@
 """End-to-end training: configs, clear errors, checkpoint/resume (exact, after kill -9), SIGTERM, NaN guard."""
 
-import importlib.util
+import importlib
 import json
 import os
 import shutil
@@ -29,9 +29,7 @@ CONFIGS = [
 
 
 def _load_config(name, variant):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = importlib.import_module(f"configs.{name}")
     return module, (module.get_config() if variant is None else module.get_config(variant))
 
 

@@ -14,62 +14,52 @@ files. The format and layout are described in nanoloop_jax/addition.py.
 
 """
 
-import argparse
 import pathlib
 import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # run from a checkout even if the package is not installed
 
+from absl import flags  # noqa: E402
+
 from nanoloop_jax.addition import prepare_addition  # noqa: E402
 from nanoloop_jax.lengthgen_data import prepare_lengthgen  # noqa: E402
+from nanoloop_jax.prepare import run_script  # noqa: E402
+
+OUT_DIR = flags.DEFINE_string("out_dir", str(HERE), "where to write (default: next to this script)")
+MAX_DIGITS = flags.DEFINE_integer("max_digits", 8, "train/val operands have 1..max_digits digits")
+MAX_TEST_DIGITS = flags.DEFINE_integer("max_test_digits", None, "test sets 1..this (default 2·max_digits)")
+NUM_TRAIN = flags.DEFINE_integer("num_train", 500_000, "training problems (~18 tokens each)")
+NUM_VAL = flags.DEFINE_integer("num_val", 10_000, "validation problems")
+NUM_TEST = flags.DEFINE_integer("num_test", 1_000, "problems per test length")
+SEED = flags.DEFINE_integer("seed", 0, "every file is a pure function of this")
+LENGTHGEN = flags.DEFINE_boolean("lengthgen", False, "the one-length-per-batch layout (lengthgen.npz)")
+NUM_TRAIN_PER_LENGTH = flags.DEFINE_integer("num_train_per_length", 20_000, "--lengthgen: problems per length")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out_dir", default=str(HERE), help="where to write (default: next to this script)")
-    parser.add_argument("--max_digits", type=int, default=8, help="train/val operands have 1..max_digits digits")
-    parser.add_argument("--max_test_digits", type=int, default=None, help="test sets 1..this (default 2·max_digits)")
-    parser.add_argument("--num_train", type=int, default=500_000, help="training problems (~18 tokens each)")
-    parser.add_argument("--num_val", type=int, default=10_000, help="validation problems")
-    parser.add_argument("--num_test", type=int, default=1_000, help="problems per test length")
-    parser.add_argument("--seed", type=int, default=0, help="every file is a pure function of this")
-    parser.add_argument("--lengthgen", action="store_true", help="the one-length-per-batch layout (lengthgen.npz)")
-    parser.add_argument("--num_train_per_length", type=int, default=20_000, help="--lengthgen: problems per length")
-    args = parser.parse_args()
-    if args.lengthgen:
-        max_test = args.max_test_digits or 2 * args.max_digits
-        try:
-            prepare_lengthgen(
-                args.out_dir,
-                "addition",
-                (1, args.max_digits),
-                tuple(range(1, max_test + 1)),
-                args.num_train_per_length,
-                args.num_test,
-                args.seed,
-            )
-        except ValueError as e:
-            sys.exit(f"error: {e}")
-        print(f"addition (lengthgen): train 1..{args.max_digits} digits, test 1..{max_test} -> {args.out_dir}")
-        return
-    try:
-        meta = prepare_addition(
-            args.out_dir,
-            max_digits=args.max_digits,
-            max_test_digits=args.max_test_digits,
-            num_train=args.num_train,
-            num_val=args.num_val,
-            num_test=args.num_test,
-            seed=args.seed,
+def prepare() -> None:
+    if LENGTHGEN.value:
+        max_test = MAX_TEST_DIGITS.value or 2 * MAX_DIGITS.value
+        train, tests = (1, MAX_DIGITS.value), tuple(range(1, max_test + 1))
+        prepare_lengthgen(
+            OUT_DIR.value, "addition", train, tests, NUM_TRAIN_PER_LENGTH.value, NUM_TEST.value, SEED.value
         )
-    except ValueError as e:
-        sys.exit(f"error: {e}")
+        print(f"addition (lengthgen): train 1..{MAX_DIGITS.value} digits, test 1..{max_test} -> {OUT_DIR.value}")
+        return
+    meta = prepare_addition(
+        OUT_DIR.value,
+        max_digits=MAX_DIGITS.value,
+        max_test_digits=MAX_TEST_DIGITS.value,
+        num_train=NUM_TRAIN.value,
+        num_val=NUM_VAL.value,
+        num_test=NUM_TEST.value,
+        seed=SEED.value,
+    )
     print(
         f"train has {meta['train_tokens']:,} tokens, val {meta['val_tokens']:,}; "
-        f"test_1..test_{meta['max_test_digits']}.json with {args.num_test:,} problems each -> {args.out_dir}"
+        f"test_1..test_{meta['max_test_digits']}.json with {NUM_TEST.value:,} problems each -> {OUT_DIR.value}"
     )
 
 
 if __name__ == "__main__":
-    main()
+    run_script(prepare, errors=(ValueError,))

@@ -7,7 +7,6 @@ For openwebtext this writes train.bin (~9B tokens, ~17 GB) and val.bin (~4M toke
 file, plus meta.json. Every document ends with <|endoftext|>; a .txt file is one document.
 """
 
-import argparse
 import os
 import pathlib
 import sys
@@ -15,34 +14,28 @@ import sys
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # run from a checkout even if the package is not installed
 
-from nanoloop_jax.data import DataError  # noqa: E402
-from nanoloop_jax.prepare import prepare_openwebtext  # noqa: E402
+from absl import flags  # noqa: E402
+
+from nanoloop_jax.prepare import prepare_openwebtext, run_script  # noqa: E402
+
+DATASET = flags.DEFINE_string("dataset", "openwebtext", "HF hub name, or a local file or directory")
+NUM_PROC = flags.DEFINE_integer(
+    "num_proc", max(1, (os.cpu_count() or 2) // 2), "tokenizer worker processes (default: half the CPU cores)"
+)
+TEXT_FIELD = flags.DEFINE_string("text_field", "text", "the column holding each document's text")
+VAL_FRACTION = flags.DEFINE_float("val_fraction", 0.0005, "share of documents held out")
+OUT_DIR = flags.DEFINE_string("out_dir", str(HERE), "where to write (default: next to this script)")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="openwebtext", help="HF hub name, or a local file or directory")
-    parser.add_argument(
-        "--num_proc",
-        type=int,
-        default=max(1, (os.cpu_count() or 2) // 2),
-        help="tokenizer worker processes (default: half the CPU cores)",
+def prepare() -> None:
+    prepare_openwebtext(
+        OUT_DIR.value,
+        dataset=DATASET.value,
+        num_proc=NUM_PROC.value,
+        val_fraction=VAL_FRACTION.value,
+        text_field=TEXT_FIELD.value,
     )
-    parser.add_argument("--text_field", default="text", help="the column holding each document's text")
-    parser.add_argument("--val_fraction", type=float, default=0.0005, help="share of documents held out")
-    parser.add_argument("--out_dir", default=str(HERE), help="where to write (default: next to this script)")
-    args = parser.parse_args()
-    try:
-        prepare_openwebtext(
-            args.out_dir,
-            dataset=args.dataset,
-            num_proc=args.num_proc,
-            val_fraction=args.val_fraction,
-            text_field=args.text_field,
-        )
-    except DataError as e:
-        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
-    main()
+    run_script(prepare)

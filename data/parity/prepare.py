@@ -8,35 +8,35 @@ file; the same seed gives the same files. Format and layout: nanoloop_jax/length
 runs this itself for configs/parity_lengthgen.py when the data is missing.
 """
 
-import argparse
 import pathlib
 import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # run from a checkout even if the package is not installed
 
+from absl import flags  # noqa: E402
+
 from nanoloop_jax.lengthgen_data import prepare_lengthgen  # noqa: E402
+from nanoloop_jax.prepare import run_script  # noqa: E402
+
+OUT_DIR = flags.DEFINE_string("out_dir", str(HERE), "where to write (default: next to this script)")
+MIN_LENGTH = flags.DEFINE_integer("min_length", 1, "shortest training input (bits)")
+MAX_LENGTH = flags.DEFINE_integer("max_length", 20, "longest training input (bits)")
+TEST_LENGTHS = flags.DEFINE_list("test_lengths", "5,10,15,20,25,30,35,40,45,50", "comma-separated test lengths")
+NUM_TRAIN = flags.DEFINE_integer("num_train", 20_000, "training problems per length")
+NUM_TEST = flags.DEFINE_integer("num_test", 500, "test problems per length")
+SEED = flags.DEFINE_integer("seed", 0, "every file is a pure function of this")
+flags.register_validator(
+    "test_lengths", lambda lengths: all(s.isdigit() for s in lengths if s), "must be whole numbers, e.g. 5,10,20"
+)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out_dir", default=str(HERE), help="where to write (default: next to this script)")
-    p.add_argument("--min_length", type=int, default=1, help="shortest training input (bits)")
-    p.add_argument("--max_length", type=int, default=20, help="longest training input (bits)")
-    p.add_argument("--test_lengths", default="5,10,15,20,25,30,35,40,45,50", help="comma-separated test lengths")
-    p.add_argument("--num_train", type=int, default=20_000, help="training problems per length")
-    p.add_argument("--num_test", type=int, default=500, help="test problems per length")
-    p.add_argument("--seed", type=int, default=0, help="every file is a pure function of this")
-    args = p.parse_args()
-    tests = tuple(int(s) for s in args.test_lengths.split(",") if s.strip())
-    try:
-        prepare_lengthgen(
-            args.out_dir, "parity", (args.min_length, args.max_length), tests, args.num_train, args.num_test, args.seed
-        )
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    print(f"parity: train lengths {args.min_length}..{args.max_length}, test lengths {tests} -> {args.out_dir}")
+def prepare() -> None:
+    tests = tuple(int(s) for s in TEST_LENGTHS.value if s)
+    train = (MIN_LENGTH.value, MAX_LENGTH.value)
+    prepare_lengthgen(OUT_DIR.value, "parity", train, tests, NUM_TRAIN.value, NUM_TEST.value, SEED.value)
+    print(f"parity: train lengths {train[0]}..{train[1]}, test lengths {tests} -> {OUT_DIR.value}")
 
 
 if __name__ == "__main__":
-    main()
+    run_script(prepare, errors=(ValueError,))

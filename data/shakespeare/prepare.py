@@ -6,27 +6,13 @@
 Writes train.bin (301,966 tokens), val.bin (36,059 tokens) and meta.json next to this file.
 """
 
-import argparse
 import pathlib
 import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # run from a checkout even if the package is not installed
 
-from nanoloop_jax.data import DataError  # noqa: E402
-from nanoloop_jax.prepare import prepare_shakespeare  # noqa: E402
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--input", help="local tiny-shakespeare text (default: download)")
-    parser.add_argument("--out_dir", default=str(HERE), help="where to write (default: next to this script)")
-    args = parser.parse_args()
-    try:
-        prepare_shakespeare(args.out_dir, args.input)
-    except DataError as e:
-        sys.exit(f"error: {e}")
-
+from nanoloop_jax.prepare import prepare_shakespeare, run_shakespeare_script  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    run_shakespeare_script(prepare_shakespeare, HERE)  # flags --input, --out_dir

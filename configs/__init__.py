@@ -1,0 +1,1 @@
+"""Run configs for train.py / bench.py / sample.py (`--config=configs/X.py[:variant]`); they import each other."""
