@@ -27,6 +27,8 @@ import pathlib
 
 import numpy as np
 
+from nanoloop_jax.fileio import write_atomic
+
 PAD, END = " ", "\n"
 CHARS = sorted("0123456789+=" + PAD + END)  # '\n', ' ', '+', '0'..'9', '='
 STOI = {ch: i for i, ch in enumerate(CHARS)}
@@ -86,13 +88,6 @@ def encode_problems(a, b) -> tuple[np.ndarray, np.ndarray]:
     return ids, np.frombuffer(b"".join(masks), np.uint8)
 
 
-def _write_atomic(path: pathlib.Path, data: bytes) -> None:
-    """Write via a temporary file and a rename, so a crash never leaves a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def prepare_addition(
     out_dir: str | os.PathLike,
     *,
@@ -125,15 +120,15 @@ def prepare_addition(
     for d in range(1, max_test_digits + 1):
         a, b = fixed_problems(np.random.default_rng([seed, TEST_STREAM + d]), num_test, d)
         record = {"digits": d, "a": [str(x) for x in a], "b": [str(x) for x in b]}
-        _write_atomic(out_dir / f"test_{d}.json", json.dumps(record).encode())
+        write_atomic(out_dir / f"test_{d}.json", json.dumps(record).encode())
     # train.bin last: its presence is what ensure_prepared takes as "this dataset is complete"
     for split, stream, n in (("val", VAL_STREAM, num_val), ("train", TRAIN_STREAM, num_train)):
         ids, mask = encode_problems(*mixed_problems(np.random.default_rng([seed, stream]), n, max_digits))
         meta[f"{split}_tokens"] = int(ids.size)
         if split == "train":
-            _write_atomic(out_dir / "meta.json", json.dumps(meta).encode())
-        _write_atomic(out_dir / f"{split}_mask.bin", mask.tobytes())
-        _write_atomic(out_dir / f"{split}.bin", ids.tobytes())
+            write_atomic(out_dir / "meta.json", json.dumps(meta).encode())
+        write_atomic(out_dir / f"{split}_mask.bin", mask.tobytes())
+        write_atomic(out_dir / f"{split}.bin", ids.tobytes())
     return meta
 
 

@@ -31,6 +31,7 @@ import pathlib
 import numpy as np
 
 from nanoloop_jax.addition import fixed_problems, random_operands
+from nanoloop_jax.fileio import write_atomic
 
 TASKS = ("parity", "addition")
 DEPTH_RULES = ("linear", "fixed")
@@ -129,7 +130,7 @@ def prepare_lengthgen(
     tmp = out_dir / f"{FILE}.{os.getpid()}.tmp.npz"  # per process: two runs may prepare at once
     np.savez_compressed(tmp, **arrays)
     os.replace(tmp, out_dir / FILE)
-    (out_dir / "meta.json").write_text(json.dumps(meta))  # last: its presence marks the data complete
+    write_atomic(out_dir / "meta.json", json.dumps(meta).encode())  # last: its presence marks the data complete
     return meta
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from nanoloop_jax.data import DataError
+from nanoloop_jax.fileio import write_atomic
 from nanoloop_jax.tokenizer import gpt2_encoding
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -39,23 +40,16 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
-def _write_atomic(path: pathlib.Path, data: bytes) -> None:
-    """Write via a temporary file and a rename, so readers never see a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _write_meta(out_dir: pathlib.Path, meta: dict) -> None:
     """meta.json: JSON rather than nanoGPT's meta.pkl, because unpickling can run arbitrary code."""
-    _write_atomic(out_dir / "meta.json", json.dumps(meta).encode())
+    write_atomic(out_dir / "meta.json", json.dumps(meta).encode())
 
 
 def _write_splits(out_dir: pathlib.Path, train_ids: list[int], val_ids: list[int], meta: dict) -> None:
     """val.bin, meta.json, then train.bin: train.bin last marks the dataset complete."""
-    _write_atomic(out_dir / "val.bin", np.asarray(val_ids, dtype=np.uint16).tobytes())
+    write_atomic(out_dir / "val.bin", np.asarray(val_ids, dtype=np.uint16).tobytes())
     _write_meta(out_dir, meta)
-    _write_atomic(out_dir / "train.bin", np.asarray(train_ids, dtype=np.uint16).tobytes())
+    write_atomic(out_dir / "train.bin", np.asarray(train_ids, dtype=np.uint16).tobytes())
 
 
 def prepare_command(dataset: str, data_dir: str | os.PathLike, *options: str) -> str:
@@ -117,7 +111,7 @@ def read_shakespeare(
                     + prepare_command(dataset, out_dir, "--input=/path/to/input.txt")
                 ) from e
             path.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomic(path, data)
+            write_atomic(path, data)
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
