@@ -25,9 +25,12 @@ def prepare_data(config) -> dict | None:
     from jax.experimental import multihost_utils
 
     from nanoloop_jax.data import data_dir_of, load_meta
+    from nanoloop_jax.lengthgen_data import ensure_lengthgen_data
     from nanoloop_jax.prepare import ensure_prepared
 
     data_dir = data_dir_of(config.data)
+    if "lengthgen" in config:  # a length-generalization task: made from config.lengthgen
+        return ensure_lengthgen_data(data_dir, config.lengthgen)
     if jax.process_index() == 0:
         ensure_prepared(config.data.dataset, data_dir)
     if jax.process_count() > 1:
@@ -42,12 +45,8 @@ def train(config, preemption) -> dict:
     from nanoloop_jax.metrics import MetricsLogger
     from nanoloop_jax.optim import make_optimizer
     from nanoloop_jax.train_state import start_state
-    from nanoloop_jax.trainer import Trainer
+    from nanoloop_jax.trainer import trainer_class
 
-    if "lengthgen" in config:  # length-generalization task: its own data and per-length evaluation
-        from nanoloop_jax.lengthgen_train import LengthGenTrainer
-
-        return LengthGenTrainer(config).run()
     sharding.maybe_initialize_distributed(config.distributed)
     os.makedirs(config.out_dir, exist_ok=True)
     logger = MetricsLogger(config.out_dir, config, config.wandb)
@@ -55,7 +54,7 @@ def train(config, preemption) -> dict:
     mesh, rules = sharding.make_mesh(config.mesh), sharding.logical_rules(config.mesh)
     warn = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731  (process 0 only: start_state)
     start = start_state(config, data_meta, make_optimizer(config.opt), mesh, rules, logger.print, warn)
-    return Trainer(config, start, mesh, rules, logger, preemption).run()
+    return trainer_class(config)(config, start, mesh, rules, logger, preemption).run()
 
 
 def main(argv: list[str]) -> int:

@@ -10,7 +10,7 @@ the carry moves one slot per iteration at every length.
 
 Measured (2 CPU cores shared with other jobs, load 5-13): 2,000 steps in 13 min (769 s), evaluation 83 s;
 exact match on 500 problems per length (100 for 1 digit); base@1 = configs/addition_lengthgen_baseline.py
-(RoPE, n_loop 1), NoPE@1 = that baseline with pos_encoding='none' and additive_injection=False:
+(RoPE, n_loop 1), NoPE@1 = that baseline with pos_encoding='none' and model.inject_init='identity':
   digits  T(n)  acc@T(n)  adaptive   n=1   base@1  NoPE@1
      1      2    1.000     0.890   0.150   1.000   1.000
      4      5    0.976     0.924   0.000   0.912   0.006
@@ -26,8 +26,8 @@ T(12), 0.72 with the confidence stop. The heat map shows why: every length is so
 ~11 whatever its length, so the model learned a fixed-depth (carry look-ahead) circuit rather than a
 carry that moves one slot per iteration, and the one-pass baseline does as well. Tried: NoPE (the
 paper's; 3,000 steps, 8 min): 0.450 at 8 digits, 0.132 at 10, 0.006 at 12, its best n_loop growing with
-the length; nanoLOOP's inject init [I; 0] (additive_injection
-False): 0.974 at 8, 0.786 at 10, 0.184 at T(12) (0.456 adaptive).
+the length; nanoLOOP's inject init [I; 0] (model.inject_init
+'identity'): 0.974 at 8, 0.786 at 10, 0.184 at T(12) (0.456 adaptive).
 """
 
 from configs import parity_lengthgen

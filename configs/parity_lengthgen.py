@@ -48,6 +48,7 @@ def get_config():
     c.model.pos_encoding = "none"  # NoPE, as the paper: causal attention is the only source of order
     c.model.input_injection = "inject"  # the embeddings re-enter every iteration (the paper's input injection)
     c.model.bptt_k = None  # full backprop through all T(n) iterations (lengthgen.py's scan + cond)
+    c.model.inject_init = "additive"  # inject starts as e + s (the paper's); as e alone: chance at length 4
     c.opt.learning_rate = 1e-3  # peak
     c.opt.min_lr = 1e-4  # end of the cosine
     c.opt.warmup_iters = 50  # linear warmup steps: short, the curriculum starts on 1-bit inputs anyway
@@ -55,15 +56,15 @@ def get_config():
     c.opt.beta2 = 0.99  # small batches
     c.opt.weight_decay = 0.1  # AdamW on matrices
     c.train.max_iters = 3000  # optimizer steps (14 min on 2 shared cores; at 2,000: 0.910 at 40 bits)
-    c.train.eval_interval = 500  # checkpoint every this many steps
+    c.train.eval_interval = 500  # loss on held-out problems of the trained lengths, and a checkpoint
+    c.train.eval_iters = 20  # batches per split in each evaluation (the per-length accuracy runs at the end)
     c.train.log_interval = 50  # print a training line every this many steps
 
-    c.lengthgen = ConfigDict()  # its presence makes train.py run nanoloop_jax/lengthgen_train.py
+    c.lengthgen = ConfigDict()  # its presence makes train.py train on this task (nanoloop_jax/lengthgen_train.py)
     c.lengthgen.task = "parity"  # 'parity' | 'addition'
     c.lengthgen.train_lengths = (1, 20)  # min, max input length in training (bits; addition: operand digits)
     c.lengthgen.test_lengths = (5, 10, 15, 20, 25, 30, 35, 40, 45, 50)  # evaluated lengths
     c.lengthgen.curriculum_steps = 1200  # the longest training length grows 1 -> 20 over these steps
-    c.lengthgen.additive_injection = True  # inject starts as e + s (the paper's); as e alone: chance at length 4
     c.lengthgen.num_train = 20_000  # training problems per length (sampled with replacement)
     c.lengthgen.num_test = 500  # test problems per length
     c.lengthgen.data_seed = 0  # every data file is a pure function of this

@@ -33,6 +33,7 @@ def base_config() -> ConfigDict:
     c.model.bias = False  # biases in Linear layers
     c.model.bptt_k = config_dict.placeholder(int)  # backprop through the last k iterations (None or 0 = all)
     c.model.input_injection = "inject"  # 'inject' | 'inject_random' | 'passthrough'
+    c.model.inject_init = "identity"  # inject kernel at init: 'identity' [I; 0] (nanoLOOP) | 'additive' [I; I]
     c.model.loop_sampling = "fixed"  # 'fixed' (n_loop) | 'poisson_lognormal' (depth drawn per training step)
     c.model.n_loop_mean = 4.0  # poisson_lognormal: mean depth (>= bptt_k); eval/sampling still use n_loop
     c.model.n_loop_max = 32  # poisson_lognormal: cap on the sampled depth

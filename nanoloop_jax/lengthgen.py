@@ -25,7 +25,6 @@ import optax
 
 from nanoloop_jax import steps
 from nanoloop_jax.model import LoopBody, LoopedGPT, ModelConfig
-from nanoloop_jax.steps import TrainState
 
 
 def check_model(config: ModelConfig) -> None:
@@ -75,21 +74,24 @@ def logits_at_depth(model: LoopedGPT, params: Any, idx_BxT: jax.Array, depth: ja
 
 
 def make_train_step(model: LoopedGPT, tx: optax.GradientTransformation, schedule: optax.Schedule, max_depth: int):
-    """train_step(state, x, y, depth) -> (state, metrics): steps.make_train_step with the loss on y >= 0 after
-    `depth` iterations of logits_at_depth, for one (B, T) batch."""
-    step = steps.make_train_step(
+    """train_step(state, batch, key, depth) -> (state, metrics): steps.make_train_step with the loss on y >= 0
+    after `depth` (traced) iterations of logits_at_depth."""
+    return steps.make_train_step(
         model,
         tx,
         schedule,
         dynamic_depth=True,
         logits_fn=lambda params, x, key, depth: logits_at_depth(model, params, x, depth, max_depth),
     )
-    no_key = jax.random.PRNGKey(0)  # no dropout or noise in these runs (check_model)
 
-    def train_step(state: TrainState, x: jax.Array, y: jax.Array, depth: jax.Array) -> tuple[TrainState, dict]:
-        return step(state, {"x": x[None], "y": y[None]}, no_key, depth)
 
-    return train_step
+def make_eval_step(model: LoopedGPT, max_depth: int):
+    """eval_step(params, batch, depth) -> the mean loss of one (B, T) batch after `depth` (traced) iterations."""
+
+    def eval_step(params, batch: dict, depth: jax.Array) -> jax.Array:
+        return steps.cross_entropy(logits_at_depth(model, params, batch["x"], depth, max_depth), batch["y"])
+
+    return eval_step
 
 
 def answers_per_iteration(

@@ -194,10 +194,18 @@ class LengthBatches:
             return hi
         return min(hi, lo + int(np.ceil((hi - lo) * step / self.curriculum_steps)))
 
+    def _draw_length(self, step: int) -> tuple[int, np.random.Generator]:
+        """The length of `step` and the generator that then draws its rows."""
+        rng = np.random.default_rng([self.seed, 0x1E96, step])
+        return int(rng.choice(self.lengths[: self.longest(step) - self.lengths[0] + 1])), rng
+
+    def length(self, step: int) -> int:
+        """The input length n of the batch of `step` (so the loop knows its depth T(n) before the batch)."""
+        return self._draw_length(step)[0]
+
     def get(self, step: int) -> tuple[int, np.ndarray, np.ndarray]:
         """(n, x, y) for `step`: a pure function of (seed, step); x padded with PAD, y with -1, to self.width."""
-        rng = np.random.default_rng([self.seed, 0x1E96, step])
-        n = int(rng.choice(self.lengths[: self.longest(step) - self.lengths[0] + 1]))
+        n, rng = self._draw_length(step)
         xs, ys = self.pools[n]
         rows = rng.integers(0, len(xs), self.batch_size)
         return n, *pad_rows(xs[rows], ys[rows], self.width)

@@ -1,141 +1,147 @@
-"""The training loop of configs with a `lengthgen` section: one length n per batch, T(n) loop iterations, then
-the per-length evaluation (accuracy.csv, heat map) in out_dir. train.py runs it for such configs.
+"""Training on a length-generalization task (configs with a `lengthgen` section): the Trainer's loop with
+one length n per batch, T(n) loop iterations with full backprop, and the per-length accuracy at the end.
 
-Single device on purpose: these models are ~100k parameters and the runs are sized for a 2-core CPU.
-Resumes from the newest checkpoint in out_dir (batches and depths are pure functions of seed and step);
-a run already at max_iters only re-runs the evaluation.
+What differs from language modelling, and nothing else, is overridden here:
+  data      LengthBatches: step s draws one length n and batch_size problems of it (lengthgen_data.py)
+  depth     T(n) of the step's length, traced: one compiled step for every length (lengthgen.py)
+  eval      every eval_interval: the loss at T(n) on fresh draws of the training lengths (train) and on
+            the held-out test problems of the trained lengths (val); a checkpoint follows
+  finish    accuracy at every (test length, n_loop) and with the confidence stop: accuracy.csv, heat map
+A run already at max_iters only re-runs the final evaluation. Single process: these models are ~100k
+parameters and the runs are sized for a 2-core CPU (they do use every local device of the mesh).
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from nanoloop_jax import checkpoint, lengthgen_data
-from nanoloop_jax.config import model_config
+from nanoloop_jax import lengthgen_data, sharding
+from nanoloop_jax.data import EVAL_SEED_OFFSET, data_dir_of
 from nanoloop_jax.eval_lengthgen import default_max_depth, evaluate, report
-from nanoloop_jax.lengthgen import check_model, make_train_step
-from nanoloop_jax.metrics import MetricsLogger
-from nanoloop_jax.model import LoopedGPT
-from nanoloop_jax.optim import lr_schedule, make_optimizer
-from nanoloop_jax.steps import TrainState, init_train_state
+from nanoloop_jax.lengthgen import check_model, make_eval_step, make_train_step
+from nanoloop_jax.trainer import EvalBatch, Trainer
 
 
-def additive_injection(params: dict) -> dict:
-    """Params whose inject kernel is [I; I]: u = e + s at init, the paper's injection (nanoLOOP's [I; 0] drops s)."""
-    kernel = params["loop"]["inject"]["kernel"]
-    d = kernel.shape[1]
-    loop = {**params["loop"], "inject": {**params["loop"]["inject"], "kernel": jnp.concatenate([jnp.eye(d)] * 2)}}
-    return {**params, "loop": loop}
+class LengthBatchSource:
+    """LengthBatches as the loop's batch source: get(step) -> (x, y) with a leading micro-step axis of 1."""
+
+    def __init__(self, batches: lengthgen_data.LengthBatches) -> None:
+        self.batches = batches
+
+    def get(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        _, x, y = self.batches.get(step)
+        return x[None], y[None]
 
 
-class LengthGenTrainer:
-    """Trains config.model on config.lengthgen's task and evaluates it per length; `run()` does both."""
+class LengthGenTrainer(Trainer):
+    """Trainer for config.lengthgen's task; see the module docstring for what it changes."""
 
-    def __init__(self, config) -> None:
-        self.config, lg = config, config.lengthgen
-        os.makedirs(config.out_dir, exist_ok=True)
-        self.logger = MetricsLogger(config.out_dir, config, config.wandb)
-        self.data_dir = config.data.data_dir or os.path.join("data", lg.task)
-        lengthgen_data.ensure_lengthgen_data(self.data_dir, lg)
-        self.model_config = model_config(config.model, vocab_size=len(lengthgen_data.CHARS))
-        check_model(self.model_config)
-        self.model = LoopedGPT(self.model_config)
+    def __init__(self, config, *args, **kwargs) -> None:
+        lg = config.lengthgen
+        if jax.process_count() > 1:
+            raise ValueError("lengthgen runs are single-process: run train.py without jax.distributed")
+        self.data_dir = data_dir_of(config.data)
         lo, hi = lg.train_lengths
-        self.depths = {n: lengthgen_data.depth_for_length(lg, self.model_config.n_loop, n) for n in range(lo, hi + 1)}
-        self.max_depth = max(self.depths.values())  # the scan length of the one compiled training step
-        self.schedule, self.tx = lr_schedule(config.opt), make_optimizer(config.opt)
-        self.train_step = jax.jit(make_train_step(self.model, self.tx, self.schedule, self.max_depth), donate_argnums=0)
+        self.val_lengths = [n for n in lg.test_lengths if lo <= n <= hi]
+        if not self.val_lengths:
+            raise ValueError(
+                f"lengthgen.test_lengths {tuple(lg.test_lengths)} has no trained length in {lo}..{hi}: "
+                "add one (its held-out problems give the val loss)"
+            )
+        super().__init__(config, *args, **kwargs)
+        self.logger.print(f"lengthgen: {lg.task}, T(n) = {self.depths} (one compiled step, scan of {self.max_depth})")
+
+    def _build_steps(self) -> None:
+        check_model(self.model_config)
+        lg, n_loop = self.config.lengthgen, self.model_config.n_loop
+        lo, hi = lg.train_lengths
+        self.depths = {n: lengthgen_data.depth_for_length(lg, n_loop, n) for n in range(lo, hi + 1)}
+        self.depths.update({n: lengthgen_data.depth_for_length(lg, n_loop, n) for n in self.val_lengths})
+        self.max_depth = max(self.depths.values())  # the scan length of the one compiled step
+        repl = sharding.replicated(self.mesh)
+        self.batch_sharding = sharding.accum_batch_sharding(self.mesh, self.rules)
+        self.eval_sharding = sharding.batch_sharding(self.mesh, self.rules)
+        self.dynamic_depth = True
+        self.train_step = sharding.jit_step(
+            make_train_step(self.model, self.tx, self.schedule, self.max_depth),
+            self.mesh,
+            self.rules,
+            in_shardings=(self.state_shardings, self.batch_sharding, repl, repl),
+            out_shardings=(self.state_shardings, repl),
+            donate_argnums=0,
+        )
+        self.eval_step = sharding.jit_step(
+            make_eval_step(self.model, self.max_depth),
+            self.mesh,
+            self.rules,
+            in_shardings=(self.state_shardings.params, self.eval_sharding, repl),
+            out_shardings=repl,
+        )
+        self.eval_steps = {n_loop: self.eval_step}  # for the loop's speed warning: the depth it reports
+
+    def _build_data(self) -> None:
+        cfg, lg = self.config, self.config.lengthgen
+        bs = sharding.local_batch_size(cfg.data.batch_size)
         self.batches = lengthgen_data.LengthBatches(
-            self.data_dir, lg.task, lg.train_lengths, config.data.batch_size, config.seed, lg.curriculum_steps
+            self.data_dir, lg.task, lg.train_lengths, bs, cfg.seed, lg.curriculum_steps
         )
-        self.mngr = checkpoint.manager(config.out_dir, max_to_keep=1, async_save=False)
-        self.state = self._initial_state()
-
-    def _initial_state(self) -> TrainState:
-        key = jax.random.PRNGKey(self.config.seed)
-        fresh = jax.jit(lambda k: init_train_state(self.model, self.tx, k))(key)
-        step = checkpoint.latest_step(self.config.out_dir)
-        if step is None:
-            if self.config.lengthgen.additive_injection:
-                fresh = fresh.replace(params=additive_injection(fresh.params))
-            return fresh
-        dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        shard = lambda tree: jax.tree_util.tree_map(lambda _: dev, tree)  # noqa: E731
-        params, opt_state, meta = checkpoint.restore(
-            self.mngr,
-            step,
-            abstract_params=fresh.params,
-            param_shardings=shard(fresh.params),
-            abstract_opt_state=fresh.opt_state,
-            opt_shardings=shard(fresh.opt_state),
+        self.train_batches = LengthBatchSource(self.batches)
+        # unseen draws of the training distribution (every length, no curriculum)
+        self.eval_batches = lengthgen_data.LengthBatches(
+            self.data_dir, lg.task, lg.train_lengths, bs, cfg.seed + EVAL_SEED_OFFSET
         )
-        self.logger.print(f"resumed from step {meta['step']} in {self.config.out_dir}")
-        return TrainState(step=jax.numpy.asarray(meta["step"], jax.numpy.int32), params=params, opt_state=opt_state)
+        self.val_sets = {n: lengthgen_data.load_test(self.data_dir, n) for n in self.val_lengths}
+        self.eval_tokens = cfg.data.batch_size * self.batches.width
+        self.tokens_per_step = self.eval_tokens
 
-    def save(self, step: int) -> None:
-        meta = {
-            "step": step,
-            "best_val_loss": float("inf"),
-            "model_config": checkpoint.config_to_dict(self.model_config),
-            "config": json.loads(self.config.to_json_best_effort()),
-        }
-        checkpoint.save(self.mngr, step, params=self.state.params, opt_state=self.state.opt_state, meta=meta)
+    def _depth(self, step: int) -> int:
+        return self.depths[self.batches.length(step)]
 
-    def run(self) -> dict:
-        cfg, tcfg = self.config, self.config.train
-        checkpoint.write_run_config(cfg.out_dir, cfg)
-        self.logger.print(f"model: {self.model_config}")
-        self.logger.print(
-            f"lengthgen: {cfg.lengthgen.task}, T(n) = {self.depths} (one compiled step, scan of {self.max_depth})"
+    def _val_batch(self, i: int) -> tuple[int, np.ndarray, np.ndarray]:
+        """Held-out batch i: length val_lengths[i mod k], rows drawn (seeded by i) from its test set."""
+        n = self.val_lengths[i % len(self.val_lengths)]
+        xs, ys = self.val_sets[n]
+        rows = np.random.default_rng([self.config.seed, EVAL_SEED_OFFSET, i]).integers(
+            0, len(xs), self.batches.batch_size
         )
-        start, t0 = int(jax.device_get(self.state.step)), time.time()
-        t_last = t0
-        for step in range(start, tcfg.max_iters):
-            n, x, y = self.batches.get(step)
-            self.state, metrics = self.train_step(self.state, x, y, np.int32(self.depths[n]))
-            if step % tcfg.log_interval == 0 or step == tcfg.max_iters - 1:
-                m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                if not math.isfinite(m["loss"]):
-                    raise ValueError(f"loss is {m['loss']} at iter {step}; try a lower opt.learning_rate")
-                now = time.time()
-                self.logger.print(
-                    f"iter {step}: loss {m['loss']:.4f}, length {n}, n_loop {self.depths[n]}, "
-                    f"{(now - t_last) * 1000 / tcfg.log_interval:.1f}ms/step, {now - t0:.0f}s"
-                )
-                self.logger.write({"step": step, "event": "train", "length": n, "n_loop": self.depths[n], **m})
-                t_last = now
-            if (step + 1) % tcfg.eval_interval == 0 and step + 1 < tcfg.max_iters:
-                self.save(step + 1)
-        if tcfg.max_iters > start:
-            self.save(tcfg.max_iters)
-            self.logger.print(f"trained steps {start}..{tcfg.max_iters} in {time.time() - t0:.0f}s")
-        self.mngr.close()
-        return self.evaluate()
+        return n, *lengthgen_data.pad_rows(xs[rows], ys[rows], self.batches.width)
 
-    def evaluate(self) -> dict:
-        lg = self.config.lengthgen
-        t0 = time.time()
-        max_depth = default_max_depth(lg, self.model_config.n_loop)
+    def _eval_jobs(self) -> list[tuple[str, EvalBatch]]:
+        def job(draw) -> EvalBatch:
+            def loss_of(i: int) -> tuple[jax.Array, int]:
+                n, x, y = draw(i)
+                batch = self._batch((x, y), self.eval_sharding)
+                return self.eval_step(self.state.params, batch, np.int32(self.depths[n])), self.depths[n]
+
+            return loss_of
+
+        return [("train", job(self.eval_batches.get)), ("val", job(self._val_batch))]
+
+    def _compile(self) -> float:
+        t0 = time.perf_counter()
+        depth = np.int32(self.max_depth)
+        if not self.config.train.eval_only and self.done_step < self.config.train.max_iters:
+            batch = self._batch(self.train_batches.get(self.done_step), self.batch_sharding)
+            self.train_step.lower(self.state, batch, self.key, depth).compile()
+        _, x, y = self.eval_batches.get(0)
+        self.eval_step.lower(self.state.params, self._batch((x, y), self.eval_sharding), depth).compile()
+        return time.perf_counter() - t0
+
+    def _finish(self) -> dict:
+        lg, t0 = self.config.lengthgen, time.time()
         result = evaluate(
             self.model,
             self.state.params,
             self.data_dir,
             lg,
             sorted(lg.test_lengths),
-            max_depth,
+            default_max_depth(lg, self.model_config.n_loop),
             lg.eval_batch_size,
             self.logger.print,
         )
-        report(self.config.out_dir, result, lg, int(jax.device_get(self.state.step)), self.logger.print)
+        report(self.config.out_dir, result, lg, self.done_step, self.logger.print)
         self.logger.print(f"evaluated in {time.time() - t0:.0f}s")
-        return {
-            n: {"T": v[2], "acc_T": float(v[0][v[2] - 1]) if v[2] <= len(v[0]) else None, "adaptive": v[1]}
-            for n, v in result.items()
-        }
+        return {"accuracy": {n: {"T": t, "adaptive": adaptive} for n, (_, adaptive, t) in result.items()}}

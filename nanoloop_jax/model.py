@@ -27,6 +27,7 @@ from nanoloop_jax.kernels import ATTENTION_IMPLS, PLATFORMS, attention_weights  
 INPUT_INJECTIONS = ("inject", "inject_random", "passthrough")
 LOOP_SAMPLINGS = ("fixed", "poisson_lognormal")
 POS_ENCODINGS = ("learned", "rope", "none")
+INJECT_INITS = ("identity", "additive")
 DTYPES = ("float32", "bfloat16", "float16")
 # torch.nn.RMSNorm(n_embd) uses eps=None, i.e. the float32 machine epsilon.
 TORCH_RMSNORM_EPS = float(jnp.finfo(jnp.float32).eps)
@@ -48,6 +49,9 @@ class ModelConfig:
     bias: bool = False
     bptt_k: int | None = None
     input_injection: str = "inject"
+    # The inject kernel at init (not in nanoLOOP): "identity" [I; 0] (nanoLOOP's: u = e) or "additive" [I; I]
+    # (u = e + s, Fan et al. 2025's injection; the length-generalization runs need it).
+    inject_init: str = "identity"
     # Randomized recurrence depth in training (Geiping et al. 2025); eval and sampling use n_loop.
     loop_sampling: str = "fixed"  # "fixed" (n_loop) | "poisson_lognormal" (depth drawn per step)
     n_loop_mean: float = 4.0  # mean depth of poisson_lognormal
@@ -102,6 +106,8 @@ class ModelConfig:
                 f"model.remat_policy must be None, 'none' or a jax.checkpoint_policies name "
                 f"(e.g. 'nothing_saveable', 'dots_saveable'), got {self.remat_policy!r}"
             )
+        if self.inject_init not in INJECT_INITS:
+            raise ValueError(f"model.inject_init must be one of {INJECT_INITS}, got {self.inject_init!r}")
         if self.pos_encoding not in POS_ENCODINGS:
             raise ValueError(f"model.pos_encoding must be one of {POS_ENCODINGS}, got {self.pos_encoding!r}")
         if self.pos_encoding == "rope" and (self.n_embd // self.n_head) % 2:
@@ -130,11 +136,17 @@ def _normal(std: float, axes: Sequence[str | None]):
     return nn.with_logical_partitioning(nn.initializers.normal(std), tuple(axes))
 
 
-def _inject_identity_init(key, shape, dtype=jnp.float32):
-    """Kernel (2·D, D) = [I; 0], so that inject(concat(e, s)) == e at init (nanoLOOP's [I | 0])."""
-    del key
-    d_in, d_out = shape
-    return jnp.eye(d_in, d_out, dtype=dtype)
+def _inject_init(kind: str):
+    """Inject kernel (2·D, D) init: [I; 0] ('identity': inject(concat(e, s)) == e, nanoLOOP's [I | 0]) or
+    [I; I] ('additive': == e + s)."""
+
+    def init(key, shape, dtype=jnp.float32):
+        del key
+        d_in, d_out = shape
+        eye = jnp.eye(d_out, dtype=dtype)
+        return jnp.concatenate([eye, eye if kind == "additive" else jnp.zeros_like(eye)])[:d_in]
+
+    return init
 
 
 class Dense(nn.Module):
@@ -432,7 +444,7 @@ class LoopBody(nn.Module):
                 cfg.n_embd,
                 ("inject_in", "embed"),
                 use_bias=cfg.bias,
-                kernel_init=_inject_identity_init,
+                kernel_init=_inject_init(cfg.inject_init),
                 dtype=_jnp_dtype(cfg.dtype),
                 param_dtype=_jnp_dtype(cfg.param_dtype),
                 flatten=kernels.layout(cfg.platform).flatten_dense,

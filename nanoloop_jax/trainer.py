@@ -6,6 +6,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -23,6 +24,9 @@ from nanoloop_jax.train_state import Start, all_processes
 
 # Fold-in index of the evaluation key: far above any step index, so eval dropout/noise never reuses a step's.
 EVAL_KEY_INDEX = 2**30
+
+
+EvalBatch = Callable[[int], tuple[jax.Array, int]]  # eval batch i -> (its loss on device, the n_loop it ran)
 
 
 class TrainingError(Exception):
@@ -92,7 +96,8 @@ class Trainer:
         self.eval_samplers = {
             s: BatchSampler(data_dir_of(cfg.data), s, seed=cfg.seed + EVAL_SEED_OFFSET, **kw) for s in ("train", "val")
         }
-        self.tokens_per_step = cfg.data.batch_size * cfg.data.gradient_accumulation_steps * self.model_config.block_size
+        self.eval_tokens = cfg.data.batch_size * self.model_config.block_size  # per eval batch
+        self.tokens_per_step = self.eval_tokens * cfg.data.gradient_accumulation_steps
 
     def _compile(self) -> float:
         """Compile the train and eval steps up front (seconds): later steps and evals then only run.
@@ -111,20 +116,36 @@ class Trainer:
         return time.perf_counter() - t0
 
     # ---- pieces of the loop ------------------------------------------------------------------
+    def _depth(self, step: int) -> int:
+        """The loop depth of training step `step` (n_loop, or drawn per step: model.loop_sampling)."""
+        return sample_depth(self.model_config, self.config.seed, step)
+
+    def _finish(self) -> dict:
+        """Work after the last step (none for language modelling); its results join the run's summary."""
+        return {}
+
     def _batch(self, arrays, sh) -> dict[str, jax.Array]:
         """{'x', 'y'[, 'mask']} global arrays from this process's rows."""
         return {k: sharding.global_array(a, sh) for k, a in zip(("x", "y", "mask"), arrays, strict=False)}
 
-    def evaluate(self) -> dict[str, float]:
-        """Mean loss over eval_iters batches of train and val (and val at extra depths); a bar if it is slow."""
+    def _eval_jobs(self) -> list[tuple[str, EvalBatch]]:
+        """(name, batch i -> (device loss, n_loop)): train and val at n_loop, and val at each extra depth."""
         eval_key = jax.random.fold_in(self.key, EVAL_KEY_INDEX)
-        n_iters = self.config.train.eval_iters
-        jobs = [
-            (n_loop, split)
-            for n_loop in self.eval_steps
-            for split in (("train", "val") if n_loop == self.model_config.n_loop else ("val",))
-        ]
-        out = {}
+
+        def job(n_loop: int, split: str) -> EvalBatch:
+            def loss_of(i: int) -> tuple[jax.Array, int]:
+                batch = self._batch(self.eval_samplers[split].get(i), self.eval_sharding)
+                return self.eval_steps[n_loop](self.state.params, batch, jax.random.fold_in(eval_key, i)), n_loop
+
+            return loss_of
+
+        n = self.model_config.n_loop
+        jobs = [("train", job(n, "train")), ("val", job(n, "val"))]
+        return jobs + [(f"val_n_loop_{k}", job(k, "val")) for k in self.eval_steps if k != n]
+
+    def evaluate(self) -> dict[str, float]:
+        """Mean loss over eval_iters batches of each eval job; a progress bar if it is slow."""
+        n_iters, jobs, out = self.config.train.eval_iters, self._eval_jobs(), {}
         with tqdm(
             total=len(jobs) * n_iters,
             desc="eval",
@@ -134,22 +155,19 @@ class Trainer:
             file=sys.stderr,
             disable=jax.process_index() != 0,
         ) as bar:
-            for n_loop, split in jobs:
+            for name, loss_of in jobs:
                 losses = []
                 for i in range(n_iters):
-                    batch = self._batch(self.eval_samplers[split].get(i), self.eval_sharding)
                     t0 = time.perf_counter()
+                    loss, n_loop = loss_of(i)
                     # fetched one by one: a SIGTERM is seen within one batch, and the bar moves
-                    loss = self.eval_steps[n_loop](self.state.params, batch, jax.random.fold_in(eval_key, i))
                     losses.append(float(loss))
                     if self.speed is None:  # the first batch of the run: a forward pass, timed
-                        n_tokens = self.config.data.batch_size * self.model_config.block_size
-                        fwd = flops.flops_per_token(self.model_config, n_loop, backward=False) * n_tokens
+                        fwd = flops.flops_per_token(self.model_config, n_loop, backward=False) * self.eval_tokens
                         self._measured(fwd / (time.perf_counter() - t0))
                     bar.update()
                     if self._stop_signalled():
                         raise _Stop
-                name = split if n_loop == self.model_config.n_loop else f"val_n_loop_{n_loop}"
                 out[name] = float(np.mean(losses))
         return out
 
@@ -229,7 +247,7 @@ class Trainer:
                     break
                 _, *arrays = next(prefetch)
                 batch = self._batch(arrays, self.batch_sharding)
-                depth = sample_depth(self.model_config, cfg.seed, step)
+                depth = self._depth(step)
                 extra = (np.int32(depth),) if self.dynamic_depth else ()
                 t_dispatch = time.perf_counter()
                 self.state, step_metrics = self.train_step(self.state, batch, self.key, *extra)
@@ -240,6 +258,7 @@ class Trainer:
                 if self._stop_signalled():
                     raise _Stop
             pending = self._flush(pending)
+            summary.update(self._finish())
         except _Stop:
             self.preemption.take()
             pending = self._flush(pending)
@@ -315,3 +334,13 @@ class Trainer:
             record = {"step": step, "event": "train", **m, "time_ms": dt * 1000, "tokens_per_s": tok_s}
             self.logger.write({**record, "mfu": mfu, "n_loop": depth})
         return None
+
+
+def trainer_class(config) -> type[Trainer]:
+    """The Trainer for a config: LengthGenTrainer for a `lengthgen` section (a task with its own data and
+    evaluation, lengthgen_train.py), else the language-modelling Trainer."""
+    if "lengthgen" in config:
+        from nanoloop_jax.lengthgen_train import LengthGenTrainer
+
+        return LengthGenTrainer
+    return Trainer

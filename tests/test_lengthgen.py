@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import tiny_config
+from helpers import run, tiny_config, train_cmd
 from ml_collections import ConfigDict
 
 from configs import addition_lengthgen, addition_lengthgen_baseline, parity_lengthgen, parity_lengthgen_baseline
@@ -108,8 +108,8 @@ def test_one_compile_for_every_length_and_depth():
     step = jax.jit(make_train_step(model, tx, optax.constant_schedule(1e-3), max_depth=6))
     losses = []
     for depth in (1, 3, 6):
-        x = np.full((2, 10), 3, np.int32)
-        state, metrics = step(state, x, x, np.int32(depth))
+        x = np.full((1, 2, 10), 3, np.int32)  # (micro-steps, B, T)
+        state, metrics = step(state, {"x": x, "y": x}, jax.random.PRNGKey(0), np.int32(depth))
         losses.append(float(metrics["loss"]))
     assert step._cache_size() == 1 and all(np.isfinite(losses))
 
@@ -168,29 +168,33 @@ def test_converter_refuses_rope_and_nope():
     assert convert.from_nanoloop(sd, args)[0].pos_encoding == "learned"  # a ckpt.pt always converts to learned
 
 
-def test_train_py_path_trains_and_writes_accuracy_csv(tmp_path):
-    """train.py's path for a lengthgen config prepares data, trains, checkpoints and writes accuracy.csv."""
-    from nanoloop_jax.lengthgen_train import LengthGenTrainer
-
-    c = parity_lengthgen.get_config()
-    c.out_dir, c.data.data_dir = str(tmp_path / "out"), str(tmp_path / "data")
-    c.model.n_embd, c.model.n_head, c.model.block_size = 16, 2, 8
-    c.data.batch_size, c.train.max_iters, c.train.eval_interval, c.train.log_interval = 4, 2, 1, 1
-    c.lengthgen.train_lengths, c.lengthgen.test_lengths, c.lengthgen.num_train, c.lengthgen.num_test = (
-        (1, 2),
-        (3,),
-        8,
-        6,
+def test_train_py_trains_evaluates_and_writes_accuracy_csv(tmp_path):
+    """train.py on a lengthgen config: prepares the data, trains in the one Trainer loop (val loss on held-out
+    problems of a trained length), checkpoints, and ends with the per-length accuracy.csv."""
+    flags = {
+        "out_dir": tmp_path / "out",
+        "data.data_dir": tmp_path / "data",
+        "model.n_embd": 16,
+        "model.n_head": 2,
+        "model.block_size": 8,
+        "data.batch_size": 8,
+        "train.max_iters": 2,
+        "train.eval_interval": 1,
+        "train.eval_iters": 2,
+        "train.log_interval": 1,
+        "lengthgen.train_lengths": "(1,2)",
+        "lengthgen.test_lengths": "(2,3)",
+        "lengthgen.num_train": 8,
+        "lengthgen.num_test": 6,
+        "lengthgen.eval_extra_depth": 1,
+    }
+    res = run(train_cmd("configs/parity_lengthgen.py", *(f"--config.{k}={v}" for k, v in flags.items())))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (
+        "step 2: train loss" in res.stdout and "val loss" in res.stdout and "saving checkpoint at step 2" in res.stdout
     )
-    c.lengthgen.eval_extra_depth = 1
-    LengthGenTrainer(c).run()
     with open(tmp_path / "out" / "accuracy.csv") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["length", "n_loop", "accuracy"] and [r[1] for r in rows[1:]] == [
-        "1",
-        "2",
-        "3",
-        "4",
-        "5",
-        "adaptive",
-    ]
+    # n_loop 1..T(3)+1 = 5, then the confidence stop, for each test length
+    assert rows[0] == ["length", "n_loop", "accuracy"]
+    assert [r[:2] for r in rows[1:]] == [[n, d] for n in ("2", "3") for d in ("1", "2", "3", "4", "5", "adaptive")]
