@@ -12,17 +12,27 @@ Dimension legend for shape-suffixed names:
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from nanoloop_jax import kernels
-from nanoloop_jax.kernels import ATTENTION_IMPLS, PLATFORMS, attention_weights  # noqa: F401  (re-exported)
+from nanoloop_jax.kernels import ATTENTION_IMPLS, PLATFORMS
+from nanoloop_jax.layers import (
+    Block,
+    CacheWrite,
+    Dense,
+    LayerCache,
+    apply_dropout,
+    constrain,
+    fold_rng,
+    jnp_dtype,
+    normal_init,
+    remat,
+    rms_norm,
+)
 
 INPUT_INJECTIONS = ("inject", "inject_random", "passthrough")
 LOOP_SAMPLINGS = ("fixed", "poisson_lognormal")
@@ -128,14 +138,6 @@ class ModelConfig:
         return n_loop - k, k
 
 
-def _jnp_dtype(name: str) -> jnp.dtype:
-    return jnp.dtype(name)
-
-
-def _normal(std: float, axes: Sequence[str | None]):
-    return nn.with_logical_partitioning(nn.initializers.normal(std), tuple(axes))
-
-
 def _inject_init(kind: str):
     """Inject kernel (2·D, D) init: [I; 0] ('identity': inject(concat(e, s)) == e, nanoLOOP's [I | 0]) or
     [I; I] ('additive': == e + s)."""
@@ -147,289 +149,6 @@ def _inject_init(kind: str):
         return jnp.concatenate([eye, eye if kind == "additive" else jnp.zeros_like(eye)])[:d_in]
 
     return init
-
-
-class Dense(nn.Module):
-    """y = x @ kernel (+ bias) over the last axis; flatten: computed on (N, in) (XLA:CPU's fast path, kernels.dense)."""
-
-    features: int
-    kernel_axes: tuple[str | None, str | None]
-    use_bias: bool
-    init_std: float = 0.02
-    kernel_init: object = None
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
-    flatten: bool = True
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        init = self.kernel_init or nn.initializers.normal(self.init_std)
-        kernel = self.param(
-            "kernel",
-            nn.with_logical_partitioning(init, self.kernel_axes),
-            (x.shape[-1], self.features),
-            self.param_dtype,
-        )
-        y = kernels.dense(x.astype(self.dtype), kernel.astype(self.dtype), self.flatten)
-        if self.use_bias:
-            bias = self.param(
-                "bias",
-                nn.with_logical_partitioning(nn.initializers.zeros, (self.kernel_axes[1],)),
-                (self.features,),
-                self.param_dtype,
-            )
-            y = y + bias.astype(self.dtype)
-        return y
-
-
-def rms_norm(config: ModelConfig, name: str) -> nn.RMSNorm:
-    """torch.nn.RMSNorm(n_embd): learned scale, no bias, eps = config.norm_eps, statistics in float32."""
-    return nn.RMSNorm(
-        epsilon=config.norm_eps,
-        dtype=_jnp_dtype(config.dtype),
-        param_dtype=_jnp_dtype(config.param_dtype),
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-        name=name,
-    )
-
-
-def constrain(x_BxTxD: jax.Array) -> jax.Array:
-    """Pin activations at block boundaries to the batch sharding (a no-op without a mesh)."""
-    return nn.with_logical_constraint(x_BxTxD, ("act_batch", "act_length", "act_embed"))
-
-
-def _dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
-    """Inverted dropout with an explicit key (None: off), so every path draws the same mask for the same key."""
-    if rng is None or rate == 0.0:
-        return x
-    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
-
-
-def _fold(rng: jax.Array | None, i) -> jax.Array | None:
-    """The key of sub-part i of whatever rng is the key of (None stays None: dropout off)."""
-    return None if rng is None else jax.random.fold_in(rng, i)
-
-
-def rope_angles(pos_T: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
-    """cos, sin (T, K/2) of rotary position embeddings (Su et al. 2021) at absolute positions pos_T."""
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-    ang_TxK2 = pos_T.astype(jnp.float32)[:, None] * inv_freq[None]
-    return jnp.cos(ang_TxK2), jnp.sin(ang_TxK2)
-
-
-def apply_rope(x_BxTxHxK: jax.Array, pos_T: jax.Array, theta: float) -> jax.Array:
-    """Rotate each (first half, second half) pair of head dims by its position's angle (GPT-NeoX/Llama layout)."""
-    cos_TxK2, sin_TxK2 = rope_angles(pos_T, x_BxTxHxK.shape[-1], theta)
-    cos, sin = cos_TxK2[None, :, None], sin_TxK2[None, :, None]
-    x1, x2 = jnp.split(x_BxTxHxK.astype(jnp.float32), 2, axis=-1)
-    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x_BxTxHxK.dtype)
-
-
-class LayerCache(NamedTuple):
-    """One attention layer's K and V for S cache slots, each of cache_shape(B, H, K, S)."""
-
-    k: jax.Array
-    v: jax.Array
-
-
-class CacheWrite(NamedTuple):
-    """Where a cached call's T new positions go (the same for every layer) and what they attend to.
-
-    slot0: first of the T consecutive cache slots written (int32 scalar).
-    mask_TxS: cache slots each new position attends to (the caller's window: causal, sliding, ...).
-    write_BxT: positions whose K/V are written; the others keep the cache's entry at their slot (an
-      exited position of the adaptive decoder keeps the K/V its last computed iteration left there).
-      None: all are written.
-    """
-
-    slot0: jax.Array
-    mask_TxS: jax.Array
-    write_BxT: jax.Array | None = None
-
-
-def cache_shape(b: int, h: int, k: int, s: int) -> tuple[int, ...]:
-    """One layer's K or V cache: (B, H, K, S) without size-1 B or H axes.
-
-    This is exactly the operand XLA:CPU's attention dot reads, so the dot reads the cache in place; any
-    other shape is read through a bitcast, for which XLA duplicates the in-place update and then has
-    to copy the whole cache at every layer and step.
-    """
-    return (*(d for d in (b, h) if d > 1), k, s)
-
-
-def empty_cache(config: ModelConfig, batch: int, slots: int) -> LayerCache:
-    """A zero K/V cache of `slots` positions for one attention layer."""
-    h = config.n_head
-    shape = cache_shape(batch, h, config.n_embd // h, slots)
-    return LayerCache(jnp.zeros(shape, jnp.dtype(config.dtype)), jnp.zeros(shape, jnp.dtype(config.dtype)))
-
-
-def _cache_update(cache: jax.Array, kv_BxTxHxK: jax.Array, at: CacheWrite) -> jax.Array:
-    """Store the K or V of T positions at slots slot0.., keeping the old entry where write_BxT is False."""
-    b, t, h, k = kv_BxTxHxK.shape
-    kv = kv_BxTxHxK.transpose(0, 2, 3, 1).reshape(cache_shape(b, h, k, t)).astype(cache.dtype)
-    start = (0,) * (cache.ndim - 1) + (at.slot0,)
-    if at.write_BxT is not None:
-        old = jax.lax.dynamic_slice(cache, start, kv.shape)
-        write = at.write_BxT.reshape((b,) * (b > 1) + (1,) * (h > 1) + (1, t))
-        kv = jnp.where(write, kv, old)
-    return jax.lax.dynamic_update_slice(cache, kv, start)
-
-
-def _cache_view(cache: jax.Array, b: int, h: int) -> jax.Array:
-    """(B, S, H, K) view of one cache for the attention einsum; XLA folds the transpose into the dot."""
-    return cache.reshape(b, h, cache.shape[-2], cache.shape[-1]).transpose(0, 3, 1, 2)
-
-
-class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention with a fused qkv projection (nanoGPT's c_attn / c_proj)."""
-
-    config: ModelConfig
-
-    def setup(self) -> None:
-        cfg = self.config
-        dense = functools.partial(
-            Dense,
-            use_bias=cfg.bias,
-            dtype=_jnp_dtype(cfg.dtype),
-            param_dtype=_jnp_dtype(cfg.param_dtype),
-            flatten=kernels.layout(cfg.platform).flatten_dense,
-        )
-        self.c_attn = dense(3 * cfg.n_embd, ("embed", "qkv"))
-        self.c_proj = dense(cfg.n_embd, ("heads", "embed"), init_std=0.02 / math.sqrt(2 * cfg.n_layer_total))
-
-    def qkv(self, x_BxTxD: jax.Array, pos_T: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Per-head queries, keys and values, each (B, T, H, K); q and k rotated by position with rope."""
-        b, t, d = x_BxTxD.shape
-        h = self.config.n_head
-        q_BxTxD, k_BxTxD, v_BxTxD = jnp.split(self.c_attn(x_BxTxD), 3, axis=-1)
-        q, k, v = (a.reshape(b, t, h, d // h) for a in (q_BxTxD, k_BxTxD, v_BxTxD))
-        if self.config.pos_encoding == "rope":
-            q, k = apply_rope(q, pos_T, self.config.rope_theta), apply_rope(k, pos_T, self.config.rope_theta)
-        return q, k, v
-
-    def attend(
-        self,
-        q_BxTxHxK: jax.Array,
-        k_BxSxHxK: jax.Array,
-        v_BxSxHxK: jax.Array,
-        mask_TxS: jax.Array | None = None,
-        rng: jax.Array | None = None,
-    ) -> jax.Array:
-        """Attention of queries over keys/values: causal (S == T) without a mask, else as mask_TxS allows.
-
-        rng: the key of the attention-weight dropout (None: no dropout).
-        """
-        cfg = self.config
-        impl = kernels.attention_impl(
-            cfg.attention,
-            cfg.platform,
-            seq_len=q_BxTxHxK.shape[1],
-            head_dim=q_BxTxHxK.shape[-1],
-            dtype=cfg.dtype,
-            dropout=rng is not None and cfg.dropout > 0,
-            masked=mask_TxS is not None,
-        )
-
-        def dropout(att, i):  # block i of the attention weights gets its own key
-            return _dropout(att, cfg.dropout, _fold(rng, i))
-
-        return kernels.causal_attention(impl, cfg.platform, q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_TxS, dropout)
-
-    def __call__(
-        self,
-        x_BxTxD: jax.Array,
-        pos_T: jax.Array,
-        rng: jax.Array | None = None,
-        cache: LayerCache | None = None,
-        at: CacheWrite | None = None,
-    ) -> tuple[jax.Array, LayerCache | None]:
-        """Attention output (B, T, D) (+ residual dropout) and, with a cache, the cache with these K/V written."""
-        q, k, v = self.qkv(x_BxTxD, pos_T)
-        if cache is None:
-            y_BxTxHxK = self.attend(q, k, v, rng=_fold(rng, 0))
-        else:
-            b, _, h, _ = q.shape
-            cache = LayerCache(_cache_update(cache.k, k, at), _cache_update(cache.v, v, at))
-            y_BxTxHxK = self.attend(
-                q, _cache_view(cache.k, b, h), _cache_view(cache.v, b, h), at.mask_TxS, _fold(rng, 0)
-            )
-        b, t, h, hd = y_BxTxHxK.shape
-        return _dropout(self.c_proj(y_BxTxHxK.reshape(b, t, h * hd)), self.config.dropout, _fold(rng, 1)), cache
-
-
-def gelu_exact(x: jax.Array) -> jax.Array:
-    """Exact GELU as torch.nn.GELU() writes it, 0.5·x·(1 + erf(x/√2)).
-
-    jax.nn.gelu(approximate=False) uses erfc, which XLA:CPU lowers to three unfused kernels; erf is one
-    vectorised polynomial and forward + backward run ~1.5-2.5× faster (results equal to ~5e-7).
-    """
-    return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
-
-
-class MLP(nn.Module):
-    """n_embd -> 4·n_embd -> n_embd with exact (erf) GELU, as torch.nn.GELU()."""
-
-    config: ModelConfig
-
-    @nn.compact
-    def __call__(self, x_BxTxD: jax.Array, rng: jax.Array | None = None) -> jax.Array:
-        cfg = self.config
-        dense = functools.partial(
-            Dense,
-            use_bias=cfg.bias,
-            dtype=_jnp_dtype(cfg.dtype),
-            param_dtype=_jnp_dtype(cfg.param_dtype),
-            flatten=kernels.layout(cfg.platform).flatten_dense,
-        )
-        h_BxTxF = dense(4 * cfg.n_embd, ("embed", "mlp"), name="c_fc")(x_BxTxD)
-        h_BxTxF = gelu_exact(h_BxTxF)
-        y_BxTxD = dense(cfg.n_embd, ("mlp", "embed"), init_std=0.02 / math.sqrt(2 * cfg.n_layer_total), name="c_proj")(
-            h_BxTxF
-        )
-        return _dropout(y_BxTxD, cfg.dropout, rng)
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)); optionally over a KV cache."""
-
-    config: ModelConfig
-
-    def setup(self) -> None:
-        self.ln_1 = rms_norm(self.config, "ln_1")
-        self.attn = CausalSelfAttention(self.config)
-        self.ln_2 = rms_norm(self.config, "ln_2")
-        self.mlp = MLP(self.config)
-
-    def __call__(
-        self,
-        x_BxTxD: jax.Array,
-        pos_T: jax.Array,
-        rng: jax.Array | None = None,
-        cache: LayerCache | None = None,
-        at: CacheWrite | None = None,
-    ) -> tuple[jax.Array, LayerCache | None]:
-        """(x', cache'): training and eval pass no cache (causal over x); prefill and decode pass one.
-
-        rng: this block's dropout key (None: dropout off, as in eval and decoding).
-        """
-        y_BxTxD, cache = self.attn(self.ln_1(x_BxTxD), pos_T, _fold(rng, 0), cache, at)
-        x_BxTxD = x_BxTxD + y_BxTxD
-        x_BxTxD = x_BxTxD + self.mlp(self.ln_2(x_BxTxD), _fold(rng, 1))
-        return constrain(x_BxTxD), cache
-
-
-def _remat(cls, config: ModelConfig, static_argnums: tuple[int, ...] = ()):
-    """Wrap a module class in nn.remat with the configured jax.checkpoint_policies policy."""
-    if config.remat_policy in (None, "none"):
-        return cls
-    return nn.remat(
-        cls,
-        policy=getattr(jax.checkpoint_policies, config.remat_policy),
-        prevent_cse=False,
-        static_argnums=static_argnums,
-    )
 
 
 class LoopBody(nn.Module):
@@ -445,8 +164,8 @@ class LoopBody(nn.Module):
                 ("inject_in", "embed"),
                 use_bias=cfg.bias,
                 kernel_init=_inject_init(cfg.inject_init),
-                dtype=_jnp_dtype(cfg.dtype),
-                param_dtype=_jnp_dtype(cfg.param_dtype),
+                dtype=jnp_dtype(cfg.dtype),
+                param_dtype=jnp_dtype(cfg.param_dtype),
                 flatten=kernels.layout(cfg.platform).flatten_dense,
             )
         self.recur = [Block(cfg, name=f"recur_{j}") for j in range(cfg.n_block)]
@@ -468,7 +187,7 @@ class LoopBody(nn.Module):
             u_BxTxD = self.inject(jnp.concatenate([e_BxTxD, s_BxTxD], axis=-1))
         new_caches = []
         for j, block in enumerate(self.recur):
-            u_BxTxD, c = block(u_BxTxD, pos_T, _fold(rng, j), None if caches is None else caches[j], at)
+            u_BxTxD, c = block(u_BxTxD, pos_T, fold_rng(rng, j), None if caches is None else caches[j], at)
             new_caches.append(c)
         s_BxTxD = constrain(self.norm_recur(u_BxTxD).astype(s_BxTxD.dtype))
         return s_BxTxD, None if caches is None else tuple(new_caches)
@@ -477,7 +196,7 @@ class LoopBody(nn.Module):
         self, s_BxTxD: jax.Array, i: jax.Array, e_BxTxD: jax.Array, pos_T: jax.Array, loop_rng: jax.Array | None
     ) -> tuple[jax.Array, None]:
         """The scanned form: iteration i draws its dropout from fold_in(loop_rng, i), as the traced path does."""
-        return self.iterate(s_BxTxD, e_BxTxD, pos_T, _fold(loop_rng, i))[0], None
+        return self.iterate(s_BxTxD, e_BxTxD, pos_T, fold_rng(loop_rng, i))[0], None
 
 
 def scanned_loop(config: ModelConfig):
@@ -487,7 +206,7 @@ def scanned_loop(config: ModelConfig):
     truncated-BPTT split and the traced-depth fori_loop all draw the same masks for the same iteration.
     """
     return nn.scan(
-        _remat(LoopBody, config),
+        remat(LoopBody, config),
         variable_broadcast="params",
         split_rngs={"params": False},
         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
@@ -505,11 +224,11 @@ class LoopedGPT(nn.Module):
 
     def setup(self) -> None:
         cfg = self.config
-        dtype, param_dtype = _jnp_dtype(cfg.dtype), _jnp_dtype(cfg.param_dtype)
+        dtype, param_dtype = jnp_dtype(cfg.dtype), jnp_dtype(cfg.param_dtype)
         self.wte = nn.Embed(
             cfg.vocab_size,
             cfg.n_embd,
-            embedding_init=_normal(0.02, ("vocab", "embed")),
+            embedding_init=normal_init(0.02, ("vocab", "embed")),
             dtype=dtype,
             param_dtype=param_dtype,
         )
@@ -517,12 +236,12 @@ class LoopedGPT(nn.Module):
             self.wpe = nn.Embed(
                 cfg.block_size,
                 cfg.n_embd,
-                embedding_init=_normal(0.02, ("pos", "embed")),
+                embedding_init=normal_init(0.02, ("pos", "embed")),
                 dtype=dtype,
                 param_dtype=param_dtype,
             )
         self.ln_f = rms_norm(cfg, "ln_f")
-        block = _remat(Block, cfg)
+        block = remat(Block, cfg)
         self.prelude = [block(cfg) for _ in range(cfg.n_prelude)]  # params prelude_0, prelude_1, ...
         self.loop = scanned_loop(cfg)(cfg)
         self.coda = [block(cfg) for _ in range(cfg.n_coda)]
@@ -532,7 +251,7 @@ class LoopedGPT(nn.Module):
         x_BxTxD = self.wte(idx_BxT)
         if self.config.pos_encoding == "learned":
             x_BxTxD = x_BxTxD + self.wpe(pos_T)[None]
-        return _dropout(x_BxTxD, self.config.dropout, rng)
+        return apply_dropout(x_BxTxD, self.config.dropout, rng)
 
     def head(self, x_BxTxD: jax.Array) -> jax.Array:
         """Final RMSNorm and the output head tied to wte; logits in float32."""
@@ -548,7 +267,7 @@ class LoopedGPT(nn.Module):
     def _blocks(self, blocks, x_BxTxD, pos_T, rng, caches, at):
         new_caches = []
         for j, block in enumerate(blocks):
-            x_BxTxD, c = block(x_BxTxD, pos_T, _fold(rng, j), None if caches is None else caches[j], at)
+            x_BxTxD, c = block(x_BxTxD, pos_T, fold_rng(rng, j), None if caches is None else caches[j], at)
             new_caches.append(c)
         return x_BxTxD, None if caches is None else tuple(new_caches)
 
@@ -599,7 +318,7 @@ class LoopedGPT(nn.Module):
         e_BxTxD = jax.lax.stop_gradient(e_BxTxD)
 
         def iteration(i, s):
-            return body.apply({"params": params}, s, e_BxTxD, pos_T, _fold(loop_rng, i), method=LoopBody.iterate)[0]
+            return body.apply({"params": params}, s, e_BxTxD, pos_T, fold_rng(loop_rng, i), method=LoopBody.iterate)[0]
 
         out_BxTxD = jax.lax.fori_loop(0, n_iter, iteration, jax.lax.stop_gradient(s_BxTxD))
         # with no gradient-free iterations the initial state keeps its gradient, as in the static path
@@ -627,11 +346,11 @@ class LoopedGPT(nn.Module):
         rng = self.make_rng("dropout") if train and cfg.dropout > 0 else None
 
         pos_T = jnp.arange(t)
-        x_BxTxD = constrain(self.embed(idx_BxT, pos_T, _fold(rng, 0)))
-        e_BxTxD, _ = self.prelude_blocks(x_BxTxD, pos_T, _fold(rng, 1))
+        x_BxTxD = constrain(self.embed(idx_BxT, pos_T, fold_rng(rng, 0)))
+        e_BxTxD, _ = self.prelude_blocks(x_BxTxD, pos_T, fold_rng(rng, 1))
         s_BxTxD = self.initial_state(e_BxTxD, pos_T)
 
-        loop_rng = _fold(rng, 2)
+        loop_rng = fold_rng(rng, 2)
         if dynamic:
             n_nograd = jnp.maximum(n_loop - cfg.bptt_k, 0)
             s_BxTxD = self._nograd_iterations(s_BxTxD, e_BxTxD, pos_T, n_nograd, loop_rng)
@@ -653,7 +372,7 @@ class LoopedGPT(nn.Module):
         else:
             s_BxTxD, _ = self.loop(s_BxTxD, grad_iters, e_BxTxD, pos_T, loop_rng)
 
-        x_BxTxD, _ = self.coda_blocks(s_BxTxD, pos_T, _fold(rng, 3))
+        x_BxTxD, _ = self.coda_blocks(s_BxTxD, pos_T, fold_rng(rng, 3))
         return self.head(x_BxTxD)
 
 

@@ -40,7 +40,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from nanoloop_jax.model import CacheWrite, LayerCache, LoopedGPT, ModelConfig, empty_cache
+from nanoloop_jax.layers import CacheWrite, LayerCache, empty_cache
+from nanoloop_jax.model import LoopedGPT, ModelConfig
 
 EXIT_CRITERIA = ("none", "latent_diff", "kl", "entropy", "argmax")
 

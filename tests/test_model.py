@@ -10,7 +10,8 @@ import optax
 import pytest
 from helpers import perturbed_params, tiny_config
 
-from nanoloop_jax.model import Block, Dense, LoopedGPT, ModelConfig, count_params, init_params, rms_norm
+from nanoloop_jax.layers import Block, Dense, rms_norm
+from nanoloop_jax.model import LoopedGPT, ModelConfig, count_params, init_params
 
 TINY = tiny_config(vocab_size=29, n_embd=16, bptt_k=None)
 

@@ -12,7 +12,8 @@ import pytest
 
 from nanoloop_jax import cpu_defaults
 from nanoloop_jax.kernels import ATTN_CHUNK
-from nanoloop_jax.model import CausalSelfAttention, ModelConfig, gelu_exact
+from nanoloop_jax.layers import CausalSelfAttention, gelu_exact
+from nanoloop_jax.model import ModelConfig
 
 
 def test_gelu_exact_equals_jax_gelu_and_its_gradient():

@@ -86,7 +86,7 @@ def test_rope_and_nope_have_no_position_table_and_train(pos_encoding):
 
 def test_rope_depends_on_relative_position_only():
     """Shifting every position by the same offset leaves rope attention scores unchanged."""
-    from nanoloop_jax.model import apply_rope
+    from nanoloop_jax.layers import apply_rope
 
     q, k = (np.random.default_rng(i).normal(size=(1, 6, 2, 8)).astype(np.float32) for i in range(2))
     pos = np.arange(6)
