@@ -19,12 +19,12 @@ import numpy as np
 
 from nanoloop_jax import checkpoint, lengthgen_data
 from nanoloop_jax.config import model_config
-from nanoloop_jax.eval_lengthgen import default_max_depth, evaluate, report
 from nanoloop_jax.lengthgen import check_model, make_train_step
 from nanoloop_jax.metrics import MetricsLogger
 from nanoloop_jax.model import LoopedGPT
 from nanoloop_jax.optim import lr_schedule, make_optimizer
 from nanoloop_jax.steps import TrainState, init_train_state
+from nanoloop_jax.tools.eval_lengthgen import default_max_depth, evaluate, report
 
 
 def additive_injection(params: dict) -> dict:

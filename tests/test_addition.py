@@ -10,11 +10,12 @@ import jax
 import numpy as np
 import pytest
 
-from nanoloop_jax import addition, checkpoint, eval_addition
+from nanoloop_jax import addition, checkpoint
 from nanoloop_jax.config import model_config
 from nanoloop_jax.data import BatchSampler
 from nanoloop_jax.model import LoopedGPT, ModelConfig, init_params
 from nanoloop_jax.tokenizer import load_tokenizer
+from nanoloop_jax.tools import eval_addition
 
 ITOS = dict(enumerate(addition.CHARS))
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -12,10 +12,10 @@ import pytest
 from ml_collections import ConfigDict
 
 from nanoloop_jax import convert, lengthgen_data
-from nanoloop_jax.eval_lengthgen import Result, format_table, read_csv, write_csv
 from nanoloop_jax.lengthgen import accuracies, answers_per_iteration, logits_at_depth, make_train_step
 from nanoloop_jax.model import LoopedGPT, ModelConfig, init_params
 from nanoloop_jax.steps import TrainState, cross_entropy
+from nanoloop_jax.tools.eval_lengthgen import Result, format_table, read_csv, write_csv
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 ITOS = dict(enumerate(lengthgen_data.CHARS))

@@ -1,7 +1,7 @@
 """Exact-match accuracy of a length-generalization run per (input length, n_loop), and with the confidence stop.
 
-  python -m nanoloop_jax.eval_lengthgen --out_dir=out-parity-lengthgen
-  python -m nanoloop_jax.eval_lengthgen --out_dir=out-parity-lengthgen --max_depth=80 --lengths=10,40,50
+  python -m nanoloop_jax.tools.eval_lengthgen --out_dir=out-parity-lengthgen
+  python -m nanoloop_jax.tools.eval_lengthgen --out_dir=out-parity-lengthgen --max_depth=80 --lengths=10,40,50
 
 Every test length n runs the loop once up to max_depth iterations and reads the answer after each, so the
 table has every n_loop 1..max_depth; its columns are T(n) (the trained depth rule), `adaptive` (per
@@ -13,16 +13,15 @@ train.py runs this at the end of every config with a `lengthgen` section.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
-import sys
 from collections.abc import Sequence
 
 import jax
 import numpy as np
+from absl import flags
 
-from nanoloop_jax import lengthgen_data
+from nanoloop_jax import cli, lengthgen_data
 from nanoloop_jax.lengthgen import accuracies, answers_per_iteration
 from nanoloop_jax.model import LoopedGPT
 
@@ -160,38 +159,46 @@ def default_max_depth(lg, n_loop: int) -> int:
     return max(lengthgen_data.depth_for_length(lg, n_loop, n) for n in lg.test_lengths) + lg.eval_extra_depth
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def define_flags(fv: flags.FlagValues) -> None:
+    """The tool's flags, on fv (defined when the tool runs, not at import: absl flags are process-wide)."""
+    flags.DEFINE_string("out_dir", None, "a run of a config with a lengthgen section (results go here)", flag_values=fv)
+    flags.mark_flag_as_required("out_dir", flag_values=fv)
+    flags.DEFINE_list("lengths", [], "e.g. 10,20,40 (default: the run's lengthgen.test_lengths)", flag_values=fv)
+    flags.DEFINE_integer("max_depth", 0, "largest n_loop (default: max T(n) + eval_extra_depth)", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 250, "problems evaluated together", flag_values=fv)
+    flags.DEFINE_string(
+        "baseline", "", "a baseline run's out_dir: its n_loop-1 accuracy.csv column joins the table", flag_values=fv
+    )
+
+
+def run(fv: flags.FlagValues, args: list[str]) -> int:
+    """Evaluate the run of the flags, print the table, write accuracy.csv and the heat map."""
+    del args
     from ml_collections import ConfigDict
 
     from nanoloop_jax import checkpoint
 
-    p = argparse.ArgumentParser(prog="python -m nanoloop_jax.eval_lengthgen", description=__doc__.splitlines()[0])
-    p.add_argument("--out_dir", required=True, help="a run of a config with a lengthgen section (results go here)")
-    p.add_argument("--lengths", default="", help="e.g. 10,20,40 (default: the run's lengthgen.test_lengths)")
-    p.add_argument("--max_depth", type=int, default=0, help="largest n_loop (default: max T(n) + eval_extra_depth)")
-    p.add_argument("--batch_size", type=int, default=250, help="problems evaluated together")
-    p.add_argument(
-        "--baseline", default="", help="a baseline run's out_dir: its n_loop-1 accuracy.csv column joins the table"
-    )
-    args = p.parse_args(argv)
-    try:
-        loaded = checkpoint.load_params(args.out_dir)
+    def evaluate_run() -> None:
+        loaded = checkpoint.load_params(fv.out_dir)
         run_cfg = loaded.meta.get("config") or {}
         if "lengthgen" not in run_cfg:
-            raise ValueError(f"{args.out_dir} was not trained with a lengthgen config")
+            raise ValueError(f"{fv.out_dir} was not trained with a lengthgen config")
         lg = ConfigDict(run_cfg["lengthgen"])
         data_dir = run_cfg["data"]["data_dir"]
-        lengths = [int(s) for s in args.lengths.split(",") if s.strip()] or list(lg.test_lengths)
-        max_depth = args.max_depth or default_max_depth(lg, loaded.model_config.n_loop)
+        lengths = [int(s) for s in fv.lengths] or list(lg.test_lengths)
+        max_depth = fv.max_depth or default_max_depth(lg, loaded.model_config.n_loop)
         model = LoopedGPT(loaded.model_config)
-        result = evaluate(model, loaded.params, data_dir, lg, lengths, max_depth, args.batch_size)
-        baseline = read_csv(os.path.join(args.baseline, "accuracy.csv")) if args.baseline else None
-        report(args.out_dir, result, lg, loaded.step, baseline=baseline)
-    except (checkpoint.CheckpointError, FileNotFoundError, ValueError) as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
-    return 0
+        result = evaluate(model, loaded.params, data_dir, lg, lengths, max_depth, fv.batch_size)
+        baseline = read_csv(os.path.join(fv.baseline, "accuracy.csv")) if fv.baseline else None
+        report(fv.out_dir, result, lg, loaded.step, baseline=baseline)
+
+    return cli.report_errors((checkpoint.CheckpointError, FileNotFoundError, ValueError), evaluate_run)
+
+
+def main(argv: Sequence[str]) -> int:
+    """The tool in this process (tests): argv without the program name."""
+    return cli.call_tool(define_flags, run, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run_tool(define_flags, run)

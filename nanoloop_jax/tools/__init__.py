@@ -1,0 +1,6 @@
+"""Research tools on top of the core: sweeps, task evaluators, benchmarks, lowering, the converter's CLI.
+
+Each is a thin absl command line over tested functions, `python -m nanoloop_jax.tools.<name>` (big_vision's
+`tools/`), run through nanoloop_jax.cli.run_tool. The core imports none of them, except lengthgen_train.py,
+which ends a run with eval_lengthgen's evaluation.
+"""
