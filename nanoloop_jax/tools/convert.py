@@ -10,7 +10,6 @@ nanoloop_jax/checkpoint.py. This command line is the only place that knows both.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 
 from absl import flags
 
@@ -61,11 +60,6 @@ def run(fv: flags.FlagValues, args: list[str]) -> int:
     convert = to_nanoloop if fv["to-nanoloop"].value else to_orbax
     errors = (ConversionError, ImportError, FileNotFoundError, checkpoint.CheckpointError)
     return cli.report_errors(errors, lambda: convert(*args))
-
-
-def main(argv: Sequence[str]) -> int:
-    """The tool in this process (tests): argv without the program name."""
-    return cli.call_tool(define_flags, run, argv, takes_args=True)
 
 
 if __name__ == "__main__":

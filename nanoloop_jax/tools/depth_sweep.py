@@ -25,7 +25,7 @@ from nanoloop_jax import checkpoint, cli, cpu_defaults, loading
 from nanoloop_jax.data import EVAL_SEED_OFFSET, BatchSampler, DataError
 from nanoloop_jax.model import LoopedGPT
 from nanoloop_jax.steps import make_eval_step
-from nanoloop_jax.tools.plotting import pyplot
+from nanoloop_jax.tools.plotting import pyplot, save_loss_plot
 
 TOOL_ERRORS = (checkpoint.CheckpointError, DataError, ImportError, ValueError)  # reported as one line
 
@@ -89,13 +89,7 @@ def plot(path: str, curves: dict[str, list[dict]], trained: dict[str, int]) -> N
         if trained[label] in xs:
             ax.axvline(trained[label], color=line.get_color(), ls=":", lw=1)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("recurrence depth n_loop at test time")
-    ax.set_ylabel("val loss")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_loss_plot(plt, fig, ax, path, "recurrence depth n_loop at test time")
 
 
 def run(fv: flags.FlagValues, args: list[str]) -> int:
@@ -145,11 +139,6 @@ def run(fv: flags.FlagValues, args: list[str]) -> int:
         print(f"wrote {png}")
 
     return cli.report_errors(TOOL_ERRORS, sweep_all)
-
-
-def main(argv: list[str]) -> int:
-    """The tool in this process (tests): argv without the program name."""
-    return cli.call_tool(define_flags, run, argv)
 
 
 if __name__ == "__main__":

@@ -248,10 +248,5 @@ def run(fv: flags.FlagValues, args: list[str]) -> int:
     return cli.report_errors((EvalError, CheckpointError, DataError, FileNotFoundError, ValueError), evaluate)
 
 
-def main(argv: Sequence[str]) -> int:
-    """The tool in this process (tests): argv without the program name."""
-    return cli.call_tool(define_flags, run, argv)
-
-
 if __name__ == "__main__":
     cli.run_tool(define_flags, run)

@@ -195,10 +195,5 @@ def run(fv: flags.FlagValues, args: list[str]) -> int:
     return cli.report_errors((checkpoint.CheckpointError, FileNotFoundError, ValueError), evaluate_run)
 
 
-def main(argv: Sequence[str]) -> int:
-    """The tool in this process (tests): argv without the program name."""
-    return cli.call_tool(define_flags, run, argv)
-
-
 if __name__ == "__main__":
     cli.run_tool(define_flags, run)

@@ -29,7 +29,7 @@ from nanoloop_jax.data import DataError
 from nanoloop_jax.recurrence import EXIT_CRITERIA, DecodeConfig
 from nanoloop_jax.sampling import KVDecoder, SampleConfig
 from nanoloop_jax.steps import cross_entropy
-from nanoloop_jax.tools.plotting import pyplot
+from nanoloop_jax.tools.plotting import pyplot, save_loss_plot
 
 COLUMNS = ("n_loop", "exit", "threshold", "kv_share", "warm_start", "val_loss", "mean_iters", "kv_cache_mib")
 
@@ -139,13 +139,7 @@ def plot(path: str, rows: list[dict]) -> None:
     for label, rs in groups.items():
         rs = sorted(rs, key=lambda r: r["mean_iters"])
         ax.plot([r["mean_iters"] for r in rs], [r["val_loss"] for r in rs], marker="o", label=label)
-    ax.set_xlabel("mean loop iterations per token")
-    ax.set_ylabel("val loss")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_loss_plot(plt, fig, ax, path, "mean loop iterations per token")
 
 
 def _bools(values: list[str]) -> list[bool]:
@@ -194,11 +188,6 @@ def run(fv: flags.FlagValues, args: list[str]) -> int:
         print(f"wrote {png}")
 
     return cli.report_errors(TOOL_ERRORS, evaluate_all)
-
-
-def main(argv: list[str]) -> int:
-    """The tool in this process (tests): argv without the program name."""
-    return cli.call_tool(define_flags, run, argv)
 
 
 if __name__ == "__main__":
