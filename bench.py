@@ -3,12 +3,15 @@
   python bench.py --config=configs/shakespeare_char_looped.py:cpu
   python bench.py --config=configs/shakespeare_char.py:cpu --steps=50 --json=bench.json
   python bench.py --config=configs/gpt2_owt_looped.py --config.data.batch_size=16 --mode=sample
+  python bench.py --config=configs/shakespeare_char_looped.py --mode=sample --sample_batch_size=1,8 --max_new_tokens=500
   python bench.py --config=configs/shakespeare_char_looped.py:cpu --roofline=cpu   # bound vs the measured step
   python bench.py --config=configs/gpt2_owt_looped.py --lower_for=cuda,tpu --roofline=h100   # no device needed
   python bench.py --config=configs/gpt2_owt_looped.py --suite=device --json=device.json   # scripts/device_check.sh
 
 Random token batches (no dataset needed; vocab_size comes from meta.json when the dataset is prepared).
-On CPU it also reports the matmul-peak fraction: model FLOP/s / a numpy fp32 matmul's FLOP/s. See BENCHMARKS.md.
+On CPU it also reports the matmul-peak fraction: model FLOP/s / a numpy fp32 matmul's FLOP/s. Sample mode
+times the KV-cache decoder against naive full recomputation (nanoLOOP's generate) at random init, in one
+run per batch size. The code is nanoloop_jax/tools/benchmark.py. See BENCHMARKS.md.
 """
 
 import json
@@ -22,8 +25,15 @@ config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", 
 flags.DEFINE_enum("mode", "train", ["train", "sample"], "What to time: the train step or the sampler.")
 flags.DEFINE_integer("steps", 20, "Timed steps (train: the median is reported).")
 flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
-flags.DEFINE_integer("sample_batch_size", 1, "Sample mode: sequences decoded at once.")
+flags.DEFINE_list("sample_batch_size", ["1"], "Sample mode: sequences decoded at once; several (1,8) run in turn.")
+flags.register_validator(
+    "sample_batch_size",
+    lambda v: bool(v) and all(s.isdigit() and int(s) > 0 for s in v),
+    "--sample_batch_size takes positive integers, e.g. 1,8",
+)
 flags.DEFINE_integer("max_new_tokens", 256, "Sample mode: tokens generated per sequence.")
+flags.DEFINE_integer("naive_steps", 20, "Sample mode: context windows the naive decoder is timed on.")
+flags.DEFINE_integer("repeats", 3, "Sample mode: timed runs of each decoder (the median is reported).")
 flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
 flags.DEFINE_list(
     "lower_for", [], "Lower train/eval/decode steps for these platforms (cpu, cuda, rocm, tpu); no device."
@@ -31,14 +41,14 @@ flags.DEFINE_list(
 flags.DEFINE_list("lower_mesh", ["-1", "2", "2"], "--lower_for: (data, fsdp, tensor) mesh over the (fake) devices.")
 flags.DEFINE_enum("roofline", None, ["h100", "h200", "a100", "v4", "v5e", "v5p", "cpu"], "Print the step's roofline.")
 flags.DEFINE_enum(
-    "suite", None, ["device"], "device: the accelerator checks and figures (nanoloop_jax/device_check.py)."
+    "suite", None, ["device"], "device: the accelerator checks and figures (nanoloop_jax/tools/device_check.py)."
 )
 FLAGS = flags.FLAGS
 
 
 def lower_for(benchmark) -> int:
     """--lower_for: one line per platform (and its roofline with --roofline); 1 if any program failed."""
-    from nanoloop_jax import lowering
+    from nanoloop_jax.tools import lowering
 
     ok, cfg = True, FLAGS.config
     for platform in FLAGS.lower_for:
@@ -69,13 +79,14 @@ def main(argv: list[str]) -> int:
         os.environ["XLA_FLAGS"] = (
             os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
         ).strip()
-    from nanoloop_jax import benchmark, cpu_defaults
+    from nanoloop_jax import cpu_defaults
+    from nanoloop_jax.tools import benchmark
 
     cpu_defaults.apply_if_cpu()
     if FLAGS.lower_for:
         return lower_for(benchmark)
     if FLAGS.suite == "device":
-        from nanoloop_jax import device_check
+        from nanoloop_jax.tools import device_check
 
         return device_check.main(FLAGS.config, json_path=FLAGS.json)
     try:
@@ -83,13 +94,24 @@ def main(argv: list[str]) -> int:
         if FLAGS.mode == "train":
             result = benchmark.run_train_benchmark(FLAGS.config, steps=FLAGS.steps, warmup=FLAGS.warmup)
         else:
-            result = benchmark.run_sample_benchmark(
-                FLAGS.config, batch_size=FLAGS.sample_batch_size, max_new_tokens=FLAGS.max_new_tokens
-            )
+            results = []
+            for batch_size in FLAGS.sample_batch_size:
+                results.append(
+                    benchmark.run_sample_benchmark(
+                        FLAGS.config,
+                        batch_size=int(batch_size),
+                        max_new_tokens=FLAGS.max_new_tokens,
+                        naive_steps=FLAGS.naive_steps,
+                        repeats=FLAGS.repeats,
+                    )
+                )
+                print(benchmark.format_result(results[-1]), flush=True)
+            result = results[0] if len(results) == 1 else results  # JSON: one dict, or a list for several batches
     except (ValueError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(benchmark.format_result(result))
+    if FLAGS.mode == "train":
+        print(benchmark.format_result(result))
     if FLAGS.roofline and FLAGS.mode == "train":
         bound = benchmark.train_roofline(result, FLAGS.roofline)
         result["roofline"] = {"chip": FLAGS.roofline, "step_ms": 1e3 * bound.step_s, "mfu_ceiling": bound.mfu_ceiling}

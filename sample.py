@@ -4,7 +4,7 @@
   python sample.py --out_dir=out-shakespeare-char --start="What is the answer?" --num_samples=5 --max_new_tokens=100
   python sample.py --ckpt=path/to/nanoLOOP/ckpt.pt --start=FILE:prompt.txt --n_loop=8 --exit_threshold=0.01
 
---out_dir holds a nanoloop-jax checkpoint (train.py, or python -m nanoloop_jax.convert) or a nanoLOOP
+--out_dir holds a nanoloop-jax checkpoint (train.py, or python -m nanoloop_jax.tools.convert) or a nanoLOOP
 ckpt.pt. The tokenizer is the character table of the checkpoint's dataset (data/<dataset>/meta.json,
 or --data_dir), else GPT-2 BPE. All num_samples samples are decoded together as one batch; the first
 one is printed as it is produced, every 32 tokens, and the others follow when the batch is done.

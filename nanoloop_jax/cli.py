@@ -6,6 +6,10 @@ ml_collections reports an unknown override (`--config.model.nloop=3`) as an Attr
 inside absl's parser, a missing config file as an OSError chain raised only when FLAGS.config is first
 read, and an exception in get_config() as a traceback pasted into a flags.Error. parse_flags catches all
 three at parse time and says which field or file is wrong.
+
+The research tools (nanoloop_jax/tools/) run the same way through run_tool, and tests run them in-process
+through call_tool on a FlagValues of their own: a tool defines its flags only when it runs, never at
+import, because absl flags are process-wide and one test process imports several tools (and sample.py).
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ import os
 import re
 import sys
 import traceback
+from collections.abc import Callable, Sequence
 
-from absl import flags
+from absl import app, flags
 from ml_collections.config_flags.config_flags import is_config_flag  # not re-exported by the package
 
 # ml_collections' suggestion text: KeyError("'nloop'\nDid you mean \"n_loop\" instead of \"nloop\"?")
@@ -131,3 +136,40 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
         print(f"error: {config_error_message(argv, err, flag_values)}", file=sys.stderr)
         sys.exit(1)
     return rest
+
+
+# A tool: define_flags(flag_values) defines its flags on the given FlagValues; main(flag_values, args) runs it
+# on the parsed flags and the positional arguments, and returns the exit status.
+DefineFlags = Callable[[flags.FlagValues], None]
+ToolMain = Callable[[flags.FlagValues, list[str]], int]
+
+
+def report_errors(errors: tuple[type[BaseException], ...], fn: Callable[[], int | None]) -> int:
+    """fn()'s exit status (None: 0), or 1 after one `error: ...` line on stderr if it raises one of `errors`."""
+    try:
+        status = fn()
+    except errors as err:
+        print(f"error: {_one_line(str(err))}", file=sys.stderr)
+        return 1
+    return 0 if status is None else status
+
+
+def _run_main(main: ToolMain, flag_values: flags.FlagValues, rest: list[str], takes_args: bool) -> int:
+    if rest[1:] and not takes_args:
+        print(f"error: unexpected arguments {rest[1:]}; flags are --name=value", file=sys.stderr)
+        return 1
+    return main(flag_values, rest[1:])
+
+
+def run_tool(define_flags: DefineFlags, main: ToolMain, takes_args: bool = False) -> None:
+    """`python -m nanoloop_jax.tools.NAME`: define the tool's flags now, parse them, exit with main's status."""
+    define_flags(flags.FLAGS)
+    app.run(lambda argv: sys.exit(_run_main(main, flags.FLAGS, argv, takes_args)), flags_parser=parse_flags)
+
+
+def call_tool(define_flags: DefineFlags, main: ToolMain, argv: Sequence[str], takes_args: bool = False) -> int:
+    """The same tool in this process, on a FlagValues of its own (tests); argv without the program name."""
+    flag_values = flags.FlagValues()
+    define_flags(flag_values)
+    rest = parse_flags([getattr(define_flags, "__module__", "tool"), *argv], flag_values)
+    return _run_main(main, flag_values, rest, takes_args)

@@ -12,18 +12,17 @@ inject.weight (D, 2D)                  loop/inject/kernel (2D, D)
 <block>: ln_1.weight -> ln_1/scale, attn.c_attn.weight (3D, D) -> attn/c_attn/kernel (D, 3D), ...
 PyTorch Linear weights are (out, in); ours are (in, out), hence the transposes.
 
-Command line:
-  python -m nanoloop_jax.convert ckpt.pt OUT_DIR               # nanoLOOP ckpt.pt -> nanoloop-jax checkpoint
-  python -m nanoloop_jax.convert OUT_DIR ckpt.pt --to-nanoloop   # and back (writing needs the [torch] extra)
+Command line (nanoloop_jax/tools/convert.py; writing the orbax side is checkpoint.py's, so this module never
+imports it):
+  python -m nanoloop_jax.tools.convert ckpt.pt OUT_DIR                 # nanoLOOP ckpt.pt -> nanoloop-jax
+  python -m nanoloop_jax.tools.convert OUT_DIR ckpt.pt --to-nanoloop   # and back (writing needs the [torch] extra)
 
 Reading a ckpt.pt needs no PyTorch: torch_ckpt unpickles tensors and plain values only.
 """
 
 from __future__ import annotations
 
-import argparse
 import re
-import sys
 
 import numpy as np
 from flax import traverse_util
@@ -222,45 +221,3 @@ def jax_to_numpy(tree):
     import jax
 
     return jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), tree)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("src", help="nanoLOOP ckpt.pt (or a nanoloop-jax OUT_DIR with --to-nanoloop)")
-    parser.add_argument("dst", help="nanoloop-jax OUT_DIR (or the ckpt.pt to write with --to-nanoloop)")
-    parser.add_argument("--to-nanoloop", action="store_true", help="convert a nanoloop-jax checkpoint to ckpt.pt")
-    args = parser.parse_args(argv)
-    from nanoloop_jax import checkpoint
-
-    try:
-        if args.to_nanoloop:
-            loaded = checkpoint.load_params(args.src)
-            save_nanoloop_ckpt(
-                args.dst,
-                loaded.model_config,
-                loaded.params,
-                iter_num=loaded.step,
-                best_val_loss=loaded.best_val_loss,
-            )
-            print(f"wrote nanoLOOP checkpoint {args.dst} (iter {loaded.step})")
-        else:
-            ckpt = load_nanoloop_ckpt(args.src)
-            config, params = from_nanoloop(ckpt["model"], ckpt["model_args"])
-            checkpoint.write_params_only(
-                args.dst,
-                config,
-                params,
-                step=int(ckpt.get("iter_num", 0)),
-                best_val_loss=float(ckpt.get("best_val_loss", 1e9)),
-                source={"converted_from": str(args.src), "nanoloop_config": ckpt.get("config", {})},
-                dataset=(ckpt.get("config") or {}).get("dataset"),
-            )
-            print(f"wrote nanoloop-jax checkpoint to {args.dst} (iter {ckpt.get('iter_num', 0)})")
-    except (ConversionError, ImportError, FileNotFoundError, checkpoint.CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

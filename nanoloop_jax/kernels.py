@@ -2,7 +2,7 @@
 
 The choice is made at trace time from `ModelConfig.platform`, the platform the program is *lowered for*
 ("cpu" | "cuda" | "rocm" | "tpu"); None means JAX's default backend, i.e. where the program will run.
-Code that lowers for another platform (nanoloop_jax/lowering.py) sets the field, so a CPU-only machine
+Code that lowers for another platform (nanoloop_jax/tools/lowering.py) sets the field, so a CPU-only machine
 traces exactly the program a GPU or TPU would run.
 
   platform  attention "auto"                 xla attention            gradient iterations      Dense

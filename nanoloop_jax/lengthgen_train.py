@@ -20,8 +20,8 @@ import numpy as np
 
 from nanoloop_jax import lengthgen_data, sharding
 from nanoloop_jax.data import EVAL_SEED_OFFSET, data_dir_of
-from nanoloop_jax.eval_lengthgen import default_max_depth, evaluate, report
 from nanoloop_jax.lengthgen import check_model, make_eval_step, make_train_step
+from nanoloop_jax.lengthgen_eval import default_max_depth, evaluate, report
 from nanoloop_jax.trainer import EvalBatch, Trainer
 
 

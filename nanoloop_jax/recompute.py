@@ -1,5 +1,5 @@
 """nanoLOOP-style generation by full recomputation: the reference the KV-cache decoder is tested against,
-and the baseline sampling_bench times it against. One forward of LoopedGPT.__call__ per new token.
+and the baseline bench.py --mode=sample times it against. One forward of LoopedGPT.__call__ per new token.
 
 Fixed depth only; the adaptive-exit reference is a plain per-position loop in tests/exit_oracle.py.
 """

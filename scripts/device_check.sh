@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One command for the day a GPU or TPU is lent (nanoloop_jax/device_check.py): fp32/bf16 loss against the
+# One command for the day a GPU or TPU is lent (nanoloop_jax/tools/device_check.py): fp32/bf16 loss against the
 # CPU, fused vs xla attention, train-step MFU of configs/gpt2_owt_looped.py on one device, decode tokens/s,
 # compile times. Writes device_check.json and device_check.md (a BENCHMARKS.md-ready table). A few minutes.
 #

@@ -11,11 +11,12 @@ import pytest
 from helpers import tiny_config
 
 from configs import addition_baseline, addition_looped
-from nanoloop_jax import addition, checkpoint, eval_addition
+from nanoloop_jax import addition, checkpoint, cli
 from nanoloop_jax.config import model_config
 from nanoloop_jax.data import BatchSampler
 from nanoloop_jax.model import LoopedGPT, init_params
 from nanoloop_jax.tokenizer import load_tokenizer
+from nanoloop_jax.tools import eval_addition
 
 ITOS = dict(enumerate(addition.CHARS))
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -192,7 +193,7 @@ def test_eval_cli_on_a_tiny_checkpoint(tmp_path, data_dir, tiny_params, capsys):
     out_dir = tmp_path / "ckpt"
     checkpoint.write_params_only(str(out_dir), TINY, tiny_params, step=0, best_val_loss=0.0, source={"test": True})
     argv = [f"--out_dir={out_dir}", f"--data_dir={data_dir}", "--n_loops=1,3", "--digits=1..4", "--num_problems=12"]
-    assert eval_addition.main([*argv, "--batch_size=8"]) == 0
+    assert cli.call_tool(eval_addition.define_flags, eval_addition.run, [*argv, "--batch_size=8"]) == 0
     printed = capsys.readouterr().out
     table = printed.splitlines()[1:7]
     assert table[0].split() == ["digits", "n=1", "n=3"] and set(table[4]) == {"-"}  # a rule after 3 trained digits
@@ -204,7 +205,7 @@ def test_eval_cli_on_a_tiny_checkpoint(tmp_path, data_dir, tiny_params, capsys):
     assert values.shape == (4, 2) and ((values >= 0) & (values <= 1)).all()
     assert (out_dir / "addition_eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # a checkpoint without a named dataset needs --data_dir: one line, exit code 1
-    assert eval_addition.main([f"--out_dir={out_dir}", "--plot=false"]) == 1
+    assert cli.call_tool(eval_addition.define_flags, eval_addition.run, [f"--out_dir={out_dir}", "--plot=false"]) == 1
     assert "--data_dir" in capsys.readouterr().err
 
 

@@ -13,8 +13,8 @@ import pytest
 from helpers import REPO_ROOT
 from ml_collections import ConfigDict
 
-from nanoloop_jax import benchmark
 from nanoloop_jax.config import base_config, model_config
+from nanoloop_jax.tools import benchmark
 
 TINY = {
     "model.vocab_size": 64,

@@ -11,8 +11,9 @@ import numpy as np
 import optax
 import pytest
 
-from nanoloop_jax import checkpoint, convert
+from nanoloop_jax import checkpoint, cli, convert
 from nanoloop_jax.model import LoopedGPT
+from nanoloop_jax.tools import convert as convert_tool
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 CASES = ["standard", "prc_inject_bptt"]
@@ -157,12 +158,20 @@ def test_writing_ckpt_pt_without_torch_names_the_extra(monkeypatch, tmp_path):
 def test_ckpt_pt_to_orbax_and_back(case, tmp_path):
     ref, model_args, sd = _load(case)
     out = tmp_path / "out"
-    assert convert.main([str(FIXTURES / case / "ckpt.pt"), str(out)]) == 0
+    assert (
+        cli.call_tool(convert_tool.define_flags, convert_tool.run, [str(FIXTURES / case / "ckpt.pt"), str(out)], True)
+        == 0
+    )
     loaded = checkpoint.load_params(str(out))
     logits = LoopedGPT(loaded.model_config).apply({"params": loaded.params}, ref["idx"].astype(np.int32))
     np.testing.assert_allclose(logits, ref["logits"], atol=1e-5)
     pytest.importorskip("torch", reason="writing ckpt.pt (--to-nanoloop) needs the [torch] extra")
-    assert convert.main([str(out), str(tmp_path / "back.pt"), "--to-nanoloop"]) == 0
+    assert (
+        cli.call_tool(
+            convert_tool.define_flags, convert_tool.run, [str(out), str(tmp_path / "back.pt"), "--to-nanoloop"], True
+        )
+        == 0
+    )
     back = convert.load_nanoloop_ckpt(str(tmp_path / "back.pt"))
     assert back["model_args"] == model_args
     for k in sd:

@@ -18,7 +18,7 @@ def test_sweep_csv_equals_direct_evaluation(tmp_path):
         [
             sys.executable,
             "-m",
-            "nanoloop_jax.depth_sweep",
+            "nanoloop_jax.tools.depth_sweep",
             f"--out_dir={out}",
             f"--data_dir={data_dir}",
             "--n_loops=1,3,6",
@@ -44,7 +44,7 @@ def test_sweep_csv_equals_direct_evaluation(tmp_path):
 
 
 def test_sweep_bad_flags_one_line(tmp_path):
-    res = run([sys.executable, "-m", "nanoloop_jax.depth_sweep", f"--out_dir={tmp_path}", "--n_loops=0,2"])
+    res = run([sys.executable, "-m", "nanoloop_jax.tools.depth_sweep", f"--out_dir={tmp_path}", "--n_loops=0,2"])
     assert res.returncode == 1 and "--n_loops must be positive integers" in res.stderr
-    res = run([sys.executable, "-m", "nanoloop_jax.depth_sweep", f"--out_dir={tmp_path}"])
+    res = run([sys.executable, "-m", "nanoloop_jax.tools.depth_sweep", f"--out_dir={tmp_path}"])
     assert res.returncode == 1 and "no checkpoint in" in res.stderr and "Traceback" not in res.stderr

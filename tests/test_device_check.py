@@ -5,8 +5,8 @@ import types
 
 from ml_collections import ConfigDict
 
-from nanoloop_jax import device_check
 from nanoloop_jax.config import base_config
+from nanoloop_jax.tools import device_check
 
 TINY = {"vocab_size": 64, "block_size": 32, "n_embd": 32, "n_head": 2, "n_loop": 2, "bptt_k": 1}
 

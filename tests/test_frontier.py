@@ -17,7 +17,7 @@ def test_frontier_csv(tmp_path):
         [
             sys.executable,
             "-m",
-            "nanoloop_jax.frontier",
+            "nanoloop_jax.tools.frontier",
             f"--out_dir={out}",
             f"--data_dir={data_dir}",
             "--n_loops=4",
@@ -46,8 +46,10 @@ def test_frontier_csv(tmp_path):
 
 
 def test_frontier_bad_flags_one_line(tmp_path):
-    res = run([sys.executable, "-m", "nanoloop_jax.frontier", f"--out_dir={tmp_path}", "--exits=confidence:0.1"])
+    res = run([sys.executable, "-m", "nanoloop_jax.tools.frontier", f"--out_dir={tmp_path}", "--exits=confidence:0.1"])
     assert res.returncode == 1 and "unknown exit criterion 'confidence'" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
-    res = run([sys.executable, "-m", "nanoloop_jax.frontier", f"--out_dir={tmp_path}", "--n_loops=4", "--kv_share=5"])
+    res = run(
+        [sys.executable, "-m", "nanoloop_jax.tools.frontier", f"--out_dir={tmp_path}", "--n_loops=4", "--kv_share=5"]
+    )
     assert res.returncode == 1 and "kv_share (5) must be in 0..n_loop (4)" in res.stderr

@@ -12,8 +12,8 @@ from ml_collections import ConfigDict
 
 from configs import addition_lengthgen, addition_lengthgen_baseline, parity_lengthgen, parity_lengthgen_baseline
 from nanoloop_jax import convert, lengthgen_data
-from nanoloop_jax.eval_lengthgen import Result, format_table, read_csv, write_csv
 from nanoloop_jax.lengthgen import accuracies, answers_per_iteration, logits_at_depth, make_train_step
+from nanoloop_jax.lengthgen_eval import Result, format_table, read_csv, write_csv
 from nanoloop_jax.model import LoopedGPT, ModelConfig, init_params
 from nanoloop_jax.steps import TrainState, cross_entropy
 

@@ -1,6 +1,6 @@
 """GPU and TPU programs lowered on CPU (bench.py --lower_for), and the roofline they are bounded by.
 
-What lowering checks and what it does not: see nanoloop_jax/lowering.py's docstring.
+What lowering checks and what it does not: see nanoloop_jax/tools/lowering.py's docstring.
 """
 
 import re
@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import pytest
 from helpers import REPO_ROOT
 
-from nanoloop_jax import kernels, lowering, roofline
+from nanoloop_jax import kernels
 from nanoloop_jax.config import base_config
+from nanoloop_jax.tools import lowering, roofline
 
 TINY = {
     "model.vocab_size": 64,

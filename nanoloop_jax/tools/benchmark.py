@@ -1,9 +1,17 @@
-"""Speed as a measured property: the real jitted train step on random tokens, timed, with loop-aware FLOPs.
+"""Speed as a measured property: the real jitted train step on random tokens, timed, with loop-aware FLOPs;
+and the KV-cache decoder against naive full recomputation (nanoLOOP's generate), in one run.
 
 `bench.py` is the command line; this module builds the step, times it and returns a flat dict of figures
 (compile time, ms/step, tokens/s, FLOPs per token, FLOP/s, MFU, compiled memory) for printing or JSON.
 On CPU there is no peak FLOP/s to divide by, so the same run also times a large fp32 numpy matmul: the
 "matmul-peak fraction" (model FLOP/s / numpy FLOP/s) says how close the step is to what this CPU can do.
+
+Sample mode (`bench.py --mode=sample`; BENCHMARKS.md's table: configs/shakespeare_char_looped.py,
+`--sample_batch_size=1,8 --max_new_tokens=500`): compilation is excluded, each decoder runs once to warm
+up and is then timed (median of `repeats` runs). The naive decoder does one full forward per token, so
+timing all 500 tokens at batch 8 would take many minutes on a CPU; it is timed instead on `naive_steps`
+of the same context windows, evenly spaced, and its rate is batch / mean seconds per step. Its windows
+are right-padded to a multiple of 32 so a handful of compilations cover every length.
 """
 
 from __future__ import annotations
@@ -16,18 +24,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nanoloop_jax import flops, roofline
+from nanoloop_jax import flops
 from nanoloop_jax.config import model_config
 from nanoloop_jax.data import data_dir_of, load_meta
 from nanoloop_jax.model import LoopedGPT, ModelConfig
 from nanoloop_jax.optim import make_optimizer
 from nanoloop_jax.prepare import prepare_command
+from nanoloop_jax.recompute import naive_step_fn, naive_windows
+from nanoloop_jax.sampling import KVDecoder, SampleConfig, padded_length
 from nanoloop_jax.steps import init_train_state, make_train_step
+from nanoloop_jax.tools import roofline
 
 MATMUL_SHAPE = (2048, 2048, 2048)  # (M, K, N) of the numpy reference product: ~17 GFLOP, at BLAS peak
 REFERENCE_GAP_S = 0.2  # idle seconds after the reference products, before the steps
 REFERENCE_REPEATS = 3  # reference products per round (median)
 REFERENCE_ROUNDS = 5  # blocks of timed steps, each after its own reference products
+NAIVE_PAD = 32  # the naive decoder's windows are right-padded to a multiple of this: few compilations
 
 
 class NumpyMatmul:
@@ -197,23 +209,102 @@ def train_roofline(result: dict[str, Any], chip_name: str) -> roofline.Roofline:
 
 
 def lowered_roofline(lowered, mcfg: ModelConfig, tokens: int, chip_name: str) -> roofline.Roofline:
-    """The roofline of a lowered train step (nanoloop_jax.lowering) for `tokens` tokens per step on a chip."""
+    """The roofline of a lowered train step (nanoloop_jax.tools.lowering) for `tokens` tokens per step on a chip."""
     hlo_flops, _ = roofline.cost_of(lowered)
     hlo_bytes = roofline.unfusable_bytes(lowered)  # XLA's count for an unfused program is far too high
     model_flops = flops.flops_per_token(mcfg) * tokens
     return roofline.roofline(chip_name, roofline.CHIPS[chip_name], hlo_flops, hlo_bytes, model_flops)
 
 
-def run_sample_benchmark(config, batch_size: int, max_new_tokens: int) -> dict[str, Any]:
-    """Decode speed of the sampler (nanoloop_jax.sampling_bench) for config's model at fresh init."""
-    from nanoloop_jax import sampling_bench  # written alongside sampling.py; imported only in sample mode
+def _median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
+
+def time_decoders(
+    model_config: ModelConfig,
+    params,
+    *,
+    batch_size: int,
+    max_new_tokens: int = 500,
+    prompt_len: int = 1,
+    n_loop: int | None = None,
+    naive_steps: int = 20,
+    repeats: int = 3,
+    chunk_size: int = 32,
+) -> dict:
+    """Print and return tokens/s (all sequences together) of the KV-cache and naive decoders, and the speed-up."""
+    sc = SampleConfig(temperature=0.8, top_k=200)  # nanoLOOP sample.py's defaults
+    rng = np.random.default_rng(0)
+    prompt_BxP = rng.integers(0, model_config.vocab_size, (batch_size, prompt_len), dtype=np.int32)
+    key = jax.random.PRNGKey(1337)
+
+    decoder = KVDecoder(model_config, sc, n_loop=n_loop, chunk_size=chunk_size)
+    decoder.generate(params, prompt_BxP, max_new_tokens, key)  # compile
+    kv_s = _median_seconds(lambda: decoder.generate(params, prompt_BxP, max_new_tokens, key), repeats)
+
+    step = naive_step_fn(model_config, sc, n_loop=n_loop)
+    windows = naive_windows(prompt_len, max_new_tokens, model_config.block_size)
+    picked = [windows[i] for i in np.linspace(0, len(windows) - 1, min(naive_steps, len(windows))).astype(int)]
+    inputs = []
+    for start, end in picked:
+        n = end - start
+        window_BxT = rng.integers(
+            0, model_config.vocab_size, (batch_size, padded_length(n, NAIVE_PAD, model_config.block_size))
+        )
+        inputs.append((window_BxT.astype(np.int32), n))
+    noise_key = jax.random.PRNGKey(0)
+    for window_BxT, n in {w.shape[1]: (w, n) for w, n in inputs}.values():  # compile each padded length once
+        jax.block_until_ready(step(params, window_BxT, n, key, noise_key))
+
+    def naive_run():
+        for i, (window_BxT, n) in enumerate(inputs):
+            jax.block_until_ready(step(params, window_BxT, n, jax.random.fold_in(key, i), noise_key))
+
+    naive_step_s = _median_seconds(naive_run, repeats) / len(inputs)
+
+    result = {
+        "batch_size": batch_size,
+        "max_new_tokens": max_new_tokens,
+        "prompt_len": prompt_len,
+        "n_loop": decoder.n_loop,
+        "kv_seconds": kv_s,
+        "kv_tokens_per_s": batch_size * max_new_tokens / kv_s,
+        "naive_steps_timed": len(inputs),
+        "naive_seconds_per_step": naive_step_s,
+        "naive_tokens_per_s": batch_size / naive_step_s,
+    }
+    result["speedup"] = result["kv_tokens_per_s"] / result["naive_tokens_per_s"]
+    print(
+        f"batch {batch_size}, {max_new_tokens} new tokens, n_loop {decoder.n_loop}: "
+        f"KV cache {result['kv_tokens_per_s']:,.1f} tok/s ({kv_s:.2f} s), "
+        f"naive {result['naive_tokens_per_s']:,.1f} tok/s ({naive_step_s * 1e3:.0f} ms/step over "
+        f"{len(inputs)} of the {max_new_tokens} windows), speed-up {result['speedup']:.1f}x",
+        flush=True,
+    )
+    return result
+
+
+def run_sample_benchmark(
+    config, batch_size: int, max_new_tokens: int, naive_steps: int = 20, repeats: int = 3
+) -> dict[str, Any]:
+    """Decode speed of the sampler (time_decoders) for config's model at fresh init: speed needs no training."""
     mcfg = bench_model_config(config)
     params = jax.jit(lambda k: init_train_state(LoopedGPT(mcfg), make_optimizer(config.opt), k).params)(
         jax.random.PRNGKey(config.seed)
     )
-    result = sampling_bench.run_sample_benchmark(
-        mcfg, params, batch_size=batch_size, max_new_tokens=max_new_tokens, prompt_len=1
+    result = time_decoders(
+        mcfg,
+        params,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        prompt_len=1,
+        naive_steps=naive_steps,
+        repeats=repeats,
     )
     return {"mode": "sample", "device": jax.devices()[0].device_kind, **dict(result)}
 

@@ -11,3 +11,14 @@ def pyplot():
     except ImportError:
         raise ImportError("plotting needs matplotlib: uv sync --extra plot (the CSV was written)") from None
     return plt
+
+
+def save_loss_plot(plt, fig, ax, path: str, xlabel: str) -> None:
+    """Finish a val-loss line plot (labels, grid, legend) and write it to path."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("val loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

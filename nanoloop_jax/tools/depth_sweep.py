@@ -1,8 +1,8 @@
 """Validation loss (and speed) of one checkpoint at many recurrence depths: how test-time compute pays off.
 
-  python -m nanoloop_jax.depth_sweep --out_dir=out-shakespeare-char-looped --n_loops=1,2,4,8,16,32
-  python -m nanoloop_jax.depth_sweep --out_dir=out-fixed,out-random --plot=depth_sweep.png   # curves in one plot
-  python -m nanoloop_jax.depth_sweep --ckpt=nanoloop/ckpt.pt --data_dir=data/shakespeare_char
+  python -m nanoloop_jax.tools.depth_sweep --out_dir=out-shakespeare-char-looped --n_loops=1,2,4,8,16,32
+  python -m nanoloop_jax.tools.depth_sweep --out_dir=out-fixed,out-random --plot=depth_sweep.png   # curves in one plot
+  python -m nanoloop_jax.tools.depth_sweep --ckpt=nanoloop/ckpt.pt --data_dir=data/shakespeare_char
 
 Prints a table and writes OUT_DIR/depth_sweep.csv (n_loop, val_loss, tokens_per_s) for every checkpoint,
 and a PNG of loss vs n_loop (log x) when matplotlib is installed (uv sync --extra plot).
@@ -19,24 +19,36 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
-from nanoloop_jax import checkpoint, cpu_defaults, loading
+from nanoloop_jax import checkpoint, cli, cpu_defaults, loading
 from nanoloop_jax.data import EVAL_SEED_OFFSET, BatchSampler, DataError
 from nanoloop_jax.model import LoopedGPT
-from nanoloop_jax.plotting import pyplot
 from nanoloop_jax.steps import make_eval_step
+from nanoloop_jax.tools.plotting import pyplot, save_loss_plot
 
-flags.DEFINE_string("out_dir", None, "Checkpoint dir(s), comma-separated to compare runs in one plot.")
-flags.DEFINE_string("ckpt", None, "A nanoLOOP ckpt.pt instead of --out_dir (needs the [torch] extra).")
-flags.DEFINE_string("n_loops", "1,2,4,8,16,32", "Comma-separated recurrence depths.")
-flags.DEFINE_string("data_dir", None, "Dataset dir with val.bin (default: the one the checkpoint names).")
-flags.DEFINE_integer("eval_iters", 20, "Validation batches per depth.")
-flags.DEFINE_integer("batch_size", 12, "Sequences per batch.")
-flags.DEFINE_integer("seed", 1337, "The training seed (eval batches use seed + the trainer's offset).")
-flags.DEFINE_string("plot", None, "PNG path (default: OUT_DIR/depth_sweep.png for one run).")
-flags.DEFINE_string("labels", None, "Comma-separated legend labels, one per --out_dir (default: the dirs).")
-FLAGS = flags.FLAGS
+TOOL_ERRORS = (checkpoint.CheckpointError, DataError, ImportError, ValueError)  # reported as one line
+
+
+def define_flags(fv: flags.FlagValues) -> None:
+    """The tool's flags, on fv (defined when the tool runs, not at import: absl flags are process-wide)."""
+    flags.DEFINE_list(
+        "out_dir", None, "Checkpoint dir(s), comma-separated to compare runs in one plot.", flag_values=fv
+    )
+    flags.DEFINE_string(
+        "ckpt", None, "A nanoLOOP ckpt.pt instead of --out_dir (needs the [torch] extra).", flag_values=fv
+    )
+    flags.DEFINE_list("n_loops", ["1", "2", "4", "8", "16", "32"], "Recurrence depths.", flag_values=fv)
+    flags.DEFINE_string(
+        "data_dir", None, "Dataset dir with val.bin (default: the one the checkpoint names).", flag_values=fv
+    )
+    flags.DEFINE_integer("eval_iters", 20, "Validation batches per depth.", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 12, "Sequences per batch.", flag_values=fv)
+    flags.DEFINE_integer(
+        "seed", 1337, "The training seed (eval batches use seed + the trainer's offset).", flag_values=fv
+    )
+    flags.DEFINE_string("plot", None, "PNG path (default: OUT_DIR/depth_sweep.png for one run).", flag_values=fv)
+    flags.DEFINE_list("labels", None, "Legend labels, one per --out_dir (default: the dirs).", flag_values=fv)
 
 
 def sweep(
@@ -77,60 +89,57 @@ def plot(path: str, curves: dict[str, list[dict]], trained: dict[str, int]) -> N
         if trained[label] in xs:
             ax.axvline(trained[label], color=line.get_color(), ls=":", lw=1)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("recurrence depth n_loop at test time")
-    ax.set_ylabel("val loss")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_loss_plot(plt, fig, ax, path, "recurrence depth n_loop at test time")
 
 
-def main(argv: list[str]) -> int:
-    del argv
+def run(fv: flags.FlagValues, args: list[str]) -> int:
+    """Sweep every checkpoint of the flags, print the tables, write the CSVs and the plot."""
+    del args
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it reads at INFO
     cpu_defaults.apply_if_cpu()
     try:
-        n_loops = [int(s) for s in FLAGS.n_loops.split(",") if s.strip()]
+        n_loops = [int(s) for s in fv.n_loops]
         if not n_loops or min(n_loops) < 1:
             raise ValueError
     except ValueError:
-        print(f"error: --n_loops must be positive integers separated by commas, got {FLAGS.n_loops!r}", file=sys.stderr)
+        print(
+            f"error: --n_loops must be positive integers separated by commas, got {','.join(fv.n_loops)!r}",
+            file=sys.stderr,
+        )
         return 1
-    sources = FLAGS.out_dir.split(",") if FLAGS.out_dir else [None]
-    if FLAGS.out_dir is None and FLAGS.ckpt is None:
+    sources = fv.out_dir or [None]
+    if fv.out_dir is None and fv.ckpt is None:
         print("error: pass --out_dir=DIR (or --ckpt=ckpt.pt)", file=sys.stderr)
         return 1
-    labels = FLAGS.labels.split(",") if FLAGS.labels else [s or FLAGS.ckpt for s in sources]
+    labels = fv.labels or [s or fv.ckpt for s in sources]
     if len(labels) != len(sources):
         print(f"error: --labels has {len(labels)} entries for {len(sources)} runs", file=sys.stderr)
         return 1
-    curves, trained = {}, {}
-    try:
+
+    def sweep_all() -> None:
+        curves, trained = {}, {}
         for out_dir, label in zip(sources, labels, strict=True):
-            model = loading.load_model(out_dir, FLAGS.ckpt)
-            data_dir = FLAGS.data_dir or model.data_dir
+            model = loading.load_model(out_dir, fv.ckpt)
+            data_dir = fv.data_dir or model.data_dir
             if data_dir is None:
                 raise DataError("the checkpoint names no dataset; pass --data_dir=DIR")
-            rows = sweep(model, data_dir, n_loops, FLAGS.eval_iters, FLAGS.batch_size, FLAGS.seed)
+            rows = sweep(model, data_dir, n_loops, fv.eval_iters, fv.batch_size, fv.seed)
             print(
                 f"{model.description} (trained n_loop {model.model_config.n_loop}, {model.model_config.loop_sampling})"
             )
             print(f"{'n_loop':>7} {'val loss':>9} {'tokens/s':>10}")
             for r in rows:
                 print(f"{r['n_loop']:>7} {r['val_loss']:>9.4f} {r['tokens_per_s']:>10,.0f}")
-            csv_path = os.path.join(out_dir or os.path.dirname(os.path.abspath(FLAGS.ckpt)), "depth_sweep.csv")
+            csv_path = os.path.join(out_dir or os.path.dirname(os.path.abspath(fv.ckpt)), "depth_sweep.csv")
             write_csv(csv_path, rows)
             print(f"wrote {csv_path}")
             curves[label], trained[label] = rows, model.model_config.n_loop
-        png = FLAGS.plot or os.path.join(sources[0] or os.path.dirname(os.path.abspath(FLAGS.ckpt)), "depth_sweep.png")
+        png = fv.plot or os.path.join(sources[0] or os.path.dirname(os.path.abspath(fv.ckpt)), "depth_sweep.png")
         plot(png, curves, trained)
         print(f"wrote {png}")
-    except (checkpoint.CheckpointError, DataError, ImportError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+
+    return cli.report_errors(TOOL_ERRORS, sweep_all)
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    cli.run_tool(define_flags, run)

@@ -1,10 +1,10 @@
 """Compute/quality frontier of test-time compute: val loss vs loop iterations per token, as the decoder computes it.
 
-  python -m nanoloop_jax.frontier --out_dir=out-shakespeare-char-looped-cpu --n_loops=8,16 \
+  python -m nanoloop_jax.tools.frontier --out_dir=out-shakespeare-char-looped-cpu --n_loops=8,16 \
       --exits=none,latent_diff:0.01,kl:0.001,entropy:0.01,argmax:2 --val_windows=32
-  python -m nanoloop_jax.frontier --out_dir=... --n_loops=32 --kv_share=0,4,8 --exits=none
-  python -m nanoloop_jax.frontier --out_dir=... --n_loops=16 --exits=latent_diff:0.05 --warm_start=false,true
-  python -m nanoloop_jax.frontier --ckpt=nanoloop/ckpt.pt --data_dir=data/shakespeare_char
+  python -m nanoloop_jax.tools.frontier --out_dir=... --n_loops=32 --kv_share=0,4,8 --exits=none
+  python -m nanoloop_jax.tools.frontier --out_dir=... --n_loops=16 --exits=latent_diff:0.05 --warm_start=false,true
+  python -m nanoloop_jax.tools.frontier --ckpt=nanoloop/ckpt.pt --data_dir=data/shakespeare_char
 
 Every position of the first --val_windows non-overlapping block_size windows of val.bin predicts the next
 character through the KV-cache decoder (KVDecoder.window_logits): per-token exit, shared cache slots and
@@ -19,34 +19,41 @@ from __future__ import annotations
 import csv
 import itertools
 import os
-import sys
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
-from nanoloop_jax import checkpoint, loading
+from nanoloop_jax import checkpoint, cli, loading
 from nanoloop_jax.data import DataError
-from nanoloop_jax.plotting import pyplot
 from nanoloop_jax.recurrence import EXIT_CRITERIA, DecodeConfig
 from nanoloop_jax.sampling import KVDecoder, SampleConfig
 from nanoloop_jax.steps import cross_entropy
+from nanoloop_jax.tools.plotting import pyplot, save_loss_plot
 
 COLUMNS = ("n_loop", "exit", "threshold", "kv_share", "warm_start", "val_loss", "mean_iters", "kv_cache_mib")
 
-flags.DEFINE_string("out_dir", None, "Checkpoint dir (an orbax run or a dir with a nanoLOOP ckpt.pt).")
-flags.DEFINE_string("ckpt", None, "A nanoLOOP ckpt.pt instead of --out_dir.")
-flags.DEFINE_string("data_dir", None, "Dataset dir with val.bin (default: the one the checkpoint names).")
-flags.DEFINE_list("n_loops", ["8", "16"], "Recurrence depths.")
-flags.DEFINE_list("exits", ["none"], "Exit rules, CRITERION:THRESHOLD (argmax:PATIENCE; none).")
-flags.DEFINE_list("kv_share", ["0"], "KV-cache slots per recurrent layer (0 = one per iteration).")
-flags.DEFINE_list("warm_start", ["false"], "false, true, or both.")
-flags.DEFINE_integer("min_loops", 1, "Iterations every token computes before it may exit.")
-flags.DEFINE_integer("val_windows", 32, "Non-overlapping block_size windows of val.bin evaluated.")
-flags.DEFINE_integer("batch_size", 16, "Windows per decoder call.")
-flags.DEFINE_integer("seed", 1337, "Noise key seed (inject_random).")
-flags.DEFINE_string("plot", None, "PNG path (default: OUT_DIR/frontier.png).")
-FLAGS = flags.FLAGS
+TOOL_ERRORS = (checkpoint.CheckpointError, DataError, ImportError, ValueError)  # reported as one line
+
+
+def define_flags(fv: flags.FlagValues) -> None:
+    """The tool's flags, on fv (defined when the tool runs, not at import: absl flags are process-wide)."""
+    flags.DEFINE_string(
+        "out_dir", None, "Checkpoint dir (an orbax run or a dir with a nanoLOOP ckpt.pt).", flag_values=fv
+    )
+    flags.DEFINE_string("ckpt", None, "A nanoLOOP ckpt.pt instead of --out_dir.", flag_values=fv)
+    flags.DEFINE_string(
+        "data_dir", None, "Dataset dir with val.bin (default: the one the checkpoint names).", flag_values=fv
+    )
+    flags.DEFINE_list("n_loops", ["8", "16"], "Recurrence depths.", flag_values=fv)
+    flags.DEFINE_list("exits", ["none"], "Exit rules, CRITERION:THRESHOLD (argmax:PATIENCE; none).", flag_values=fv)
+    flags.DEFINE_list("kv_share", ["0"], "KV-cache slots per recurrent layer (0 = one per iteration).", flag_values=fv)
+    flags.DEFINE_list("warm_start", ["false"], "false, true, or both.", flag_values=fv)
+    flags.DEFINE_integer("min_loops", 1, "Iterations every token computes before it may exit.", flag_values=fv)
+    flags.DEFINE_integer("val_windows", 32, "Non-overlapping block_size windows of val.bin evaluated.", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 16, "Windows per decoder call.", flag_values=fv)
+    flags.DEFINE_integer("seed", 1337, "Noise key seed (inject_random).", flag_values=fv)
+    flags.DEFINE_string("plot", None, "PNG path (default: OUT_DIR/frontier.png).", flag_values=fv)
 
 
 def parse_exit(entry: str) -> tuple[str, float]:
@@ -132,13 +139,7 @@ def plot(path: str, rows: list[dict]) -> None:
     for label, rs in groups.items():
         rs = sorted(rs, key=lambda r: r["mean_iters"])
         ax.plot([r["mean_iters"] for r in rs], [r["val_loss"] for r in rs], marker="o", label=label)
-    ax.set_xlabel("mean loop iterations per token")
-    ax.set_ylabel("val loss")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_loss_plot(plt, fig, ax, path, "mean loop iterations per token")
 
 
 def _bools(values: list[str]) -> list[bool]:
@@ -158,36 +159,36 @@ def _ints(name: str, values: list[str], low: int) -> list[int]:
     return out
 
 
-def main(argv: list[str]) -> int:
-    del argv
+def run(fv: flags.FlagValues, args: list[str]) -> int:
+    """Evaluate every setting of the flags, write the CSV and the plot."""
+    del args
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it reads at INFO
-    try:
-        if FLAGS.out_dir is None and FLAGS.ckpt is None:
+
+    def evaluate_all() -> None:
+        if fv.out_dir is None and fv.ckpt is None:
             raise ValueError("pass --out_dir=DIR (or --ckpt=ckpt.pt)")
-        n_loops = _ints("n_loops", FLAGS.n_loops, 1)
-        kv_shares = _ints("kv_share", FLAGS.kv_share, 0)
-        exits = [parse_exit(e) for e in FLAGS.exits]
-        warm = _bools(FLAGS.warm_start)
+        n_loops = _ints("n_loops", fv.n_loops, 1)
+        kv_shares = _ints("kv_share", fv.kv_share, 0)
+        exits = [parse_exit(e) for e in fv.exits]
+        warm = _bools(fv.warm_start)
         for n_loop, k in itertools.product(n_loops, kv_shares):
             DecodeConfig(n_loop, kv_share=k).validate()
-        model = loading.load_model(FLAGS.out_dir, FLAGS.ckpt)
-        data_dir = FLAGS.data_dir or model.data_dir
+        model = loading.load_model(fv.out_dir, fv.ckpt)
+        data_dir = fv.data_dir or model.data_dir
         if data_dir is None:
             raise DataError("the checkpoint names no dataset; pass --data_dir=DIR")
-        x, y = val_windows(data_dir, model.model_config.block_size, FLAGS.val_windows)
-        print(f"{model.description}: {FLAGS.val_windows} val windows of {model.model_config.block_size} tokens")
-        rows = frontier(model, x, y, n_loops, exits, kv_shares, warm, FLAGS.min_loops, FLAGS.batch_size, FLAGS.seed)
-        where = FLAGS.out_dir or os.path.dirname(os.path.abspath(FLAGS.ckpt))
+        x, y = val_windows(data_dir, model.model_config.block_size, fv.val_windows)
+        print(f"{model.description}: {fv.val_windows} val windows of {model.model_config.block_size} tokens")
+        rows = frontier(model, x, y, n_loops, exits, kv_shares, warm, fv.min_loops, fv.batch_size, fv.seed)
+        where = fv.out_dir or os.path.dirname(os.path.abspath(fv.ckpt))
         write_csv(os.path.join(where, "frontier.csv"), rows)
         print(f"wrote {os.path.join(where, 'frontier.csv')}")
-        png = FLAGS.plot or os.path.join(where, "frontier.png")
+        png = fv.plot or os.path.join(where, "frontier.png")
         plot(png, rows)
         print(f"wrote {png}")
-    except (checkpoint.CheckpointError, DataError, ImportError, ValueError) as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
-    return 0
+
+    return cli.report_errors(TOOL_ERRORS, evaluate_all)
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    cli.run_tool(define_flags, run)

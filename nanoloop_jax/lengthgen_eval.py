@@ -1,22 +1,17 @@
-"""Exact-match accuracy of a length-generalization run per (input length, n_loop), and with the confidence stop.
-
-  python -m nanoloop_jax.eval_lengthgen --out_dir=out-parity-lengthgen
-  python -m nanoloop_jax.eval_lengthgen --out_dir=out-parity-lengthgen --max_depth=80 --lengths=10,40,50
+"""Per-length accuracy of a length-generalization model: every n_loop up to max_depth and the confidence stop.
 
 Every test length n runs the loop once up to max_depth iterations and reads the answer after each, so the
 table has every n_loop 1..max_depth; its columns are T(n) (the trained depth rule), `adaptive` (per
-problem, the iteration whose greedy answer is most probable) and a few fixed depths. Writes
-OUT_DIR/accuracy.csv (columns length,n_loop,accuracy: one row per length and n_loop 1..max_depth, then
-one with n_loop=adaptive) and OUT_DIR/accuracy.png (heat map, matplotlib: uv sync --extra plot).
-train.py runs this at the end of every config with a `lengthgen` section.
+problem, the iteration whose greedy answer is most probable) and a few fixed depths. `report` writes
+OUT_DIR/accuracy.csv (length,n_loop,accuracy: one row per length and n_loop 1..max_depth, then one with
+n_loop=adaptive) and OUT_DIR/accuracy.png (heat map, matplotlib: uv sync --extra plot). Training
+(lengthgen_train.py) ends with it; `python -m nanoloop_jax.tools.eval_lengthgen` re-runs it on a checkpoint.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
-import sys
 from collections.abc import Sequence
 
 import jax
@@ -158,40 +153,3 @@ def report(
 def default_max_depth(lg, n_loop: int) -> int:
     """The largest T(n) over the test lengths plus lg.eval_extra_depth (the adaptive stop's search range)."""
     return max(lengthgen_data.depth_for_length(lg, n_loop, n) for n in lg.test_lengths) + lg.eval_extra_depth
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from ml_collections import ConfigDict
-
-    from nanoloop_jax import checkpoint
-
-    p = argparse.ArgumentParser(prog="python -m nanoloop_jax.eval_lengthgen", description=__doc__.splitlines()[0])
-    p.add_argument("--out_dir", required=True, help="a run of a config with a lengthgen section (results go here)")
-    p.add_argument("--lengths", default="", help="e.g. 10,20,40 (default: the run's lengthgen.test_lengths)")
-    p.add_argument("--max_depth", type=int, default=0, help="largest n_loop (default: max T(n) + eval_extra_depth)")
-    p.add_argument("--batch_size", type=int, default=250, help="problems evaluated together")
-    p.add_argument(
-        "--baseline", default="", help="a baseline run's out_dir: its n_loop-1 accuracy.csv column joins the table"
-    )
-    args = p.parse_args(argv)
-    try:
-        loaded = checkpoint.load_params(args.out_dir)
-        run_cfg = loaded.meta.get("config") or {}
-        if "lengthgen" not in run_cfg:
-            raise ValueError(f"{args.out_dir} was not trained with a lengthgen config")
-        lg = ConfigDict(run_cfg["lengthgen"])
-        data_dir = run_cfg["data"]["data_dir"]
-        lengths = [int(s) for s in args.lengths.split(",") if s.strip()] or list(lg.test_lengths)
-        max_depth = args.max_depth or default_max_depth(lg, loaded.model_config.n_loop)
-        model = LoopedGPT(loaded.model_config)
-        result = evaluate(model, loaded.params, data_dir, lg, lengths, max_depth, args.batch_size)
-        baseline = read_csv(os.path.join(args.baseline, "accuracy.csv")) if args.baseline else None
-        report(args.out_dir, result, lg, loaded.step, baseline=baseline)
-    except (checkpoint.CheckpointError, FileNotFoundError, ValueError) as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

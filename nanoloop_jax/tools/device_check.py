@@ -27,10 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
-from nanoloop_jax import benchmark, kernels
+from nanoloop_jax import kernels
 from nanoloop_jax.model import LoopedGPT, ModelConfig
 from nanoloop_jax.sampling import KVDecoder, SampleConfig
 from nanoloop_jax.steps import cross_entropy
+from nanoloop_jax.tools import benchmark
 
 NO_ACCELERATOR = "no accelerator"
 MFU_GOAL = 0.50  # loop-aware MFU on one H100 (llm.c reaches ~40% on GPT-2 124M)

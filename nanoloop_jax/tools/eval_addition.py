@@ -1,7 +1,8 @@
 """Exact-match accuracy on addition per (operand digits, n_loop), by greedy KV-cache decoding.
 
-  python -m nanoloop_jax.eval_addition --out_dir=out-addition-looped --n_loops=1,2,4,8,16
-  python -m nanoloop_jax.eval_addition --out_dir=out-addition-baseline --n_loops=1,2 --digits=1..6 --num_problems=100
+  python -m nanoloop_jax.tools.eval_addition --out_dir=out-addition-looped --n_loops=1,2,4,8,16
+  python -m nanoloop_jax.tools.eval_addition --out_dir=out-addition-baseline --n_loops=1,2 --digits=1..6 \
+      --num_problems=100
 
 Each problem of the checkpoint's dataset's test_<d>.json (both operands d digits) is prompted as `\\n a+b=`:
 the newline that ends every problem in train.bin, so the question starts as it does after a previous
@@ -16,15 +17,15 @@ writes OUT_DIR/addition_eval.csv and OUT_DIR/addition_eval.png (matplotlib: uv s
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from absl import flags
 
-from nanoloop_jax import addition, cpu_defaults
+from nanoloop_jax import addition, cli, cpu_defaults
 
 # (prompt_BxP int32, max_new_tokens) -> generated token ids (B, max_new_tokens)
 Solver = Callable[[np.ndarray, int], np.ndarray]
@@ -34,8 +35,9 @@ class EvalError(Exception):
     """A bad flag or missing input, reported as one line."""
 
 
-def parse_ints(text: str) -> list[int]:
-    """'1,2,4' or '1..16' or '1..8,12,16' -> sorted distinct positive ints."""
+def parse_ints(items: str | Sequence[str]) -> list[int]:
+    """['1', '2', '4'] or ['1..16'] or ['1..8', '12'] (or the same comma-separated) -> sorted distinct positive ints."""
+    text = items if isinstance(items, str) else ",".join(items)
     out: set[int] = set()
     for part in filter(None, (p.strip() for p in text.split(","))):
         lo, sep, hi = part.partition("..")
@@ -168,38 +170,42 @@ def plot_heatmap(path: str, digits, n_loops, grid: np.ndarray, trained_loop: int
     plt.close(fig)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m nanoloop_jax.eval_addition", description=__doc__.splitlines()[0])
-    p.add_argument("--out_dir", required=True, help="directory with a nanoloop-jax checkpoint (results go here too)")
-    p.add_argument("--n_loops", default="1,2,4,8,16", help="test-time iterations, e.g. 1,2,4,8,16 or 1..8")
-    p.add_argument("--digits", default="", help="operand lengths, e.g. 1..16 (default: every test_<d>.json)")
-    p.add_argument("--num_problems", type=int, default=0, help="first N problems of each test set (0 = all)")
-    p.add_argument("--batch_size", type=int, default=100, help="problems decoded together")
-    p.add_argument("--data_dir", default=None, help="dataset dir with test_<d>.json (default: the checkpoint's)")
-    p.add_argument("--plot", default="true", choices=("true", "false"), help="write the heat-map PNG")
-    return p
+def define_flags(fv: flags.FlagValues) -> None:
+    """The tool's flags, on fv (defined when the tool runs, not at import: absl flags are process-wide)."""
+    flags.DEFINE_string(
+        "out_dir", None, "directory with a nanoloop-jax checkpoint (results go here too)", flag_values=fv
+    )
+    flags.mark_flag_as_required("out_dir", flag_values=fv)
+    flags.DEFINE_list(
+        "n_loops", ["1", "2", "4", "8", "16"], "test-time iterations, e.g. 1,2,4,8,16 or 1..8", flag_values=fv
+    )
+    flags.DEFINE_list("digits", [], "operand lengths, e.g. 1..16 (default: every test_<d>.json)", flag_values=fv)
+    flags.DEFINE_integer("num_problems", 0, "first N problems of each test set (0 = all)", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 100, "problems decoded together", flag_values=fv)
+    flags.DEFINE_string("data_dir", None, "dataset dir with test_<d>.json (default: the checkpoint's)", flag_values=fv)
+    flags.DEFINE_boolean("plot", True, "write the heat-map PNG", flag_values=fv)
 
 
-def run(args: argparse.Namespace, log: Callable[[str], None]) -> np.ndarray:
+def evaluate_and_report(fv: flags.FlagValues, log: Callable[[str], None]) -> np.ndarray:
     """Load, evaluate, print and write; returns the grid."""
     from nanoloop_jax import loading
     from nanoloop_jax.data import load_meta
 
-    n_loops = parse_ints(args.n_loops)
-    if args.batch_size < 1 or args.num_problems < 0:
+    n_loops = parse_ints(fv.n_loops)
+    if fv.batch_size < 1 or fv.num_problems < 0:
         raise EvalError("--batch_size must be >= 1 and --num_problems >= 0")
-    loaded = loading.load_model(args.out_dir)
-    data_dir = args.data_dir or loaded.data_dir
+    loaded = loading.load_model(fv.out_dir)
+    data_dir = fv.data_dir or loaded.data_dir
     if data_dir is None:
         raise EvalError("the checkpoint does not name its dataset; pass --data_dir=data/addition")
     meta = load_meta(data_dir)
     if not meta or meta.get("task") != "addition":
         raise EvalError(f"{data_dir} is not an addition dataset; run: python data/addition/prepare.py")
-    digits = parse_ints(args.digits) if args.digits else list(range(1, int(meta["max_test_digits"]) + 1))
+    digits = parse_ints(fv.digits) if fv.digits else list(range(1, int(meta["max_test_digits"]) + 1))
     tests = {}
     for d in digits:
         a, b = addition.load_test_set(data_dir, d)
-        n = args.num_problems or len(a)
+        n = fv.num_problems or len(a)
         tests[d] = (a[:n], b[:n])
     cfg = loaded.model_config
     grid = accuracy_grid(
@@ -207,7 +213,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> np.ndarray:
         meta["stoi"],
         tests,
         n_loops,
-        args.batch_size,
+        fv.batch_size,
         log,
     )
     max_train = int(meta["max_train_digits"])
@@ -217,11 +223,11 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> np.ndarray:
         f"length, trained on 1..{max_train} digits with n_loop={cfg.n_loop}"
     )
     print(format_table(digits, n_loops, grid, cfg.n_loop, max_train))
-    csv_path = os.path.join(args.out_dir, "addition_eval.csv")
+    csv_path = os.path.join(fv.out_dir, "addition_eval.csv")
     write_csv(csv_path, digits, n_loops, grid)
     written = [csv_path]
-    if args.plot == "true":
-        png_path = os.path.join(args.out_dir, "addition_eval.png")
+    if fv.plot:
+        png_path = os.path.join(fv.out_dir, "addition_eval.png")
         title = f"{loaded.description}: addition accuracy"
         plot_heatmap(png_path, digits, n_loops, grid, cfg.n_loop, max_train, title)
         written.append(png_path)
@@ -229,19 +235,18 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> np.ndarray:
     return grid
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run(fv: flags.FlagValues, args: list[str]) -> int:
+    """Evaluate the checkpoint of the flags; 1 after one `error:` line for a bad flag or a missing input."""
+    del args
     cpu_defaults.apply_if_cpu()
     from nanoloop_jax.checkpoint import CheckpointError
     from nanoloop_jax.data import DataError
 
-    try:
-        run(args, lambda s: print(s, file=sys.stderr, flush=True))
-    except (EvalError, CheckpointError, DataError, FileNotFoundError, ValueError) as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
-    return 0
+    def evaluate() -> None:
+        evaluate_and_report(fv, lambda s: print(s, file=sys.stderr, flush=True))
+
+    return cli.report_errors((EvalError, CheckpointError, DataError, FileNotFoundError, ValueError), evaluate)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run_tool(define_flags, run)
