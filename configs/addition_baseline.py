@@ -2,7 +2,7 @@
 
   python data/addition/prepare.py --max_digits=4 --out_dir=data/addition4
   python train.py --config=configs/addition_baseline.py
-  python -m nanoloop_jax.eval_addition --out_dir=out-addition-baseline --n_loops=1,2,4,8,16
+  python -m nanoloop_jax.tools.eval_addition --out_dir=out-addition-baseline --n_loops=1,2,4,8,16
 
 Same parameter count, not the same depth: the looped model's 3 unique blocks (prelude, recurrent,
 coda) and its inject layer each run once, i.e. a 3-layer GPT, while the looped model runs 6 layers
@@ -28,5 +28,5 @@ def get_config():
     c = addition_looped.get_config()  # data, widths, optimizer and schedule exactly as the looped model's
     c.out_dir = "out-addition-baseline"  # its own directory: train.py resumes from whatever out_dir holds
     c.model.n_loop = 1  # the 3 blocks (and the inject layer, a learned linear map here) each run once
-    c.train.eval_n_loops = "2,4"  # val loss if the middle block is re-run (depths never trained)
+    c.train.eval_n_loops = (2, 4)  # val loss if the middle block is re-run (depths never trained)
     return c

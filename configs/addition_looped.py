@@ -2,7 +2,7 @@
 
   python data/addition/prepare.py --max_digits=4 --out_dir=data/addition4
   python train.py --config=configs/addition_looped.py
-  python -m nanoloop_jax.eval_addition --out_dir=out-addition-looped --n_loops=1,2,4,8,16
+  python -m nanoloop_jax.tools.eval_addition --out_dir=out-addition-looped --n_loops=1,2,4,8,16
 
 Trains on sums of 1..4-digit operands (answers reversed, loss on answer tokens only), tests on 1..8
 digits. Compare configs/addition_baseline.py: the same 161k parameters, run once. Why 4 digits, not
@@ -49,5 +49,5 @@ def get_config():
     c.train.log_interval = 50  # print a training line every this many steps
     c.train.always_save_checkpoint = True  # keep the last checkpoint: val loss keeps falling here
     c.train.keep_checkpoints = 1  # only the newest checkpoint on disk
-    c.train.eval_n_loops = "1,8"  # also log val loss with fewer and more iterations than trained
+    c.train.eval_n_loops = (1, 8)  # also log val loss with fewer and more iterations than trained
     return c

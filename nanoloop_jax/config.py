@@ -72,7 +72,7 @@ def base_config() -> ConfigDict:
     c.train.always_save_checkpoint = True  # save at every eval, not only when val loss improves
     c.train.keep_checkpoints = 3  # newest checkpoints kept on disk
     c.train.async_checkpointing = True  # write checkpoints in the background while training continues
-    c.train.eval_n_loops = ""  # e.g. '1,2,4,8': also log val loss at these depths at every eval
+    c.train.eval_n_loops = ()  # e.g. (1, 2, 4, 8), on the command line 1,2,4,8: also val loss at these depths
 
     c.mesh = ConfigDict()
     c.mesh.data = -1  # data-parallel axis size (-1 = all remaining devices)

@@ -79,7 +79,7 @@ class Trainer:
             )
 
     def _eval_depths(self) -> list[int]:
-        extra = [int(s) for s in str(self.config.train.eval_n_loops).split(",") if s.strip()]
+        extra = [int(n) for n in self.config.train.eval_n_loops]
         return [self.model_config.n_loop] + [n for n in extra if n != self.model_config.n_loop]
 
     def _build_data(self) -> None:
