@@ -68,11 +68,10 @@ def lower_for(benchmark) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]}; use --config.<field>=value", file=sys.stderr)
-        return 1
-    if FLAGS.config is None:
-        print("error: pass --config=configs/<name>.py (see configs/)", file=sys.stderr)
+    from nanoloop_jax.cli import entry_point_error
+
+    if error := entry_point_error(argv, FLAGS.config):
+        print(f"error: {error}", file=sys.stderr)
         return 1
     if FLAGS.lower_for and "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
         # a sharded mesh to lower over: 8 fake CPU devices (read when JAX creates its CPU backend, i.e. later)

@@ -58,11 +58,10 @@ def train(config, preemption) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]}; use --config.<field>=value", file=sys.stderr)
-        return 1
-    if FLAGS.config is None:
-        print("error: pass --config=configs/<name>.py (see configs/)", file=sys.stderr)
+    from nanoloop_jax.cli import entry_point_error
+
+    if error := entry_point_error(argv, FLAGS.config):
+        print(f"error: {error}", file=sys.stderr)
         return 1
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
     from nanoloop_jax import cpu_defaults

@@ -144,6 +144,15 @@ DefineFlags = Callable[[flags.FlagValues], None]
 ToolMain = Callable[[flags.FlagValues, list[str]], int]
 
 
+def entry_point_error(argv: list[str], config) -> str | None:
+    """The one-line error of an entry point (train.py, bench.py) run with stray arguments or no --config."""
+    if len(argv) > 1:
+        return f"unexpected arguments {argv[1:]}; use --config.<field>=value"
+    if config is None:
+        return "pass --config=configs/<name>.py (see configs/)"
+    return None
+
+
 def report_errors(errors: tuple[type[BaseException], ...], fn: Callable[[], int | None]) -> int:
     """fn()'s exit status (None: 0), or 1 after one `error: ...` line on stderr if it raises one of `errors`."""
     try:

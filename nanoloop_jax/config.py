@@ -11,7 +11,9 @@ from nanoloop_jax.model import ModelConfig
 
 
 def base_config() -> ConfigDict:
-    """Defaults (nanoLOOP's train.py: GPT-2 124M-class looped model on OpenWebText); every field commented."""
+    """Defaults (nanoLOOP's train.py: GPT-2 124M-class looped model on OpenWebText); every field commented.
+
+    Long on purpose: one line per field, the whole schema in one place."""
     c = ConfigDict()
     c.seed = 1337  # base seed: param init, the batch of every (step, row), dropout and noise keys
     c.out_dir = "out"  # checkpoints, config.json and metrics.jsonl go here

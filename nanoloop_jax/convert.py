@@ -27,25 +27,12 @@ import re
 import numpy as np
 from flax import traverse_util
 
-from nanoloop_jax.model import ModelConfig
+from nanoloop_jax.model import ARCH_FIELDS, ModelConfig
 
 _TORCH_PREFIX = "_orig_mod."  # torch.compile wraps the module and prefixes every key
 _SECTION = {"prelude": "prelude_{}", "recur": "loop/recur_{}", "coda": "coda_{}"}
 _JAX_SECTION = re.compile(r"^(prelude|coda)_(\d+)/(.*)$|^loop/recur_(\d+)/(.*)$")
-_GPT_FIELDS = (
-    "block_size",
-    "vocab_size",
-    "n_prelude",
-    "n_block",
-    "n_coda",
-    "n_loop",
-    "n_head",
-    "n_embd",
-    "dropout",
-    "bias",
-    "bptt_k",
-    "input_injection",
-)
+_GPT_FIELDS = (*ARCH_FIELDS, "dropout", "bptt_k")  # nanoLOOP's GPTConfig
 
 
 class ConversionError(ValueError):

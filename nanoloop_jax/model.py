@@ -39,6 +39,20 @@ LOOP_SAMPLINGS = ("fixed", "poisson_lognormal")
 POS_ENCODINGS = ("learned", "rope", "none")
 INJECT_INITS = ("identity", "additive")
 DTYPES = ("float32", "bfloat16", "float16")
+# The architecture: nanoLOOP's GPTConfig fields but dropout and bptt_k. A resumed or imported run takes
+# them from its checkpoint (the parameter shapes depend on them; nanoLOOP forces n_loop too).
+ARCH_FIELDS = (
+    "block_size",
+    "vocab_size",
+    "n_prelude",
+    "n_block",
+    "n_coda",
+    "n_loop",
+    "n_head",
+    "n_embd",
+    "bias",
+    "input_injection",
+)
 # torch.nn.RMSNorm(n_embd) uses eps=None, i.e. the float32 machine epsilon.
 TORCH_RMSNORM_EPS = float(jnp.finfo(jnp.float32).eps)
 
@@ -224,22 +238,14 @@ class LoopedGPT(nn.Module):
 
     def setup(self) -> None:
         cfg = self.config
-        dtype, param_dtype = jnp_dtype(cfg.dtype), jnp_dtype(cfg.param_dtype)
-        self.wte = nn.Embed(
-            cfg.vocab_size,
-            cfg.n_embd,
-            embedding_init=normal_init(0.02, ("vocab", "embed")),
-            dtype=dtype,
-            param_dtype=param_dtype,
-        )
+
+        def table(rows: int, axis: str) -> nn.Embed:  # (rows, D), N(0, 0.02) as nanoGPT
+            dtypes = dict(dtype=jnp_dtype(cfg.dtype), param_dtype=jnp_dtype(cfg.param_dtype))
+            return nn.Embed(rows, cfg.n_embd, embedding_init=normal_init(0.02, (axis, "embed")), **dtypes)
+
+        self.wte = table(cfg.vocab_size, "vocab")
         if cfg.pos_encoding == "learned":
-            self.wpe = nn.Embed(
-                cfg.block_size,
-                cfg.n_embd,
-                embedding_init=normal_init(0.02, ("pos", "embed")),
-                dtype=dtype,
-                param_dtype=param_dtype,
-            )
+            self.wpe = table(cfg.block_size, "pos")
         self.ln_f = rms_norm(cfg, "ln_f")
         block = remat(Block, cfg)
         self.prelude = [block(cfg) for _ in range(cfg.n_prelude)]  # params prelude_0, prelude_1, ...

@@ -199,7 +199,10 @@ class Recurrence:
         return done, stable
 
     def _window(self, params, tok_BxT, pos0, n_valid, caches, s_warm_BxD, noise_key, eps) -> Pass:
-        """One parallel pass over T positions pos0.. (slots pos0..); positions >= n_valid are padding."""
+        """One parallel pass over T positions pos0.. (slots pos0..); positions >= n_valid are padding.
+
+        Over 60 lines because it is one traced program whose stages (prelude, the iterations with their
+        exit masks and Huginn fill, coda) share a dozen locals; helpers would only pass them around."""
         cfg, dc = self.cfg, self.dc
         b, t = tok_BxT.shape
         caches = list(caches)

@@ -226,7 +226,10 @@ class KVDecoder:
         return jax.lax.fori_loop(0, n_steps, body, (state, *self._buffers(state.pending_B.shape[0], self.chunk_size)))
 
     def _speculate_fn(self, params, state, n_wanted, sample_key, noise_key, eps):
-        """Speculative rounds while fewer than n_wanted tokens are out and L + 1 positions fit in the caches."""
+        """Speculative rounds while fewer than n_wanted tokens are out and L + 1 positions fit in the caches.
+
+        Over 60 lines: the round's parts (draft, verify, accept) are nested functions closing over the same
+        static sizes and keys, read in the order a round runs them."""
         cfg, dc, sc = self.cfg, self.dc, self.sc
         n_draft, b = dc.draft_tokens, state.pending_B.shape[0]
         p, nb, nc = cfg.n_prelude, cfg.n_block, cfg.n_coda

@@ -18,22 +18,9 @@ from jax.experimental import multihost_utils
 
 from nanoloop_jax import checkpoint, sharding
 from nanoloop_jax.config import model_config
-from nanoloop_jax.model import LoopedGPT, ModelConfig
+from nanoloop_jax.model import ARCH_FIELDS, LoopedGPT, ModelConfig
 from nanoloop_jax.steps import TrainState, init_train_state
 
-# nanoLOOP forces these from the checkpoint on resume: the parameter shapes depend on them.
-ARCH_FIELDS = (
-    "n_prelude",
-    "n_block",
-    "n_coda",
-    "n_loop",
-    "n_head",
-    "n_embd",
-    "block_size",
-    "bias",
-    "vocab_size",
-    "input_injection",
-)
 # Best val loss before any evaluation (nanoGPT's 1e9): the first eval always improves on it.
 NO_VAL_LOSS = 1e9
 

@@ -10,24 +10,13 @@ import subprocess
 import sys
 
 import pytest
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, TINY_RUN_MODEL
 from ml_collections import ConfigDict
 
 from nanoloop_jax.config import base_config, model_config
 from nanoloop_jax.tools import benchmark
 
-TINY = {
-    "model.vocab_size": 64,
-    "model.block_size": 32,
-    "model.n_embd": 32,
-    "model.n_head": 2,
-    "model.n_prelude": 1,
-    "model.n_block": 1,
-    "model.n_coda": 1,
-    "model.n_loop": 3,
-    "model.bptt_k": 2,
-    "data.batch_size": 4,
-}
+TINY = {**TINY_RUN_MODEL, "model.vocab_size": 64, "data.batch_size": 4}
 TRAIN_FIELDS = (
     "compile_s",
     "ms_per_step",

@@ -134,7 +134,8 @@ def run_train_benchmark(
     after its own reference products, and the matmul-peak fraction is the median over blocks of (median
     step FLOP/s / reference FLOP/s): on a CPU shared with other jobs, load that comes and goes then slows
     both sides of each ratio alike. (Interleaving single steps with the product measures cold steps:
-    BLAS threads spinning down, caches and frequency after the pause.)
+    BLAS threads spinning down, caches and frequency after the pause.) Over 60 lines: the timing protocol
+    (warm-up, reference rounds, memory figures) reads best in the order it runs.
     """
     mcfg = bench_model_config(config)
     compiled, state, batch, key, compile_s = compile_train_step(config, mcfg)
@@ -237,7 +238,9 @@ def time_decoders(
     repeats: int = 3,
     chunk_size: int = 32,
 ) -> dict:
-    """Print and return tokens/s (all sequences together) of the KV-cache and naive decoders, and the speed-up."""
+    """Print and return tokens/s (all sequences together) of the KV-cache and naive decoders, and the speed-up.
+
+    Over 60 lines: both decoders' timing protocols side by side, so they visibly time the same thing."""
     sc = SampleConfig(temperature=0.8, top_k=200)  # nanoLOOP sample.py's defaults
     rng = np.random.default_rng(0)
     prompt_BxP = rng.integers(0, model_config.vocab_size, (batch_size, prompt_len), dtype=np.int32)
