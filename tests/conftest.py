@@ -2,9 +2,18 @@
 
 import os
 import pathlib
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent XLA cache per test run, shared by the xdist workers and the train.py/sample.py processes the
+# tests start (they inherit the environment): the many runs of the same tiny model compile it once. Fresh per
+# run (the run's id names it), so nothing carries over between runs; removed when the run ends.
+RUN_ID = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
+XLA_CACHE = pathlib.Path(tempfile.gettempdir()) / f"nanoloop-jax-tests-xla-cache-{RUN_ID}"
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(XLA_CACHE))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import pytest  # noqa: E402
 
@@ -23,3 +32,8 @@ def shakespeare_text() -> str:
     local = REPO_ROOT / "tests" / "fixtures" / "tinyshakespeare_head.txt"
     path = shared if shared.exists() else local
     return path.read_text()[:60_000]
+
+
+def pytest_sessionfinish(session):
+    if not hasattr(session.config, "workerinput"):  # the controlling process (or a run without xdist)
+        shutil.rmtree(XLA_CACHE, ignore_errors=True)
