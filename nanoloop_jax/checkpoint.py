@@ -26,7 +26,6 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import flax.linen as nn
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -34,7 +33,7 @@ from ml_collections import ConfigDict
 
 from nanoloop_jax.config import run_config_of
 from nanoloop_jax.fileio import write_atomic
-from nanoloop_jax.model import LoopedGPT, ModelConfig
+from nanoloop_jax.model import ModelConfig, abstract_params
 
 CKPT_SUBDIR = "checkpoints"
 UNREADABLE_SUBDIR = "unreadable_checkpoints"  # where train.py moves damaged steps out of orbax's way
@@ -229,15 +228,6 @@ def restore(
         items["opt_state"] = ocp.args.StandardRestore(_abstract(abstract_opt_state, opt_shardings))
     out = mngr.restore(step, args=ocp.args.Composite(**items))
     return out["params"], out.get("opt_state") if abstract_opt_state is not None else None, out["meta"]
-
-
-def abstract_params(config: ModelConfig):
-    """Shapes/dtypes of the params of a model (no computation), boxes stripped."""
-    variables = jax.eval_shape(
-        lambda k: LoopedGPT(config).init({"params": k, "noise": k}, np.zeros((1, 1), np.int32)),
-        jax.random.PRNGKey(0),
-    )
-    return nn.unbox(variables["params"])
 
 
 def load_params(out_dir: str, *, step: int | None = None, sharding: jax.sharding.Sharding | None = None) -> Loaded:

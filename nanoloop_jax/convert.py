@@ -27,7 +27,7 @@ import re
 import numpy as np
 from flax import traverse_util
 
-from nanoloop_jax.model import ARCH_FIELDS, ModelConfig
+from nanoloop_jax.model import ARCH_FIELDS, ModelConfig, abstract_params
 
 _TORCH_PREFIX = "_orig_mod."  # torch.compile wraps the module and prefixes every key
 _SECTION = {"prelude": "prelude_{}", "recur": "loop/recur_{}", "coda": "coda_{}"}
@@ -133,17 +133,7 @@ def to_nanoloop(config: ModelConfig, params: dict) -> tuple[dict[str, np.ndarray
 
 def _check_against_config(config: ModelConfig, params: dict) -> None:
     """Compare every shape with a freshly initialised model of this config; one line per mismatch."""
-    import jax
-
-    from nanoloop_jax.model import LoopedGPT
-
-    abstract = jax.eval_shape(
-        lambda k: LoopedGPT(config).init({"params": k, "noise": k}, np.zeros((1, 1), np.int32)),
-        jax.random.PRNGKey(0),
-    )
-    import flax.linen as nn
-
-    want = {p: tuple(v.shape) for p, v in traverse_util.flatten_dict(nn.unbox(abstract["params"]), sep="/").items()}
+    want = {p: tuple(v.shape) for p, v in traverse_util.flatten_dict(abstract_params(config), sep="/").items()}
     got = {p: tuple(v.shape) for p, v in traverse_util.flatten_dict(params, sep="/").items()}
     missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
     if missing or extra:

@@ -389,6 +389,11 @@ def init_params(config: ModelConfig, key: jax.Array) -> dict:
     return nn.unbox(variables["params"])
 
 
+def abstract_params(config: ModelConfig) -> dict:
+    """Shapes and dtypes of init_params(config, ·) (ShapeDtypeStructs), computing nothing."""
+    return jax.eval_shape(lambda k: init_params(config, k), jax.random.PRNGKey(0))
+
+
 def count_params(params: dict) -> dict[str, int]:
     """Parameter counts as nanoLOOP reports them: total, non-embedding (minus wpe) and per section."""
 

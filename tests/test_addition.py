@@ -14,7 +14,7 @@ from configs import addition_baseline, addition_looped
 from nanoloop_jax import addition, checkpoint, cli
 from nanoloop_jax.config import model_config
 from nanoloop_jax.data import BatchSampler
-from nanoloop_jax.model import LoopedGPT, init_params
+from nanoloop_jax.model import LoopedGPT, abstract_params, init_params
 from nanoloop_jax.tokenizer import load_tokenizer
 from nanoloop_jax.tools import eval_addition
 
@@ -223,7 +223,7 @@ def test_baseline_is_the_looped_config_run_once_with_the_same_parameters():
     assert (looped.model.n_loop, baseline.model.n_loop) == (4, 1)
 
     def n_params(c) -> int:
-        shapes = checkpoint.abstract_params(model_config(c.model, vocab_size=len(addition.CHARS)))
+        shapes = abstract_params(model_config(c.model, vocab_size=len(addition.CHARS)))
         return sum(x.size for x in jax.tree_util.tree_leaves(shapes))
 
     assert n_params(looped) == n_params(baseline)

@@ -14,7 +14,7 @@ from configs import addition_lengthgen, addition_lengthgen_baseline, parity_leng
 from nanoloop_jax import convert, lengthgen_data
 from nanoloop_jax.lengthgen import accuracies, answers_per_iteration, logits_at_depth, make_train_step
 from nanoloop_jax.lengthgen_eval import Result, format_table, read_csv, write_csv
-from nanoloop_jax.model import LoopedGPT, ModelConfig, init_params
+from nanoloop_jax.model import LoopedGPT, ModelConfig, abstract_params, init_params
 from nanoloop_jax.steps import TrainState, cross_entropy
 
 LENGTHGEN_CONFIGS = {  # task -> its looped config and that config's one-pass baseline
@@ -152,8 +152,7 @@ def test_baseline_differs_from_looped_only_in_depth(task):
 
 def _zero_params(cfg: ModelConfig) -> dict:
     """Params of the right shapes without running an init (the converter only reads shapes and values)."""
-    shapes = jax.eval_shape(lambda k: init_params(cfg, k), jax.random.PRNGKey(0))
-    return jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype), shapes)
+    return jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype), abstract_params(cfg))
 
 
 def test_converter_refuses_rope_and_nope():
