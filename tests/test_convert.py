@@ -2,6 +2,7 @@
 
 import builtins
 import json
+import os
 import pathlib
 import pickle
 import zipfile
@@ -10,8 +11,11 @@ import jax
 import numpy as np
 import optax
 import pytest
+from helpers import perturbed_params, tiny_config
+from ml_collections import ConfigDict
 
-from nanoloop_jax import checkpoint, cli, convert
+from nanoloop_jax import checkpoint, cli, convert, loading
+from nanoloop_jax.config import base_config, model_config
 from nanoloop_jax.model import LoopedGPT
 from nanoloop_jax.tools import convert as convert_tool
 
@@ -176,3 +180,20 @@ def test_ckpt_pt_to_orbax_and_back(case, tmp_path):
     assert back["model_args"] == model_args
     for k in sd:
         np.testing.assert_array_equal(back["model"][k], sd[k], err_msg=k)
+
+
+def test_converted_checkpoint_records_a_run_config_naming_its_dataset(tmp_path):
+    """Converted weights get the same config.json/meta schema as trained runs (base_config's), so loading
+    finds the dataset the same way; without a dataset it names none."""
+    config = tiny_config()
+    params = perturbed_params(config)
+    out = tmp_path / "named"
+    checkpoint.write_params_only(str(out), config, params, step=5, best_val_loss=1.5, dataset="shakespeare_char")
+    run_cfg = json.loads((out / "config.json").read_text())
+    assert checkpoint.read_meta(str(out))["config"] == run_cfg
+    assert sorted(run_cfg) == sorted(base_config().to_dict())
+    assert model_config(ConfigDict(run_cfg["model"])) == config
+    model = loading.load_model(str(out))
+    assert model.model_config == config and model.data_dir == os.path.join("data", "shakespeare_char")
+    checkpoint.write_params_only(str(tmp_path / "unnamed"), config, params, step=5, best_val_loss=1.5)
+    assert loading.load_model(str(tmp_path / "unnamed")).data_dir is None

@@ -58,6 +58,7 @@ def test_batches_hold_one_length_padded_to_one_width(tmp_path):
     seen = set()
     for step in range(30):
         n, x, y = batches.get(step)
+        assert batches.length(step) == n  # known before the batch: the loop's depth T(n)
         seen.add(n)
         assert x.shape == y.shape == (5, 8) and np.all(x[:, n + 2 :] == lengthgen_data.STOI["."])
         assert np.all((y >= 0).sum(1) == 1) and np.all(y[:, n + 1] >= 0)

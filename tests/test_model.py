@@ -238,3 +238,15 @@ def test_sequence_longer_than_block_size():
     params = init_params(TINY, jax.random.PRNGKey(0))
     with pytest.raises(ValueError, match="longer than model.block_size 16"):
         LoopedGPT(TINY).apply({"params": params}, jnp.zeros((1, 17), jnp.int32))
+
+
+def test_inject_init_identity_and_additive():
+    """The inject kernel (2D, D) starts as [I; 0] (nanoLOOP: u = e) or [I; I] (u = e + s)."""
+    for kind, lower in (("identity", 0.0), ("additive", 1.0)):
+        kernel = np.asarray(
+            init_params(tiny_config(inject_init=kind), jax.random.PRNGKey(0))["loop"]["inject"]["kernel"]
+        )
+        d = kernel.shape[1]
+        np.testing.assert_array_equal(kernel, np.concatenate([np.eye(d), lower * np.eye(d)]))
+    with pytest.raises(ValueError, match="inject_init"):
+        tiny_config(inject_init="zeros").validate()
