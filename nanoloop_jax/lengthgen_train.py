@@ -22,6 +22,7 @@ from nanoloop_jax import lengthgen_data, sharding
 from nanoloop_jax.data import EVAL_SEED_OFFSET, data_dir_of
 from nanoloop_jax.lengthgen import check_model, make_eval_step, make_train_step
 from nanoloop_jax.lengthgen_eval import default_max_depth, evaluate, report
+from nanoloop_jax.train_state import Start
 from nanoloop_jax.trainer import EvalBatch, Trainer
 
 
@@ -39,8 +40,9 @@ class LengthBatchSource:
 class LengthGenTrainer(Trainer):
     """Trainer for config.lengthgen's task; see the module docstring for what it changes."""
 
-    def __init__(self, config, *args, **kwargs) -> None:
-        lg = config.lengthgen
+    def __init__(self, config, start: Start, *args, **kwargs) -> None:
+        lg, n_loop = config.lengthgen, start.model_config.n_loop
+        check_model(start.model_config)
         if jax.process_count() > 1:
             raise ValueError("lengthgen runs are single-process: run train.py without jax.distributed")
         self.data_dir = data_dir_of(config.data)
@@ -51,36 +53,20 @@ class LengthGenTrainer(Trainer):
                 f"lengthgen.test_lengths {tuple(lg.test_lengths)} has no trained length in {lo}..{hi}: "
                 "add one (its held-out problems give the val loss)"
             )
-        super().__init__(config, *args, **kwargs)
+        # T(n) of every trained length (the val lengths are among them)
+        self.depths = {n: lengthgen_data.depth_for_length(lg, n_loop, n) for n in range(lo, hi + 1)}
+        self.max_depth = max(self.depths.values())  # the scan length of the one compiled step
+        super().__init__(config, start, *args, **kwargs)
         self.logger.print(f"lengthgen: {lg.task}, T(n) = {self.depths} (one compiled step, scan of {self.max_depth})")
 
-    def _build_steps(self) -> None:
-        check_model(self.model_config)
-        lg, n_loop = self.config.lengthgen, self.model_config.n_loop
-        lo, hi = lg.train_lengths
-        self.depths = {n: lengthgen_data.depth_for_length(lg, n_loop, n) for n in range(lo, hi + 1)}
-        self.depths.update({n: lengthgen_data.depth_for_length(lg, n_loop, n) for n in self.val_lengths})
-        self.max_depth = max(self.depths.values())  # the scan length of the one compiled step
-        repl = sharding.replicated(self.mesh)
-        self.batch_sharding = sharding.accum_batch_sharding(self.mesh, self.rules)
-        self.eval_sharding = sharding.batch_sharding(self.mesh, self.rules)
-        self.dynamic_depth = True
-        self.train_step = sharding.jit_step(
-            make_train_step(self.model, self.tx, self.schedule, self.max_depth),
-            self.mesh,
-            self.rules,
-            in_shardings=(self.state_shardings, self.batch_sharding, repl, repl),
-            out_shardings=(self.state_shardings, repl),
-            donate_argnums=0,
-        )
-        self.eval_step = sharding.jit_step(
-            make_eval_step(self.model, self.max_depth),
-            self.mesh,
-            self.rules,
-            in_shardings=(self.state_shardings.params, self.eval_sharding, repl),
-            out_shardings=repl,
-        )
-        self.eval_steps = {n_loop: self.eval_step}  # for the loop's speed warning: the depth it reports
+    def _steps(self):
+        """T(n) iterations with full backprop (traced depth); one eval step, run at each batch's T(n)."""
+        train_step = make_train_step(self.model, self.tx, self.schedule, self.max_depth)
+        return train_step, True, {self.model_config.n_loop: make_eval_step(self.model, self.max_depth)}
+
+    @property
+    def eval_step(self):
+        return self.eval_steps[self.model_config.n_loop]
 
     def _build_data(self) -> None:
         cfg, lg = self.config, self.config.lengthgen
@@ -120,15 +106,9 @@ class LengthGenTrainer(Trainer):
 
         return [("train", job(self.eval_batches.get)), ("val", job(self._val_batch))]
 
-    def _compile(self) -> float:
-        t0 = time.perf_counter()
-        depth = np.int32(self.max_depth)
-        if not self.config.train.eval_only and self.done_step < self.config.train.max_iters:
-            batch = self._batch(self.train_batches.get(self.done_step), self.batch_sharding)
-            self.train_step.lower(self.state, batch, self.key, depth).compile()
-        _, x, y = self.eval_batches.get(0)
-        self.eval_step.lower(self.state.params, self._batch((x, y), self.eval_sharding), depth).compile()
-        return time.perf_counter() - t0
+    def _eval_example(self):
+        n, x, y = self.eval_batches.get(0)
+        return self._batch((x, y), self.eval_sharding), np.int32(self.depths[n])
 
     def _finish(self) -> dict:
         lg, t0 = self.config.lengthgen, time.time()

@@ -55,28 +55,37 @@ class Trainer:
         )
         preemption.watch(self._nothing_to_save, self._nothing_saved_line, self.logger.print)
 
+    def _steps(self) -> tuple[Callable, bool, dict[int, Callable]]:
+        """The pure train step, whether it takes a traced depth, and the pure eval steps (params, batch, key)
+        keyed by the n_loop each reports: language modelling's."""
+        dynamic_depth = self.model_config.loop_sampling != "fixed"
+        train_step = make_train_step(self.model, self.tx, self.schedule, dynamic_depth=dynamic_depth)
+        return train_step, dynamic_depth, {n: make_eval_step(self.model, n) for n in self._eval_depths()}
+
     def _build_steps(self) -> None:
+        """Jit _steps() with the state, batch and replicated shardings."""
         repl = sharding.replicated(self.mesh)
         self.batch_sharding = sharding.accum_batch_sharding(self.mesh, self.rules)
         self.eval_sharding = sharding.batch_sharding(self.mesh, self.rules)
-        self.dynamic_depth = self.model_config.loop_sampling != "fixed"
+        train_step, self.dynamic_depth, eval_steps = self._steps()
         self.train_step = sharding.jit_step(
-            make_train_step(self.model, self.tx, self.schedule, dynamic_depth=self.dynamic_depth),
+            train_step,
             self.mesh,
             self.rules,
             in_shardings=(self.state_shardings, self.batch_sharding, repl) + ((repl,) if self.dynamic_depth else ()),
             out_shardings=(self.state_shardings, repl),
             donate_argnums=0,
         )
-        self.eval_steps = {}
-        for n_loop in self._eval_depths():
-            self.eval_steps[n_loop] = sharding.jit_step(
-                make_eval_step(self.model, n_loop),
+        self.eval_steps = {
+            n_loop: sharding.jit_step(
+                eval_step,
                 self.mesh,
                 self.rules,
                 in_shardings=(self.state_shardings.params, self.eval_sharding, repl),
                 out_shardings=repl,
             )
+            for n_loop, eval_step in eval_steps.items()
+        }
 
     def _eval_depths(self) -> list[int]:
         extra = [int(n) for n in self.config.train.eval_n_loops]
@@ -108,12 +117,16 @@ class Trainer:
         t0 = time.perf_counter()
         if not self.config.train.eval_only and self.done_step < self.config.train.max_iters:
             batch = self._batch(self.train_batches.get(self.done_step), self.batch_sharding)
-            extra = (np.int32(self.model_config.n_loop),) if self.dynamic_depth else ()
+            extra = (np.int32(self._depth(self.done_step)),) if self.dynamic_depth else ()
             self.train_step.lower(self.state, batch, self.key, *extra).compile()
-        eval_batch = self._batch(self.eval_samplers["val"].get(0), self.eval_sharding)
+        eval_batch, eval_arg = self._eval_example()
         for eval_step in self.eval_steps.values():
-            eval_step.lower(self.state.params, eval_batch, self.key).compile()
+            eval_step.lower(self.state.params, eval_batch, eval_arg).compile()
         return time.perf_counter() - t0
+
+    def _eval_example(self) -> tuple[dict[str, jax.Array], jax.Array]:
+        """An eval batch and the eval steps' last argument (the key), to compile them with."""
+        return self._batch(self.eval_samplers["val"].get(0), self.eval_sharding), self.key
 
     # ---- pieces of the loop ------------------------------------------------------------------
     def _depth(self, step: int) -> int:
