@@ -199,12 +199,6 @@ def read_meta(out_dir: str, step: int | None = None) -> dict:
         return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
 
-def has_opt_state(out_dir: str, step: int) -> bool:
-    """Whether step `step` saved optimizer state (converted checkpoints do not)."""
-    with _reader(out_dir) as mngr:
-        return "opt_state" in mngr.item_metadata(step).keys()
-
-
 def _abstract(tree, shardings):
     """ShapeDtypeStructs carrying the target shardings, for orbax's resharding restore."""
     return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
@@ -219,15 +213,17 @@ def restore(
     abstract_opt_state=None,
     opt_shardings=None,
 ) -> tuple[Any, Any, dict]:
-    """Restore (params, opt_state or None, meta) onto the given shardings."""
+    """Restore (params, opt_state, meta) onto the given shardings; opt_state is None when not asked for or
+    when the step saved none (converted weights: item_metadata names the items a step has)."""
     items = {
         "params": ocp.args.StandardRestore(_abstract(abstract_params, param_shardings)),
         "meta": ocp.args.JsonRestore(),
     }
-    if abstract_opt_state is not None:
+    with_opt = abstract_opt_state is not None and "opt_state" in mngr.item_metadata(step).keys()
+    if with_opt:
         items["opt_state"] = ocp.args.StandardRestore(_abstract(abstract_opt_state, opt_shardings))
     out = mngr.restore(step, args=ocp.args.Composite(**items))
-    return out["params"], out.get("opt_state") if abstract_opt_state is not None else None, out["meta"]
+    return out["params"], out["opt_state"] if with_opt else None, out["meta"]
 
 
 def load_params(out_dir: str, *, step: int | None = None, sharding: jax.sharding.Sharding | None = None) -> Loaded:

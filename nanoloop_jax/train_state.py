@@ -109,7 +109,6 @@ def restore_state(
     mc = model_config_for(config, data_meta, meta["model_config"])
     shardings = state_shardings(mc, tx, mesh, rules)
     abstract = jax.eval_shape(lambda k: init_train_state(LoopedGPT(mc), tx, k), jax.random.PRNGKey(0))
-    with_opt = checkpoint.has_opt_state(config.out_dir, step)
     mngr = checkpoint.manager(config.out_dir)
     try:
         params, opt_state, meta = checkpoint.restore(
@@ -117,7 +116,7 @@ def restore_state(
             step,
             abstract_params=abstract.params,
             param_shardings=shardings.params,
-            abstract_opt_state=abstract.opt_state if with_opt else None,
+            abstract_opt_state=abstract.opt_state,
             opt_shardings=shardings.opt_state,
         )
     finally:
