@@ -110,7 +110,7 @@ def check_flags() -> None:
 
 def decode_config(trained_n_loop: int):
     """The DecodeConfig the flags ask for (validated: a bad combination is one line)."""
-    from nanoloop_jax.recurrence import DecodeConfig
+    from nanoloop_jax.decode.recurrence import DecodeConfig
 
     criterion = FLAGS.exit_criterion or ("latent_diff" if FLAGS.exit_threshold else "none")
     dc = DecodeConfig(
@@ -150,7 +150,7 @@ def write_samples(
 
     import numpy as np
 
-    from nanoloop_jax.sampling import Generation, concat_generations
+    from nanoloop_jax.decode.sampling import Generation, concat_generations
 
     prompt_BxP = np.tile(np.asarray(prompt_ids, np.int32), (num_samples, 1))
     parts: list[Generation] = []
@@ -178,9 +178,9 @@ def write_samples(
 def run() -> None:
     import jax
 
-    from nanoloop_jax import loading
-    from nanoloop_jax.sampling import KVDecoder, SampleConfig
-    from nanoloop_jax.tokenizer import load_tokenizer
+    from nanoloop_jax.ckpt import loading
+    from nanoloop_jax.data.tokenizer import load_tokenizer
+    from nanoloop_jax.decode.sampling import KVDecoder, SampleConfig
 
     loaded = loading.load_model(FLAGS.out_dir, FLAGS.ckpt)
     config, params = loaded.model_config, loaded.params
@@ -244,9 +244,9 @@ def main(argv: list[str]) -> int:
     from nanoloop_jax import cpu_defaults
 
     cpu_defaults.apply_if_cpu()
-    from nanoloop_jax.checkpoint import CheckpointError
-    from nanoloop_jax.convert import ConversionError
-    from nanoloop_jax.data import DataError
+    from nanoloop_jax.ckpt.checkpoint import CheckpointError
+    from nanoloop_jax.ckpt.convert import ConversionError
+    from nanoloop_jax.data.batches import DataError
 
     try:
         run()

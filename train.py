@@ -6,7 +6,7 @@
 Every field of the config can be overridden as --config.<section>.<field>=value; a typo is an error.
 The same command runs on one CPU, an 8-GPU node and every host of a TPU pod (see README.md).
 Run it again to resume (from the newest checkpoint that restores). SIGTERM at any moment saves the
-last trained step if it is not saved yet and exits 0 (nanoloop_jax/preemption.py).
+last trained step if it is not saved yet and exits 0 (nanoloop_jax/train/preemption.py).
 """
 
 import os
@@ -24,9 +24,9 @@ def prepare_data(config) -> dict | None:
     import jax
     from jax.experimental import multihost_utils
 
-    from nanoloop_jax.data import data_dir_of, load_meta
-    from nanoloop_jax.lengthgen_data import ensure_lengthgen_data
-    from nanoloop_jax.prepare import ensure_prepared
+    from nanoloop_jax.data.batches import data_dir_of, load_meta
+    from nanoloop_jax.data.prepare import ensure_prepared
+    from nanoloop_jax.tasks.lengthgen.data import ensure_lengthgen_data
 
     data_dir = data_dir_of(config.data)
     if "lengthgen" in config:  # a length-generalization task: made from config.lengthgen
@@ -42,10 +42,10 @@ def prepare_data(config) -> dict | None:
 def train(config, preemption) -> dict:
     """Distributed start-up, data, the starting state (fresh, resumed or imported), then the training loop."""
     from nanoloop_jax import sharding
-    from nanoloop_jax.metrics import MetricsLogger
-    from nanoloop_jax.optim import make_optimizer
-    from nanoloop_jax.train_state import start_state
-    from nanoloop_jax.trainer import trainer_class
+    from nanoloop_jax.train.metrics import MetricsLogger
+    from nanoloop_jax.train.optim import make_optimizer
+    from nanoloop_jax.train.state import start_state
+    from nanoloop_jax.train.trainer import trainer_class
 
     sharding.maybe_initialize_distributed(config.distributed)
     os.makedirs(config.out_dir, exist_ok=True)
@@ -67,11 +67,11 @@ def main(argv: list[str]) -> int:
     from nanoloop_jax import cpu_defaults
 
     cpu_defaults.apply_if_cpu()  # before jax.distributed / the first computation creates the backends
-    from nanoloop_jax.checkpoint import CheckpointError
-    from nanoloop_jax.data import DataError
-    from nanoloop_jax.preemption import Preemption
-    from nanoloop_jax.train_state import StartError
-    from nanoloop_jax.trainer import TrainingError
+    from nanoloop_jax.ckpt.checkpoint import CheckpointError
+    from nanoloop_jax.data.batches import DataError
+    from nanoloop_jax.train.preemption import Preemption
+    from nanoloop_jax.train.state import StartError
+    from nanoloop_jax.train.trainer import TrainingError
 
     # from the very start: a SIGTERM during distributed start-up, data preparation or restore ends the run
     preemption = Preemption().install()

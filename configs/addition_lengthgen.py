@@ -5,7 +5,7 @@
 prepares data/addition_lengthgen if missing, trains on sums of two n-digit operands, n = 1..8 (one n per
 batch, T(n) = n + 1 iterations, loss only on the n + 1 answer digits after the last one), then writes
 the accuracy of n = 1..16 at every n_loop and with the confidence stop to out_dir/accuracy.csv. Digits
-are least significant first and interleaved with the answer slots (nanoloop_jax/lengthgen_data.py), so
+are least significant first and interleaved with the answer slots (nanoloop_jax/tasks/lengthgen/data.py), so
 the carry moves one slot per iteration at every length.
 
 Measured (2 CPU cores shared with other jobs, load 5-13): 2,000 steps in 13 min (769 s), evaluation 83 s;

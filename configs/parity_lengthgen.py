@@ -60,7 +60,7 @@ def get_config():
     c.train.eval_iters = 20  # batches per split in each evaluation (the per-length accuracy runs at the end)
     c.train.log_interval = 50  # print a training line every this many steps
 
-    c.lengthgen = ConfigDict()  # its presence makes train.py train on this task (nanoloop_jax/lengthgen_train.py)
+    c.lengthgen = ConfigDict()  # its presence makes train.py train on this task (nanoloop_jax/tasks/lengthgen/task.py)
     c.lengthgen.task = "parity"  # 'parity' | 'addition'
     c.lengthgen.train_lengths = (1, 20)  # min, max input length in training (bits; addition: operand digits)
     c.lengthgen.test_lengths = (5, 10, 15, 20, 25, 30, 35, 40, 45, 50)  # evaluated lengths

@@ -7,7 +7,7 @@ import dataclasses
 import jax
 from ml_collections import ConfigDict, config_dict
 
-from nanoloop_jax.model import ModelConfig
+from nanoloop_jax.model.config import ModelConfig
 
 
 def base_config() -> ConfigDict:

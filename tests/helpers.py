@@ -13,7 +13,7 @@ FIXTURE_TEXT = REPO_ROOT / "tests" / "fixtures" / "tinyshakespeare_head.txt"
 
 def tiny_data_dir(tmp_path: pathlib.Path) -> pathlib.Path:
     """A char-level dataset prepared from the 60k-character fixture."""
-    from nanoloop_jax.prepare import prepare_shakespeare_char
+    from nanoloop_jax.data.prepare import prepare_shakespeare_char
 
     data_dir = tmp_path / "data" / "tiny_char"
     data_dir.mkdir(parents=True)
@@ -97,7 +97,7 @@ TINY_MODEL = dict(
 
 def tiny_config(**overrides):
     """TINY_MODEL as a ModelConfig, with the fields a test varies overridden."""
-    from nanoloop_jax.model import ModelConfig
+    from nanoloop_jax.model.config import ModelConfig
 
     return ModelConfig(**{**TINY_MODEL, **overrides})
 
@@ -106,7 +106,7 @@ def perturbed_params(config, scale: float = 0.3, seed: int = 0, noise_seed: int 
     """init_params(config, seed), perturbed (see `perturbed`)."""
     import jax
 
-    from nanoloop_jax.model import init_params
+    from nanoloop_jax.model.looped import init_params
 
     return perturbed(init_params(config, jax.random.PRNGKey(seed)), scale, noise_seed)
 
@@ -124,7 +124,7 @@ def perturbed(params, scale: float, seed: int = 100):
 
 def tiny_checkpoint(tmp_path: pathlib.Path):
     """(ModelConfig, params, out_dir): a perturbed 1+1x2+1 char model (vocab 59) saved as an orbax checkpoint."""
-    from nanoloop_jax import checkpoint
+    from nanoloop_jax.ckpt import checkpoint
 
     config = tiny_config(block_size=32, vocab_size=59, n_block=1, n_loop=2, bptt_k=1)
     params = perturbed_params(config, 0.1)

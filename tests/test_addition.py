@@ -11,11 +11,13 @@ import pytest
 from helpers import tiny_config
 
 from configs import addition_baseline, addition_looped
-from nanoloop_jax import addition, checkpoint, cli
+from nanoloop_jax import cli
+from nanoloop_jax.ckpt import checkpoint
 from nanoloop_jax.config import model_config
-from nanoloop_jax.data import BatchSampler
-from nanoloop_jax.model import LoopedGPT, abstract_params, init_params
-from nanoloop_jax.tokenizer import load_tokenizer
+from nanoloop_jax.data.batches import BatchSampler
+from nanoloop_jax.data.tokenizer import load_tokenizer
+from nanoloop_jax.model.looped import LoopedGPT, abstract_params, init_params
+from nanoloop_jax.tasks.addition import data as addition
 from nanoloop_jax.tools import eval_addition
 
 ITOS = dict(enumerate(addition.CHARS))

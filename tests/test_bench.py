@@ -102,7 +102,7 @@ def test_full_backprop_with_remat_memory_is_nearly_flat_in_n_loop():
 
 
 def test_vocab_note_says_which_vocab_and_why(tmp_path):
-    from nanoloop_jax.prepare import prepare_shakespeare_char
+    from nanoloop_jax.data.prepare import prepare_shakespeare_char
 
     config = tiny_config()
     config.model.vocab_size = 50304

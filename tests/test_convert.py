@@ -14,9 +14,10 @@ import pytest
 from helpers import perturbed_params, tiny_config
 from ml_collections import ConfigDict
 
-from nanoloop_jax import checkpoint, cli, convert, loading
+from nanoloop_jax import cli
+from nanoloop_jax.ckpt import checkpoint, convert, loading
 from nanoloop_jax.config import base_config, model_config
-from nanoloop_jax.model import LoopedGPT
+from nanoloop_jax.model.looped import LoopedGPT
 from nanoloop_jax.tools import convert as convert_tool
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
@@ -79,7 +80,8 @@ def test_torch_compile_prefix_and_bad_state_dicts():
 def test_bias_true_round_trip():
     import dataclasses
 
-    from nanoloop_jax.model import ModelConfig, init_params
+    from nanoloop_jax.model.config import ModelConfig
+    from nanoloop_jax.model.looped import init_params
 
     config = ModelConfig(block_size=8, vocab_size=11, n_prelude=1, n_block=1, n_coda=1, n_head=2, n_embd=8, bias=True)
     params = jax.tree_util.tree_map(np.asarray, init_params(config, jax.random.PRNGKey(0)))

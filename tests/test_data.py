@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from nanoloop_jax.data import BatchSampler, DataError, Prefetcher, load_meta
+from nanoloop_jax.data.batches import BatchSampler, DataError, Prefetcher, load_meta
 
 N_TOKENS = 5_000  # tokens 0..N-1, so every window is a run of consecutive integers
 

@@ -10,10 +10,10 @@ import pytest
 from helpers import tiny_config
 
 from nanoloop_jax.config import base_config
-from nanoloop_jax.depth import sample_depth
-from nanoloop_jax.model import LoopedGPT, init_params
-from nanoloop_jax.optim import make_optimizer
-from nanoloop_jax.steps import init_train_state, make_train_step
+from nanoloop_jax.model.looped import LoopedGPT, init_params
+from nanoloop_jax.train.depth import sample_depth
+from nanoloop_jax.train.optim import make_optimizer
+from nanoloop_jax.train.steps import init_train_state, make_train_step
 
 CFG = tiny_config(
     vocab_size=29, n_loop=4, n_embd=16, loop_sampling="poisson_lognormal", n_loop_mean=4.0, n_loop_max=32, dropout=0.1

@@ -6,9 +6,9 @@ import sys
 import numpy as np
 from helpers import run, tiny_checkpoint, tiny_data_dir
 
-from nanoloop_jax.data import EVAL_SEED_OFFSET, BatchSampler
-from nanoloop_jax.model import LoopedGPT
-from nanoloop_jax.steps import cross_entropy
+from nanoloop_jax.data.batches import EVAL_SEED_OFFSET, BatchSampler
+from nanoloop_jax.model.looped import LoopedGPT
+from nanoloop_jax.train.steps import cross_entropy
 
 
 def test_sweep_csv_equals_direct_evaluation(tmp_path):

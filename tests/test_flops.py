@@ -6,8 +6,8 @@ import jax
 import pytest
 from helpers import tiny_config
 
-from nanoloop_jax import flops
-from nanoloop_jax.model import count_params, init_params
+from nanoloop_jax.model import flops
+from nanoloop_jax.model.looped import count_params, init_params
 
 # 1 prelude + 1 recurrent block looped 3 times (gradient through the last 2) + 1 coda, 8 wide, 2 heads.
 TINY = tiny_config(vocab_size=11, n_block=1, n_embd=8)

@@ -6,8 +6,8 @@ import sys
 import numpy as np
 from helpers import run, tiny_checkpoint, tiny_data_dir
 
-from nanoloop_jax.model import LoopedGPT
-from nanoloop_jax.steps import cross_entropy
+from nanoloop_jax.model.looped import LoopedGPT
+from nanoloop_jax.train.steps import cross_entropy
 
 
 def test_frontier_csv(tmp_path):

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import tpu as pltpu
 
-from nanoloop_jax import kernels
-from nanoloop_jax.model import LoopedGPT, ModelConfig
+from nanoloop_jax.model import kernels
+from nanoloop_jax.model.config import ModelConfig
+from nanoloop_jax.model.looped import LoopedGPT
 
 
 def choose(requested, platform, t=256, k=64, dtype="bfloat16", dropout=False, masked=False):

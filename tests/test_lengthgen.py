@@ -11,11 +11,13 @@ from helpers import run, tiny_config, train_cmd
 from ml_collections import ConfigDict
 
 from configs import addition_lengthgen, addition_lengthgen_baseline, parity_lengthgen, parity_lengthgen_baseline
-from nanoloop_jax import convert, lengthgen_data
-from nanoloop_jax.lengthgen import accuracies, answers_per_iteration, logits_at_depth, make_train_step
-from nanoloop_jax.lengthgen_eval import Result, format_table, read_csv, write_csv
-from nanoloop_jax.model import LoopedGPT, ModelConfig, abstract_params, init_params
-from nanoloop_jax.steps import TrainState, cross_entropy
+from nanoloop_jax.ckpt import convert
+from nanoloop_jax.model.config import ModelConfig
+from nanoloop_jax.model.looped import LoopedGPT, abstract_params, init_params
+from nanoloop_jax.tasks.lengthgen import data as lengthgen_data
+from nanoloop_jax.tasks.lengthgen.evaluate import Result, format_table, read_csv, write_csv
+from nanoloop_jax.tasks.lengthgen.forward import accuracies, answers_per_iteration, logits_at_depth, make_train_step
+from nanoloop_jax.train.steps import TrainState, cross_entropy
 
 LENGTHGEN_CONFIGS = {  # task -> its looped config and that config's one-pass baseline
     "parity": (parity_lengthgen, parity_lengthgen_baseline),

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import pytest
 from helpers import REPO_ROOT
 
-from nanoloop_jax import kernels
 from nanoloop_jax.config import base_config
+from nanoloop_jax.model import kernels
 from nanoloop_jax.tools import lowering, roofline
 
 TINY = {

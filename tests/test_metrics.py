@@ -3,8 +3,9 @@
 import pytest
 
 from configs import shakespeare_char_looped
-from nanoloop_jax import flops, metrics
 from nanoloop_jax.config import model_config
+from nanoloop_jax.model import flops
+from nanoloop_jax.train import metrics
 
 
 def _config(variant: str):

@@ -10,8 +10,9 @@ import optax
 import pytest
 from helpers import perturbed_params, tiny_config
 
-from nanoloop_jax.layers import Block, Dense, rms_norm
-from nanoloop_jax.model import LoopedGPT, ModelConfig, count_params, init_params
+from nanoloop_jax.model.config import ModelConfig
+from nanoloop_jax.model.layers import Block, Dense, rms_norm
+from nanoloop_jax.model.looped import LoopedGPT, count_params, init_params
 
 TINY = tiny_config(vocab_size=29, n_embd=16, bptt_k=None)
 

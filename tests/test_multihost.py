@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from helpers import REPO_ROOT, run, tiny_data_dir, tiny_overrides, train_cmd, train_losses, wait_for
 
-from nanoloop_jax import checkpoint
+from nanoloop_jax.ckpt import checkpoint
 
 
 def _free_port() -> int:

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from nanoloop_jax import cpu_defaults
-from nanoloop_jax.kernels import ATTN_CHUNK
-from nanoloop_jax.layers import CausalSelfAttention, gelu_exact
-from nanoloop_jax.model import ModelConfig
+from nanoloop_jax.model.config import ModelConfig
+from nanoloop_jax.model.kernels import ATTN_CHUNK
+from nanoloop_jax.model.layers import CausalSelfAttention, gelu_exact
 
 
 def test_gelu_exact_equals_jax_gelu_and_its_gradient():
@@ -56,7 +56,7 @@ def test_cpu_defaults_applied_by_conftest_as_by_the_entry_points():
 
 def test_import_changes_nothing_and_apply_if_cpu_applies_on_cpu():
     code = (
-        "import jax, nanoloop_jax.model, nanoloop_jax.cpu_defaults as c; "
+        "import jax, nanoloop_jax.model.looped, nanoloop_jax.cpu_defaults as c; "
         "print(jax.config.read('jax_cpu_enable_async_dispatch'), c.APPLIED); "
         "print(c.will_run_on_cpu(), c.apply_if_cpu())"
     )

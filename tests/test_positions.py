@@ -9,10 +9,10 @@ import pytest
 from exit_oracle import Oracle
 from helpers import perturbed_params, tiny_config
 
-from nanoloop_jax.model import LoopedGPT, count_params
-from nanoloop_jax.recompute import naive_generate
-from nanoloop_jax.recurrence import DecodeConfig
-from nanoloop_jax.sampling import KVDecoder, SampleConfig
+from nanoloop_jax.decode.recompute import naive_generate
+from nanoloop_jax.decode.recurrence import DecodeConfig
+from nanoloop_jax.decode.sampling import KVDecoder, SampleConfig
+from nanoloop_jax.model.looped import LoopedGPT, count_params
 
 TINY = tiny_config()
 GREEDY = SampleConfig(temperature=0.0)
@@ -86,7 +86,7 @@ def test_rope_and_nope_have_no_position_table_and_train(pos_encoding):
 
 def test_rope_depends_on_relative_position_only():
     """Shifting every position by the same offset leaves rope attention scores unchanged."""
-    from nanoloop_jax.layers import apply_rope
+    from nanoloop_jax.model.layers import apply_rope
 
     q, k = (np.random.default_rng(i).normal(size=(1, 6, 2, 8)).astype(np.float32) for i in range(2))
     pos = np.arange(6)
@@ -99,7 +99,7 @@ def test_slide_reproduces_nanoloops_own_generate_far_past_block_size():
     """tests/fixtures/generate_ref: nanoLOOP's GPT.generate(top_k=1) on its ckpt.pt, 60 tokens past block 16."""
     from conftest import REPO_ROOT
 
-    from nanoloop_jax import convert
+    from nanoloop_jax.ckpt import convert
 
     fixture = REPO_ROOT / "tests" / "fixtures" / "generate_ref"
     try:

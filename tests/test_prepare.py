@@ -11,9 +11,9 @@ import urllib.request
 import numpy as np
 import pytest
 
-from nanoloop_jax import prepare
-from nanoloop_jax.data import BatchSampler, DataError
-from nanoloop_jax.tokenizer import gpt2_encoding, load_tokenizer
+from nanoloop_jax.data import prepare
+from nanoloop_jax.data.batches import BatchSampler, DataError
+from nanoloop_jax.data.tokenizer import gpt2_encoding, load_tokenizer
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 TIKTOKEN_CACHE = REPO_ROOT.parent / "shared" / "data" / "tiktoken_cache"

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from helpers import tiny_config
 
-from nanoloop_jax import checkpoint
-from nanoloop_jax.model import init_params
-from nanoloop_jax.sampling import KVDecoder, SampleConfig
-from nanoloop_jax.tokenizer import Tokenizer
+from nanoloop_jax.ckpt import checkpoint
+from nanoloop_jax.data.tokenizer import Tokenizer
+from nanoloop_jax.decode.sampling import KVDecoder, SampleConfig
+from nanoloop_jax.model.looped import init_params
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 CHARS = "\n !',.:;?abcdefghijklmnopqrstuvwxyz"  # 35 characters

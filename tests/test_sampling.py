@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from helpers import perturbed_params, tiny_config
 
-from nanoloop_jax.recompute import naive_generate, naive_windows
-from nanoloop_jax.recurrence import DecodeConfig
-from nanoloop_jax.sampling import KVDecoder, SampleConfig, filter_logits, sample_token
+from nanoloop_jax.decode.recompute import naive_generate, naive_windows
+from nanoloop_jax.decode.recurrence import DecodeConfig
+from nanoloop_jax.decode.sampling import KVDecoder, SampleConfig, filter_logits, sample_token
 
 TINY = tiny_config()
 GREEDY = SampleConfig(temperature=0.0)

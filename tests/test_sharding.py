@@ -8,11 +8,13 @@ import pytest
 from helpers import perturbed, tiny_config
 from ml_collections import ConfigDict
 
-from nanoloop_jax import checkpoint, sharding
+from nanoloop_jax import sharding
+from nanoloop_jax.ckpt import checkpoint
 from nanoloop_jax.config import base_config
-from nanoloop_jax.model import LoopedGPT, ModelConfig
-from nanoloop_jax.optim import make_optimizer
-from nanoloop_jax.steps import init_train_state, make_train_step
+from nanoloop_jax.model.config import ModelConfig
+from nanoloop_jax.model.looped import LoopedGPT
+from nanoloop_jax.train.optim import make_optimizer
+from nanoloop_jax.train.steps import init_train_state, make_train_step
 
 CFG = tiny_config(vocab_size=64, n_block=1, n_head=4)
 OPT = base_config().opt

@@ -13,10 +13,11 @@ import pytest
 from exit_oracle import Oracle
 from helpers import perturbed_params, tiny_config
 
-from nanoloop_jax.model import LoopedGPT, ModelConfig
-from nanoloop_jax.recompute import naive_generate
-from nanoloop_jax.recurrence import EXIT_CRITERIA, DecodeConfig
-from nanoloop_jax.sampling import KVDecoder, SampleConfig
+from nanoloop_jax.decode.recompute import naive_generate
+from nanoloop_jax.decode.recurrence import EXIT_CRITERIA, DecodeConfig
+from nanoloop_jax.decode.sampling import KVDecoder, SampleConfig
+from nanoloop_jax.model.config import ModelConfig
+from nanoloop_jax.model.looped import LoopedGPT
 
 TINY = tiny_config()
 GREEDY = SampleConfig(temperature=0.0)

@@ -6,9 +6,9 @@ import pathlib
 
 import pytest
 
-from nanoloop_jax import tokenizer as tokenizer_lib
-from nanoloop_jax.data import DataError
-from nanoloop_jax.tokenizer import Tokenizer, load_tokenizer
+from nanoloop_jax.data import tokenizer as tokenizer_lib
+from nanoloop_jax.data.batches import DataError
+from nanoloop_jax.data.tokenizer import Tokenizer, load_tokenizer
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 TIKTOKEN_CACHE = REPO_ROOT.parent / "shared" / "data" / "tiktoken_cache"

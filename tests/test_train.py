@@ -14,9 +14,9 @@ import optax
 import pytest
 from helpers import REPO_ROOT, run, tiny_data_dir, tiny_overrides, train_cmd, train_losses, wait_for
 
-from nanoloop_jax import checkpoint
+from nanoloop_jax.ckpt import checkpoint
 from nanoloop_jax.config import model_config
-from nanoloop_jax.optim import lr_schedule
+from nanoloop_jax.train.optim import lr_schedule
 
 CONFIGS = [
     ("shakespeare_char", ""),
@@ -75,7 +75,7 @@ def test_lr_schedule_is_nanogpts():
 
 
 def test_weight_decay_only_on_matrices():
-    from nanoloop_jax.optim import decay_mask
+    from nanoloop_jax.train.optim import decay_mask
 
     mask = decay_mask({"k": np.zeros((2, 3)), "scale": np.zeros(3), "emb": np.zeros((4, 2))})
     assert mask == {"k": True, "scale": False, "emb": True}
@@ -306,7 +306,7 @@ def test_shakespeare_configs_prepare_their_data(tmp_path):
 
 @pytest.mark.slow
 def test_init_from_nanoloop_ckpt_continues_the_pytorch_run(tmp_path):
-    from nanoloop_jax.prepare import prepare_shakespeare_char
+    from nanoloop_jax.data.prepare import prepare_shakespeare_char
 
     # a char dataset within the fixture model's 37-token vocabulary
     text_path = tmp_path / "text.txt"

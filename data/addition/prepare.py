@@ -6,10 +6,10 @@
 
 Writes train.bin/val.bin (problems concatenated), train_mask.bin/val_mask.bin (1 on answer tokens),
 test_<d>.json for d = 1 .. 2·max_digits and meta.json next to this file; the same seed gives the same
-files. The format and layout are described in nanoloop_jax/addition.py.
+files. The format and layout are described in nanoloop_jax/tasks/addition/data.py.
 
 --lengthgen instead writes the length-generalization layout of configs/addition_lengthgen.py
-(nanoloop_jax/lengthgen_data.py): lengthgen.npz with training rows for every operand length
+(nanoloop_jax/tasks/lengthgen/data.py): lengthgen.npz with training rows for every operand length
 1..max_digits and test rows for 1..max_test_digits, digits interleaved with answer slots.
 
 """
@@ -22,9 +22,9 @@ sys.path.insert(0, str(HERE.parents[1]))  # run from a checkout even if the pack
 
 from absl import flags  # noqa: E402
 
-from nanoloop_jax.addition import prepare_addition  # noqa: E402
-from nanoloop_jax.lengthgen_data import prepare_lengthgen  # noqa: E402
-from nanoloop_jax.prepare import run_script  # noqa: E402
+from nanoloop_jax.data.prepare import run_script  # noqa: E402
+from nanoloop_jax.tasks.addition.data import prepare_addition  # noqa: E402
+from nanoloop_jax.tasks.lengthgen.data import prepare_lengthgen  # noqa: E402
 
 OUT_DIR = flags.DEFINE_string("out_dir", str(HERE), "where to write (default: next to this script)")
 MAX_DIGITS = flags.DEFINE_integer("max_digits", 8, "train/val operands have 1..max_digits digits")

@@ -16,7 +16,7 @@ sys.path.insert(0, str(HERE.parents[1]))  # run from a checkout even if the pack
 
 from absl import flags  # noqa: E402
 
-from nanoloop_jax.prepare import prepare_openwebtext, run_script  # noqa: E402
+from nanoloop_jax.data.prepare import prepare_openwebtext, run_script  # noqa: E402
 
 DATASET = flags.DEFINE_string("dataset", "openwebtext", "HF hub name, or a local file or directory")
 NUM_PROC = flags.DEFINE_integer(

@@ -4,7 +4,7 @@
     python data/parity/prepare.py --max_length=10 --test_lengths=5,10,20 --out_dir=/tmp/parity10
 
 Writes lengthgen.npz (train rows for every length, test rows per test length) and meta.json next to this
-file; the same seed gives the same files. Format and layout: nanoloop_jax/lengthgen_data.py. train.py
+file; the same seed gives the same files. Format and layout: nanoloop_jax/tasks/lengthgen/data.py. train.py
 runs this itself for configs/parity_lengthgen.py when the data is missing.
 """
 
@@ -16,8 +16,8 @@ sys.path.insert(0, str(HERE.parents[1]))  # run from a checkout even if the pack
 
 from absl import flags  # noqa: E402
 
-from nanoloop_jax.lengthgen_data import prepare_lengthgen  # noqa: E402
-from nanoloop_jax.prepare import run_script  # noqa: E402
+from nanoloop_jax.data.prepare import run_script  # noqa: E402
+from nanoloop_jax.tasks.lengthgen.data import prepare_lengthgen  # noqa: E402
 
 OUT_DIR = flags.DEFINE_string("out_dir", str(HERE), "where to write (default: next to this script)")
 MIN_LENGTH = flags.DEFINE_integer("min_length", 1, "shortest training input (bits)")

@@ -12,7 +12,7 @@ import sys
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # run from a checkout even if the package is not installed
 
-from nanoloop_jax.prepare import prepare_shakespeare_char, run_shakespeare_script  # noqa: E402
+from nanoloop_jax.data.prepare import prepare_shakespeare_char, run_shakespeare_script  # noqa: E402
 
 if __name__ == "__main__":
     run_shakespeare_script(prepare_shakespeare_char, HERE)  # flags --input, --out_dir

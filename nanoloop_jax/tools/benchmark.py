@@ -24,16 +24,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nanoloop_jax import flops
 from nanoloop_jax.config import model_config
-from nanoloop_jax.data import data_dir_of, load_meta
-from nanoloop_jax.model import LoopedGPT, ModelConfig
-from nanoloop_jax.optim import make_optimizer
-from nanoloop_jax.prepare import prepare_command
-from nanoloop_jax.recompute import naive_step_fn, naive_windows
-from nanoloop_jax.sampling import KVDecoder, SampleConfig, padded_length
-from nanoloop_jax.steps import init_train_state, make_train_step
+from nanoloop_jax.data.batches import data_dir_of, load_meta
+from nanoloop_jax.data.prepare import prepare_command
+from nanoloop_jax.decode.recompute import naive_step_fn, naive_windows
+from nanoloop_jax.decode.sampling import KVDecoder, SampleConfig, padded_length
+from nanoloop_jax.model import flops
+from nanoloop_jax.model.config import ModelConfig
+from nanoloop_jax.model.looped import LoopedGPT
 from nanoloop_jax.tools import roofline
+from nanoloop_jax.train.optim import make_optimizer
+from nanoloop_jax.train.steps import init_train_state, make_train_step
 
 MATMUL_SHAPE = (2048, 2048, 2048)  # (M, K, N) of the numpy reference product: ~17 GFLOP, at BLAS peak
 REFERENCE_GAP_S = 0.2  # idle seconds after the reference products, before the steps

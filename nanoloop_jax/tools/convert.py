@@ -3,8 +3,8 @@
   python -m nanoloop_jax.tools.convert ckpt.pt OUT_DIR                 # nanoLOOP ckpt.pt -> nanoloop-jax checkpoint
   python -m nanoloop_jax.tools.convert OUT_DIR ckpt.pt --to-nanoloop   # and back (writing needs the [torch] extra)
 
-The name mapping and the ckpt.pt reader and writer are nanoloop_jax/convert.py; the orbax side is
-nanoloop_jax/checkpoint.py. This command line is the only place that knows both.
+The name mapping and the ckpt.pt reader and writer are nanoloop_jax/ckpt/convert.py; the orbax side is
+nanoloop_jax/ckpt/checkpoint.py. This command line is the only place that knows both.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import sys
 
 from absl import flags
 
-from nanoloop_jax import checkpoint, cli
-from nanoloop_jax.convert import ConversionError, from_nanoloop, load_nanoloop_ckpt, save_nanoloop_ckpt
+from nanoloop_jax import cli
+from nanoloop_jax.ckpt import checkpoint
+from nanoloop_jax.ckpt.convert import ConversionError, from_nanoloop, load_nanoloop_ckpt, save_nanoloop_ckpt
 
 USAGE = "usage: python -m nanoloop_jax.tools.convert SRC DST [--to-nanoloop]"
 

@@ -21,11 +21,12 @@ import jax
 import numpy as np
 from absl import flags, logging
 
-from nanoloop_jax import checkpoint, cli, cpu_defaults, loading
-from nanoloop_jax.data import EVAL_SEED_OFFSET, BatchSampler, DataError
-from nanoloop_jax.model import LoopedGPT
-from nanoloop_jax.steps import make_eval_step
+from nanoloop_jax import cli, cpu_defaults
+from nanoloop_jax.ckpt import checkpoint, loading
+from nanoloop_jax.data.batches import EVAL_SEED_OFFSET, BatchSampler, DataError
+from nanoloop_jax.model.looped import LoopedGPT
 from nanoloop_jax.tools.plotting import pyplot, save_loss_plot
+from nanoloop_jax.train.steps import make_eval_step
 
 TOOL_ERRORS = (checkpoint.CheckpointError, DataError, ImportError, ValueError)  # reported as one line
 

@@ -27,11 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
-from nanoloop_jax import kernels
-from nanoloop_jax.model import LoopedGPT, ModelConfig
-from nanoloop_jax.sampling import KVDecoder, SampleConfig
-from nanoloop_jax.steps import cross_entropy
+from nanoloop_jax.decode.sampling import KVDecoder, SampleConfig
+from nanoloop_jax.model import kernels
+from nanoloop_jax.model.config import ModelConfig
+from nanoloop_jax.model.looped import LoopedGPT
 from nanoloop_jax.tools import benchmark
+from nanoloop_jax.train.steps import cross_entropy
 
 NO_ACCELERATOR = "no accelerator"
 MFU_GOAL = 0.50  # loop-aware MFU on one H100 (llm.c reaches ~40% on GPT-2 124M)

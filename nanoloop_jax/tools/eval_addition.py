@@ -25,7 +25,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from absl import flags
 
-from nanoloop_jax import addition, cli, cpu_defaults
+from nanoloop_jax import cli, cpu_defaults
+from nanoloop_jax.tasks.addition import data as addition
 
 # (prompt_BxP int32, max_new_tokens) -> generated token ids (B, max_new_tokens)
 Solver = Callable[[np.ndarray, int], np.ndarray]
@@ -87,7 +88,7 @@ def kv_solver(config, params, vocab_limit: int, n_loop: int) -> Solver:
     """Greedy decoding with sampling.KVDecoder at n_loop iterations (one decoder, so one set of compiles)."""
     import jax
 
-    from nanoloop_jax.sampling import KVDecoder, SampleConfig
+    from nanoloop_jax.decode.sampling import KVDecoder, SampleConfig
 
     sc = SampleConfig(temperature=0.0, top_k=None, vocab_limit=vocab_limit)
     decoder = KVDecoder(config, sc, n_loop=n_loop)
@@ -188,8 +189,8 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 def evaluate_and_report(fv: flags.FlagValues, log: Callable[[str], None]) -> np.ndarray:
     """Load, evaluate, print and write; returns the grid."""
-    from nanoloop_jax import loading
-    from nanoloop_jax.data import load_meta
+    from nanoloop_jax.ckpt import loading
+    from nanoloop_jax.data.batches import load_meta
 
     n_loops = parse_ints(fv.n_loops)
     if fv.batch_size < 1 or fv.num_problems < 0:
@@ -239,8 +240,8 @@ def run(fv: flags.FlagValues, args: list[str]) -> int:
     """Evaluate the checkpoint of the flags; 1 after one `error:` line for a bad flag or a missing input."""
     del args
     cpu_defaults.apply_if_cpu()
-    from nanoloop_jax.checkpoint import CheckpointError
-    from nanoloop_jax.data import DataError
+    from nanoloop_jax.ckpt.checkpoint import CheckpointError
+    from nanoloop_jax.data.batches import DataError
 
     def evaluate() -> None:
         evaluate_and_report(fv, lambda s: print(s, file=sys.stderr, flush=True))

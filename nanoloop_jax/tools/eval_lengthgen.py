@@ -4,7 +4,7 @@
   python -m nanoloop_jax.tools.eval_lengthgen --out_dir=out-parity-lengthgen --max_depth=80 --lengths=10,40,50
 
 Re-runs, on a trained checkpoint, the evaluation train.py ends every `lengthgen` run with
-(nanoloop_jax/lengthgen_eval.py): other lengths, a larger max_depth, or a baseline run's column beside it.
+(nanoloop_jax/tasks/lengthgen/evaluate.py): other lengths, a larger max_depth, or a baseline run's column beside it.
 Writes OUT_DIR/accuracy.csv and OUT_DIR/accuracy.png.
 """
 
@@ -15,9 +15,9 @@ import os
 from absl import flags
 
 from nanoloop_jax import cli
-from nanoloop_jax.data import data_dir_of
-from nanoloop_jax.lengthgen_eval import default_max_depth, evaluate, read_csv, report
-from nanoloop_jax.model import LoopedGPT
+from nanoloop_jax.data.batches import data_dir_of
+from nanoloop_jax.model.looped import LoopedGPT
+from nanoloop_jax.tasks.lengthgen.evaluate import default_max_depth, evaluate, read_csv, report
 
 
 def define_flags(fv: flags.FlagValues) -> None:
@@ -37,7 +37,7 @@ def run(fv: flags.FlagValues, args: list[str]) -> int:
     del args
     from ml_collections import ConfigDict
 
-    from nanoloop_jax import checkpoint
+    from nanoloop_jax.ckpt import checkpoint
 
     def evaluate_run() -> None:
         loaded = checkpoint.load_params(fv.out_dir)

@@ -24,12 +24,13 @@ import jax
 import numpy as np
 from absl import flags, logging
 
-from nanoloop_jax import checkpoint, cli, loading
-from nanoloop_jax.data import DataError
-from nanoloop_jax.recurrence import EXIT_CRITERIA, DecodeConfig
-from nanoloop_jax.sampling import KVDecoder, SampleConfig
-from nanoloop_jax.steps import cross_entropy
+from nanoloop_jax import cli
+from nanoloop_jax.ckpt import checkpoint, loading
+from nanoloop_jax.data.batches import DataError
+from nanoloop_jax.decode.recurrence import EXIT_CRITERIA, DecodeConfig
+from nanoloop_jax.decode.sampling import KVDecoder, SampleConfig
 from nanoloop_jax.tools.plotting import pyplot, save_loss_plot
+from nanoloop_jax.train.steps import cross_entropy
 
 COLUMNS = ("n_loop", "exit", "threshold", "kv_share", "warm_start", "val_loss", "mean_iters", "kv_cache_mib")
 

@@ -30,13 +30,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from nanoloop_jax import kernels, sharding
+from nanoloop_jax import sharding
 from nanoloop_jax.config import model_config
-from nanoloop_jax.data import load_meta
-from nanoloop_jax.model import LoopedGPT, ModelConfig
-from nanoloop_jax.optim import lr_schedule, make_optimizer
-from nanoloop_jax.sampling import KVDecoder, SampleConfig
-from nanoloop_jax.steps import init_train_state, make_eval_step, make_train_step
+from nanoloop_jax.data.batches import load_meta
+from nanoloop_jax.decode.sampling import KVDecoder, SampleConfig
+from nanoloop_jax.model import kernels
+from nanoloop_jax.model.config import ModelConfig
+from nanoloop_jax.model.looped import LoopedGPT
+from nanoloop_jax.train.optim import lr_schedule, make_optimizer
+from nanoloop_jax.train.steps import init_train_state, make_eval_step, make_train_step
 
 PROGRAMS = ("train_step", "eval_step", "decode_step")
 DEFAULT_MESH = (-1, 2, 2)  # (data, fsdp, tensor) of the lowering mesh: both parameter-sharding axes in use

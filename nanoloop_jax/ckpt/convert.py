@@ -27,7 +27,8 @@ import re
 import numpy as np
 from flax import traverse_util
 
-from nanoloop_jax.model import ARCH_FIELDS, ModelConfig, abstract_params
+from nanoloop_jax.model.config import ARCH_FIELDS, ModelConfig
+from nanoloop_jax.model.looped import abstract_params
 
 _TORCH_PREFIX = "_orig_mod."  # torch.compile wraps the module and prefixes every key
 _SECTION = {"prelude": "prelude_{}", "recur": "loop/recur_{}", "coda": "coda_{}"}
@@ -159,7 +160,7 @@ def _import_torch():
 
 def load_nanoloop_ckpt(path: str) -> dict:
     """Read a nanoLOOP ckpt.pt without PyTorch (torch_ckpt: tensors and plain values only, never other objects)."""
-    from nanoloop_jax import torch_ckpt
+    from nanoloop_jax.ckpt import torch_ckpt
 
     try:
         ckpt = torch_ckpt.load(path)

@@ -10,9 +10,9 @@ import dataclasses
 import os
 from typing import Any
 
-from nanoloop_jax import checkpoint, convert
-from nanoloop_jax.data import data_dir_of
-from nanoloop_jax.model import ModelConfig
+from nanoloop_jax.ckpt import checkpoint, convert
+from nanoloop_jax.data.batches import data_dir_of
+from nanoloop_jax.model.config import ModelConfig
 
 
 @dataclasses.dataclass

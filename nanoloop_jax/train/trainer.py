@@ -12,15 +12,18 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from nanoloop_jax import checkpoint, flops, metrics, sharding
-from nanoloop_jax.data import EVAL_SEED_OFFSET, AccumSampler, BatchSampler, Prefetcher, data_dir_of
-from nanoloop_jax.depth import sample_depth
-from nanoloop_jax.metrics import MetricsLogger
-from nanoloop_jax.model import LoopedGPT
-from nanoloop_jax.optim import lr_schedule, make_optimizer
-from nanoloop_jax.preemption import Preemption
-from nanoloop_jax.steps import make_eval_step, make_train_step
-from nanoloop_jax.train_state import Start, all_processes
+from nanoloop_jax import sharding
+from nanoloop_jax.ckpt import checkpoint
+from nanoloop_jax.data.batches import EVAL_SEED_OFFSET, AccumSampler, BatchSampler, Prefetcher, data_dir_of
+from nanoloop_jax.model import flops
+from nanoloop_jax.model.looped import LoopedGPT
+from nanoloop_jax.train import metrics
+from nanoloop_jax.train.depth import sample_depth
+from nanoloop_jax.train.metrics import MetricsLogger
+from nanoloop_jax.train.optim import lr_schedule, make_optimizer
+from nanoloop_jax.train.preemption import Preemption
+from nanoloop_jax.train.state import Start, all_processes
+from nanoloop_jax.train.steps import make_eval_step, make_train_step
 
 # Fold-in index of the evaluation key: far above any step index, so eval dropout/noise never reuses a step's.
 EVAL_KEY_INDEX = 2**30
@@ -353,7 +356,7 @@ def trainer_class(config) -> type[Trainer]:
     """The Trainer for a config: LengthGenTrainer for a `lengthgen` section (a task with its own data and
     evaluation, lengthgen_train.py), else the language-modelling Trainer."""
     if "lengthgen" in config:
-        from nanoloop_jax.lengthgen_train import LengthGenTrainer
+        from nanoloop_jax.tasks.lengthgen.task import LengthGenTrainer
 
         return LengthGenTrainer
     return Trainer

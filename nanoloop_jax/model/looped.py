@@ -11,16 +11,15 @@ Dimension legend for shape-suffixed names:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from nanoloop_jax import kernels
-from nanoloop_jax.kernels import ATTENTION_IMPLS, PLATFORMS
-from nanoloop_jax.layers import (
+from nanoloop_jax.model import kernels
+from nanoloop_jax.model.config import ModelConfig
+from nanoloop_jax.model.layers import (
     Block,
     CacheWrite,
     Dense,
@@ -33,123 +32,6 @@ from nanoloop_jax.layers import (
     remat,
     rms_norm,
 )
-
-INPUT_INJECTIONS = ("inject", "inject_random", "passthrough")
-LOOP_SAMPLINGS = ("fixed", "poisson_lognormal")
-POS_ENCODINGS = ("learned", "rope", "none")
-INJECT_INITS = ("identity", "additive")
-DTYPES = ("float32", "bfloat16", "float16")
-# The architecture: nanoLOOP's GPTConfig fields but dropout and bptt_k. A resumed or imported run takes
-# them from its checkpoint (the parameter shapes depend on them; nanoLOOP forces n_loop too).
-ARCH_FIELDS = (
-    "block_size",
-    "vocab_size",
-    "n_prelude",
-    "n_block",
-    "n_coda",
-    "n_loop",
-    "n_head",
-    "n_embd",
-    "bias",
-    "input_injection",
-)
-# torch.nn.RMSNorm(n_embd) uses eps=None, i.e. the float32 machine epsilon.
-TORCH_RMSNORM_EPS = float(jnp.finfo(jnp.float32).eps)
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """Architecture of a looped GPT; field names and defaults follow nanoLOOP's GPTConfig."""
-
-    block_size: int = 1024
-    vocab_size: int = 50304
-    n_prelude: int = 2
-    n_block: int = 2
-    n_coda: int = 2
-    n_loop: int = 4
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
-    bias: bool = False
-    bptt_k: int | None = None
-    input_injection: str = "inject"
-    # The inject kernel at init (not in nanoLOOP): "identity" [I; 0] (nanoLOOP's: u = e) or "additive" [I; I]
-    # (u = e + s, Fan et al. 2025's injection; the length-generalization runs need it).
-    inject_init: str = "identity"
-    # Randomized recurrence depth in training (Geiping et al. 2025); eval and sampling use n_loop.
-    loop_sampling: str = "fixed"  # "fixed" (n_loop) | "poisson_lognormal" (depth drawn per step)
-    n_loop_mean: float = 4.0  # mean depth of poisson_lognormal
-    n_loop_max: int = 32  # cap of poisson_lognormal
-    # JAX knobs (not in nanoLOOP).
-    dtype: str = "float32"  # compute dtype
-    param_dtype: str = "float32"  # storage dtype
-    remat_policy: str | None = None  # a jax.checkpoint_policies name, or None / "none"
-    # "auto" (the platform's choice, see kernels.py) | "xla" | "cudnn" | "pallas"
-    attention: str = "auto"
-    platform: str | None = None  # platform lowered for ("cpu" | "cuda" | "rocm" | "tpu"); None = default backend
-    norm_eps: float = TORCH_RMSNORM_EPS
-    # Positions: "learned" (nanoLOOP's wpe table, the default), "rope" (rotary q/k) or "none" (NoPE).
-    pos_encoding: str = "learned"
-    rope_theta: float = 10000.0  # RoPE base
-
-    def validate(self) -> ModelConfig:
-        """Raise ValueError with one clear line for the first bad field; return self."""
-        for name in ("block_size", "vocab_size", "n_block", "n_loop", "n_head", "n_embd"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                raise ValueError(f"model.{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("n_prelude", "n_coda"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ValueError(f"model.{name} must be a non-negative integer, got {getattr(self, name)!r}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
-        if self.bptt_k is not None and (not isinstance(self.bptt_k, int) or self.bptt_k < 1):
-            raise ValueError(f"model.bptt_k must be None (full backprop) or an integer >= 1, got {self.bptt_k!r}")
-        if self.input_injection not in INPUT_INJECTIONS:
-            raise ValueError(f"model.input_injection must be one of {INPUT_INJECTIONS}, got {self.input_injection!r}")
-        if self.loop_sampling not in LOOP_SAMPLINGS:
-            raise ValueError(f"model.loop_sampling must be one of {LOOP_SAMPLINGS}, got {self.loop_sampling!r}")
-        if self.loop_sampling != "fixed":
-            if self.bptt_k is None:
-                raise ValueError("model.loop_sampling='poisson_lognormal' needs model.bptt_k (the gradient iterations)")
-            if not self.bptt_k <= self.n_loop_mean <= self.n_loop_max:
-                raise ValueError(
-                    f"model.loop_sampling='poisson_lognormal' needs bptt_k <= n_loop_mean <= n_loop_max, got "
-                    f"{self.bptt_k}, {self.n_loop_mean}, {self.n_loop_max}"
-                )
-        if self.attention not in ATTENTION_IMPLS:
-            raise ValueError(f"model.attention must be one of {ATTENTION_IMPLS}, got {self.attention!r}")
-        if self.platform is not None and self.platform not in PLATFORMS:
-            raise ValueError(f"model.platform must be None or one of {PLATFORMS}, got {self.platform!r}")
-        for name in ("dtype", "param_dtype"):
-            if getattr(self, name) not in DTYPES:
-                raise ValueError(f"model.{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
-        if self.remat_policy not in (None, "none") and not hasattr(jax.checkpoint_policies, self.remat_policy):
-            raise ValueError(
-                f"model.remat_policy must be None, 'none' or a jax.checkpoint_policies name "
-                f"(e.g. 'nothing_saveable', 'dots_saveable'), got {self.remat_policy!r}"
-            )
-        if self.inject_init not in INJECT_INITS:
-            raise ValueError(f"model.inject_init must be one of {INJECT_INITS}, got {self.inject_init!r}")
-        if self.pos_encoding not in POS_ENCODINGS:
-            raise ValueError(f"model.pos_encoding must be one of {POS_ENCODINGS}, got {self.pos_encoding!r}")
-        if self.pos_encoding == "rope" and (self.n_embd // self.n_head) % 2:
-            raise ValueError(f"model.pos_encoding='rope' needs an even head dim, got {self.n_embd // self.n_head}")
-        if not self.norm_eps > 0:
-            raise ValueError(f"model.norm_eps must be > 0, got {self.norm_eps!r}")
-        return self
-
-    @property
-    def n_layer_total(self) -> int:
-        """Unique blocks (prelude + recur + coda): the depth used for the c_proj init scale."""
-        return self.n_prelude + self.n_block + self.n_coda
-
-    def loop_split(self, n_loop: int | None = None) -> tuple[int, int]:
-        """(iterations without gradient, iterations with gradient) for truncated BPTT."""
-        n_loop = self.n_loop if n_loop is None else n_loop
-        k = n_loop if self.bptt_k is None else min(self.bptt_k, n_loop)
-        return n_loop - k, k
 
 
 def _inject_init(kind: str):

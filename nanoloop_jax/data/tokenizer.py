@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import tiktoken
 
-from nanoloop_jax.data import DataError, load_meta
+from nanoloop_jax.data.batches import DataError, load_meta
 
 GPT2_EOT = 50256  # <|endoftext|>, the document separator that prepare.py appends
 

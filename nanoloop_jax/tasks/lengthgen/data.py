@@ -30,8 +30,8 @@ import pathlib
 
 import numpy as np
 
-from nanoloop_jax.addition import fixed_problems, random_operands
 from nanoloop_jax.fileio import write_atomic
+from nanoloop_jax.tasks.addition.data import fixed_problems, random_operands
 
 TASKS = ("parity", "addition")
 DEPTH_RULES = ("linear", "fixed")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nanoloop_jax.model import ModelConfig
+from nanoloop_jax.model.config import ModelConfig
 
 SIGMA = 0.5  # the paper's log-normal spread
 _STREAM = 0xD3E7  # keeps depth draws independent of the batch streams that share the seed

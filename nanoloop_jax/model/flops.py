@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax
 
-from nanoloop_jax.model import ModelConfig
+from nanoloop_jax.model.config import ModelConfig
 
 # Dense bf16 peak FLOP/s per device (no sparsity). Matched against jax's device_kind, lower-cased.
 PEAK_FLOPS = (

@@ -41,8 +41,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nanoloop_jax.model import ModelConfig
-from nanoloop_jax.recurrence import DecodeConfig, Recurrence, cache_bytes, empty_caches
+from nanoloop_jax.decode.recurrence import DecodeConfig, Recurrence, cache_bytes, empty_caches
+from nanoloop_jax.model.config import ModelConfig
 
 WINDOWS = ("slide", "restart")  # past block_size with learned positions (rope/none always slide, cached)
 

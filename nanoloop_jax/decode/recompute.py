@@ -9,8 +9,9 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from nanoloop_jax.model import LoopedGPT, ModelConfig
-from nanoloop_jax.sampling import Generation, SampleConfig, _split_key, padded_length, sample_token
+from nanoloop_jax.decode.sampling import Generation, SampleConfig, _split_key, padded_length, sample_token
+from nanoloop_jax.model.config import ModelConfig
+from nanoloop_jax.model.looped import LoopedGPT
 
 
 def naive_step_fn(config: ModelConfig, sample_config: SampleConfig, *, n_loop=None):

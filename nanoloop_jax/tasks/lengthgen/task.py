@@ -18,12 +18,13 @@ import time
 import jax
 import numpy as np
 
-from nanoloop_jax import lengthgen_data, sharding
-from nanoloop_jax.data import EVAL_SEED_OFFSET, data_dir_of
-from nanoloop_jax.lengthgen import check_model, make_eval_step, make_train_step
-from nanoloop_jax.lengthgen_eval import default_max_depth, evaluate, report
-from nanoloop_jax.train_state import Start
-from nanoloop_jax.trainer import EvalBatch, Trainer
+from nanoloop_jax import sharding
+from nanoloop_jax.data.batches import EVAL_SEED_OFFSET, data_dir_of
+from nanoloop_jax.tasks.lengthgen import data as lengthgen_data
+from nanoloop_jax.tasks.lengthgen.evaluate import default_max_depth, evaluate, report
+from nanoloop_jax.tasks.lengthgen.forward import check_model, make_eval_step, make_train_step
+from nanoloop_jax.train.state import Start
+from nanoloop_jax.train.trainer import EvalBatch, Trainer
 
 
 class LengthBatchSource:

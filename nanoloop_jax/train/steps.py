@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from nanoloop_jax.model import LoopedGPT
+from nanoloop_jax.model.looped import LoopedGPT
 
 
 @struct.dataclass

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from nanoloop_jax import lengthgen_data
-from nanoloop_jax.lengthgen import accuracies, answers_per_iteration
-from nanoloop_jax.model import LoopedGPT
+from nanoloop_jax.model.looped import LoopedGPT
+from nanoloop_jax.tasks.lengthgen import data as lengthgen_data
+from nanoloop_jax.tasks.lengthgen.forward import accuracies, answers_per_iteration
 
 
 class Result(dict):

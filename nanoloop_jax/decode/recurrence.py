@@ -40,8 +40,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from nanoloop_jax.layers import CacheWrite, LayerCache, empty_cache
-from nanoloop_jax.model import LoopedGPT, ModelConfig
+from nanoloop_jax.model.config import ModelConfig
+from nanoloop_jax.model.layers import CacheWrite, LayerCache, empty_cache
+from nanoloop_jax.model.looped import LoopedGPT
 
 EXIT_CRITERIA = ("none", "latent_diff", "kl", "entropy", "argmax")
 

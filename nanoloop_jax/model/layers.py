@@ -20,10 +20,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from nanoloop_jax import kernels
+from nanoloop_jax.model import kernels
 
 if TYPE_CHECKING:
-    from nanoloop_jax.model import ModelConfig
+    from nanoloop_jax.model.config import ModelConfig
 
 
 def jnp_dtype(name: str) -> jnp.dtype:

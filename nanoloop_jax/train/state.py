@@ -16,10 +16,12 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
-from nanoloop_jax import checkpoint, sharding
+from nanoloop_jax import sharding
+from nanoloop_jax.ckpt import checkpoint
 from nanoloop_jax.config import model_config
-from nanoloop_jax.model import ARCH_FIELDS, LoopedGPT, ModelConfig
-from nanoloop_jax.steps import TrainState, init_train_state
+from nanoloop_jax.model.config import ARCH_FIELDS, ModelConfig
+from nanoloop_jax.model.looped import LoopedGPT
+from nanoloop_jax.train.steps import TrainState, init_train_state
 
 # Best val loss before any evaluation (nanoGPT's 1e9): the first eval always improves on it.
 NO_VAL_LOSS = 1e9
@@ -84,7 +86,7 @@ def state_from_nanoloop(
     config, data_meta: dict | None, tx: optax.GradientTransformation, mesh, rules, log: Callable[[str], None]
 ) -> Start:
     """Weights of the nanoLOOP ckpt.pt at config.init_from, fresh AdamW moments, its iteration count."""
-    from nanoloop_jax import convert
+    from nanoloop_jax.ckpt import convert
 
     imported = convert.load_nanoloop_ckpt(config.init_from)
     mc = model_config_for(config, data_meta, imported["model_args"])

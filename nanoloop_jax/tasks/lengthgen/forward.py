@@ -23,8 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from nanoloop_jax import steps
-from nanoloop_jax.model import LoopBody, LoopedGPT, ModelConfig
+from nanoloop_jax.model.config import ModelConfig
+from nanoloop_jax.model.looped import LoopBody, LoopedGPT
+from nanoloop_jax.train import steps
 
 
 def check_model(config: ModelConfig) -> None:

@@ -21,9 +21,9 @@ from collections.abc import Callable
 import numpy as np
 from absl import app, flags, logging
 
-from nanoloop_jax.data import DataError
+from nanoloop_jax.data.batches import DataError
+from nanoloop_jax.data.tokenizer import gpt2_encoding
 from nanoloop_jax.fileio import write_atomic
-from nanoloop_jax.tokenizer import gpt2_encoding
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 DOWNLOAD_TIMEOUT_S = 60

@@ -33,7 +33,8 @@ from ml_collections import ConfigDict
 
 from nanoloop_jax.config import run_config_of
 from nanoloop_jax.fileio import write_atomic
-from nanoloop_jax.model import ModelConfig, abstract_params
+from nanoloop_jax.model.config import ModelConfig
+from nanoloop_jax.model.looped import abstract_params
 
 CKPT_SUBDIR = "checkpoints"
 UNREADABLE_SUBDIR = "unreadable_checkpoints"  # where train.py moves damaged steps out of orbax's way

@@ -9,8 +9,8 @@ import time
 
 import jax
 
-from nanoloop_jax import flops
-from nanoloop_jax.model import ModelConfig
+from nanoloop_jax.model import flops
+from nanoloop_jax.model.config import ModelConfig
 
 PROGRESS_DELAY_S = 3.0  # an evaluation still running after this many seconds shows a progress bar
 TOO_LARGE_S = 2 * 3600  # a CPU run estimated to take longer than this gets the warning (the :cpu configs take minutes)
