@@ -47,6 +47,7 @@ def base_config() -> ConfigDict:
     c.model.norm_eps = ModelConfig.norm_eps  # RMSNorm epsilon (torch.nn.RMSNorm default: float32 eps)
     c.model.pos_encoding = "learned"  # 'learned' (nanoLOOP's wpe) | 'rope' (rotary q/k) | 'none' (NoPE)
     c.model.rope_theta = ModelConfig.rope_theta  # RoPE base (pos_encoding='rope')
+    c.model.exit_gate = False  # a learned halting gate after every iteration (train.halting trains it)
 
     c.data = ConfigDict()
     c.data.dataset = "openwebtext"  # name under data/; shakespeare* are prepared automatically if missing

@@ -123,6 +123,8 @@ def to_nanoloop(config: ModelConfig, params: dict) -> tuple[dict[str, np.ndarray
         raise ConversionError(
             f"nanoLOOP checkpoints need model.pos_encoding='learned'; this model uses {config.pos_encoding!r}"
         )
+    if config.exit_gate:  # nanoLOOP's GPT has no halting gate: the file would silently drop it
+        raise ConversionError("nanoLOOP checkpoints have no exit gate; this model has one (model.exit_gate=True)")
     sd = {}
     for path, value in traverse_util.flatten_dict(params, sep="/").items():
         value = np.asarray(value, dtype=np.float32)

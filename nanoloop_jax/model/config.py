@@ -27,6 +27,7 @@ ARCH_FIELDS = (
     "n_embd",
     "bias",
     "input_injection",
+    "exit_gate",
 )
 # torch.nn.RMSNorm(n_embd) uses eps=None, i.e. the float32 machine epsilon.
 TORCH_RMSNORM_EPS = float(jnp.finfo(jnp.float32).eps)
@@ -55,6 +56,9 @@ class ModelConfig:
     loop_sampling: str = "fixed"  # "fixed" (n_loop) | "poisson_lognormal" (depth drawn per step)
     n_loop_mean: float = 4.0  # mean depth of poisson_lognormal
     n_loop_max: int = 32  # cap of poisson_lognormal
+    # A learned exit gate (not in nanoLOOP): lambda_i = sigmoid(w . rms(s_i) + b) after every iteration, the
+    # probability of halting there (PonderNet / Ouro). Trained by train.halting; used by --exit_criterion=gate.
+    exit_gate: bool = False
     # JAX knobs (not in nanoLOOP).
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"  # storage dtype

@@ -133,6 +133,9 @@ class LoopedGPT(nn.Module):
         self.prelude = [block(cfg) for _ in range(cfg.n_prelude)]  # params prelude_0, prelude_1, ...
         self.loop = scanned_loop(cfg)(cfg)
         self.coda = [block(cfg) for _ in range(cfg.n_coda)]
+        if cfg.exit_gate:
+            # D + 1 parameters; the norm is parameter-free (w absorbs a scale). Bias 0: lambda = 1/2 at init.
+            self.exit_gate = Dense(1, ("embed", None), use_bias=True, param_dtype=jnp_dtype(cfg.param_dtype))
 
     def embed(self, idx_BxT: jax.Array, pos_T: jax.Array, rng: jax.Array | None = None) -> jax.Array:
         """Token (+ learned position) embeddings, with dropout."""
@@ -170,6 +173,14 @@ class LoopedGPT(nn.Module):
     def iterate(self, s_BxTxD, e_BxTxD, pos_T, rng=None, caches=None, at=None):
         """One iteration of the shared recurrent block (LoopBody.iterate with the model's loop params)."""
         return self.loop.iterate(s_BxTxD, e_BxTxD, pos_T, rng, caches, at)
+
+    def halt_logit(self, s_BxTxD: jax.Array) -> jax.Array:
+        """The exit gate's logit (B, T) in float32 for the state after an iteration: sigmoid of it is lambda_i."""
+        if not self.config.exit_gate:
+            raise ValueError("this model has no exit gate: train one with model.exit_gate=True")
+        s = s_BxTxD.astype(jnp.float32)
+        s = s * jax.lax.rsqrt(jnp.mean(jnp.square(s), axis=-1, keepdims=True) + self.config.norm_eps)
+        return self.exit_gate(s)[..., 0]
 
     def initial_state(self, e_BxTxD: jax.Array, pos_T: jax.Array) -> jax.Array:
         """s before the first iteration: e, or N(0, 1)·D^-0.5 noise for inject_random.
@@ -260,6 +271,8 @@ class LoopedGPT(nn.Module):
         else:
             s_BxTxD, _ = self.loop(s_BxTxD, grad_iters, e_BxTxD, pos_T, loop_rng)
 
+        if cfg.exit_gate and self.is_initializing():
+            self.halt_logit(s_BxTxD)  # create the gate's params
         x_BxTxD, _ = self.coda_blocks(s_BxTxD, pos_T, fold_rng(rng, 3))
         return self.head(x_BxTxD)
 
