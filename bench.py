@@ -21,6 +21,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from nanoloop_jax.errors import UserError
+
 config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 flags.DEFINE_enum("mode", "train", ["train", "sample"], "What to time: the train step or the sampler.")
 flags.DEFINE_integer("steps", 20, "Timed steps (train: the median is reported).")
@@ -54,7 +56,7 @@ def lower_for(benchmark) -> int:
     for platform in FLAGS.lower_for:
         try:
             res = lowering.lower_for(cfg, platform, tuple(int(s) for s in FLAGS.lower_mesh))
-        except ValueError as err:  # a bad platform name or a mesh that does not fit the devices
+        except UserError as err:  # a bad platform name or a mesh that does not fit the devices
             print(f"error: {err}", file=sys.stderr)
             return 1
         print(res.line(), flush=True)
@@ -78,10 +80,11 @@ def main(argv: list[str]) -> int:
         os.environ["XLA_FLAGS"] = (
             os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
         ).strip()
-    from nanoloop_jax import cpu_defaults
+    from nanoloop_jax import cpu_defaults, log
     from nanoloop_jax.tools import benchmark
 
     cpu_defaults.apply_if_cpu()
+    log.quiet_libraries()
     if FLAGS.lower_for:
         return lower_for(benchmark)
     if FLAGS.suite == "device":
@@ -106,7 +109,7 @@ def main(argv: list[str]) -> int:
                 )
                 print(benchmark.format_result(results[-1]), flush=True)
             result = results[0] if len(results) == 1 else results  # JSON: one dict, or a list for several batches
-    except (ValueError, ImportError) as err:
+    except UserError as err:  # anything else is a bug: its traceback stays
         print(f"error: {err}", file=sys.stderr)
         return 1
     if FLAGS.mode == "train":

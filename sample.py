@@ -15,7 +15,9 @@ import dataclasses
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
+
+from nanoloop_jax.errors import ConfigError, UserError
 
 flags.DEFINE_string("out_dir", "out", "Directory with a nanoloop-jax checkpoint or a nanoLOOP ckpt.pt.")
 flags.DEFINE_string("ckpt", None, "A nanoLOOP ckpt.pt to load instead of --out_dir.")
@@ -61,7 +63,7 @@ CHUNK = 32  # tokens per jitted decode call: the streaming granularity
 SEPARATOR = "---------------"
 
 
-class SampleError(Exception):
+class SampleError(UserError):
     """A bad flag or input, reported as one line."""
 
 
@@ -79,7 +81,7 @@ def encode_prompt(tokenizer, start: str) -> list[int]:
         return [tokenizer.eot_token]
     try:
         return tokenizer.encode("\n")
-    except ValueError:
+    except UserError:  # the tokenizer's one line: "\n" is not in the vocabulary
         print("empty prompt and no newline in the vocabulary: starting from token 0", file=sys.stderr)
         return [0]
 
@@ -125,7 +127,7 @@ def decode_config(trained_n_loop: int):
     )
     try:
         return dc.validate()
-    except ValueError as err:
+    except ConfigError as err:
         raise SampleError(f"{err} (flags --n_loop, --kv_share, --draft_n_loop, ...)") from None
 
 
@@ -233,7 +235,9 @@ def main(argv: list[str]) -> int:
     if len(argv) > 1:
         print(f"error: unexpected arguments {argv[1:]}; flags are --name=value", file=sys.stderr)
         return 1
-    logging.set_verbosity(logging.WARNING)  # orbax logs every file it reads at INFO
+    from nanoloop_jax import log
+
+    log.quiet_libraries()  # orbax logs every file it reads at INFO
     try:
         check_flags()
     except SampleError as err:
@@ -244,13 +248,9 @@ def main(argv: list[str]) -> int:
     from nanoloop_jax import cpu_defaults
 
     cpu_defaults.apply_if_cpu()
-    from nanoloop_jax.ckpt.checkpoint import CheckpointError
-    from nanoloop_jax.ckpt.convert import ConversionError
-    from nanoloop_jax.data.batches import DataError
-
     try:
         run()
-    except (SampleError, CheckpointError, ConversionError, DataError, ValueError, ImportError, OSError) as err:
+    except UserError as err:  # anything else is a bug: its traceback stays
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1
     return 0

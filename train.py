@@ -12,49 +12,31 @@ last trained step if it is not saved yet and exits 0 (nanoloop_jax/train/preempt
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 FLAGS = flags.FLAGS
 
 
-def prepare_data(config) -> dict | None:
-    """Prepare the dataset if missing (process 0 first, then hosts without a shared filesystem); its meta.json."""
-    import jax
-    from jax.experimental import multihost_utils
-
-    from nanoloop_jax.data.batches import data_dir_of, load_meta
-    from nanoloop_jax.data.prepare import ensure_prepared
-    from nanoloop_jax.tasks.lengthgen.data import ensure_lengthgen_data
-
-    data_dir = data_dir_of(config.data)
-    if "lengthgen" in config:  # a length-generalization task: made from config.lengthgen
-        return ensure_lengthgen_data(data_dir, config.lengthgen)
-    if jax.process_index() == 0:
-        ensure_prepared(config.data.dataset, data_dir)
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("data prepared")
-        ensure_prepared(config.data.dataset, data_dir)
-    return load_meta(data_dir)
-
-
 def train(config, preemption) -> dict:
     """Distributed start-up, data, the starting state (fresh, resumed or imported), then the training loop."""
     from nanoloop_jax import sharding
+    from nanoloop_jax.tasks import task_class
     from nanoloop_jax.train.metrics import MetricsLogger
     from nanoloop_jax.train.optim import make_optimizer
     from nanoloop_jax.train.state import start_state
-    from nanoloop_jax.train.trainer import trainer_class
+    from nanoloop_jax.train.trainer import Trainer
 
     sharding.maybe_initialize_distributed(config.distributed)
     os.makedirs(config.out_dir, exist_ok=True)
     logger = MetricsLogger(config.out_dir, config, config.wandb)
-    data_meta = prepare_data(config)
+    task_cls = task_class(config.task)
+    data_meta = task_cls.prepare(config)  # the task's data, made if missing; its vocabulary
     mesh, rules = sharding.make_mesh(config.mesh), sharding.logical_rules(config.mesh)
-    warn = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731  (process 0 only: start_state)
-    start = start_state(config, data_meta, make_optimizer(config.opt), mesh, rules, logger.print, warn)
-    return trainer_class(config)(config, start, mesh, rules, logger, preemption).run()
+    start = start_state(config, data_meta, make_optimizer(config.opt), mesh, rules)
+    task = task_cls(config, start.model_config)
+    return Trainer(config, start, task, mesh, rules, logger, preemption).run()
 
 
 def main(argv: list[str]) -> int:
@@ -63,21 +45,20 @@ def main(argv: list[str]) -> int:
     if error := entry_point_error(argv, FLAGS.config):
         print(f"error: {error}", file=sys.stderr)
         return 1
-    logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+    from nanoloop_jax import log
+
+    log.quiet_libraries()  # orbax logs every file it writes at INFO
     from nanoloop_jax import cpu_defaults
 
     cpu_defaults.apply_if_cpu()  # before jax.distributed / the first computation creates the backends
-    from nanoloop_jax.ckpt.checkpoint import CheckpointError
-    from nanoloop_jax.data.batches import DataError
+    from nanoloop_jax.errors import UserError
     from nanoloop_jax.train.preemption import Preemption
-    from nanoloop_jax.train.state import StartError
-    from nanoloop_jax.train.trainer import TrainingError
 
     # from the very start: a SIGTERM during distributed start-up, data preparation or restore ends the run
     preemption = Preemption().install()
     try:
         summary = train(FLAGS.config, preemption)
-    except (DataError, StartError, TrainingError, CheckpointError, ValueError, ImportError) as err:
+    except UserError as err:  # anything else is a bug: its traceback stays
         print(f"error: {err}", file=sys.stderr)
         # one line: no teardown reports of orbax's abandoned reads (a damaged checkpoint) after it
         sys.stdout.flush()

@@ -34,7 +34,7 @@ from nanoloop_jax.config import base_config
 
 
 def get_config():
-    c = base_config()
+    c = base_config("lengthgen")  # config.task = 'lengthgen' (nanoloop_jax/tasks/lengthgen/task.py)
     c.out_dir = "out-parity-lengthgen"  # its own directory: train.py resumes from whatever out_dir holds
     c.seed = 0  # param init and the (length, rows) of every batch
     c.data.dataset = "parity"  # data/parity/prepare.py
@@ -49,6 +49,7 @@ def get_config():
     c.model.input_injection = "inject"  # the embeddings re-enter every iteration (the paper's input injection)
     c.model.bptt_k = None  # full backprop through all T(n) iterations (lengthgen.py's scan + cond)
     c.model.inject_init = "additive"  # inject starts as e + s (the paper's); as e alone: chance at length 4
+    c.model.exit_gate = True  # a learned stop (65 parameters): the model's own depth at test time, no T(n) needed
     c.opt.learning_rate = 1e-3  # peak
     c.opt.min_lr = 1e-4  # end of the cosine
     c.opt.warmup_iters = 50  # linear warmup steps: short, the curriculum starts on 1-bit inputs anyway
@@ -59,20 +60,15 @@ def get_config():
     c.train.eval_interval = 500  # loss on held-out problems of the trained lengths, and a checkpoint
     c.train.eval_iters = 20  # batches per split in each evaluation (the per-length accuracy runs at the end)
     c.train.log_interval = 50  # print a training line every this many steps
+    # The gate learns when the answer is ready, beside the T(n) training of the rest (README "Learned halting"):
+    c.train.halting = "ouro"  # Ouro's gate objective (stage 2 below: its gate-only stage)
+    c.train.halting_stage = 2  # the gate alone learns from the halting loss (detached states, targets)
+    c.train.halting_freeze = False  # ... while the rest keeps its T(n) training, unchanged, in the same steps
+    c.train.halting_lookahead = "all"  # 'next' would stop at iteration 1: parity's loss is flat until T(n)
+    c.train.halting_extra = 3  # read out 3 iterations past T(n), so the gate sees that stopping at T(n) is best
 
-    c.lengthgen = ConfigDict()  # its presence makes train.py train on this task (nanoloop_jax/tasks/lengthgen/task.py)
-    c.lengthgen.task = "parity"  # 'parity' | 'addition'
-    c.lengthgen.train_lengths = (1, 20)  # min, max input length in training (bits; addition: operand digits)
-    c.lengthgen.test_lengths = (5, 10, 15, 20, 25, 30, 35, 40, 45, 50)  # evaluated lengths
-    c.lengthgen.curriculum_steps = 1200  # the longest training length grows 1 -> 20 over these steps
-    c.lengthgen.num_train = 20_000  # training problems per length (sampled with replacement)
-    c.lengthgen.num_test = 500  # test problems per length
-    c.lengthgen.data_seed = 0  # every data file is a pure function of this
-    c.lengthgen.depth_rule = "linear"  # 'linear': T(n) = depth_scale·n + depth_offset | 'fixed': model.n_loop
-    c.lengthgen.depth_scale = 1  # T(n) = n + 1: one iteration per input bit plus the '=' slot
-    c.lengthgen.depth_offset = 1  # the '+ 1' of T(n) = n + 1: the '=' slot after the last bit
-    c.lengthgen.eval_extra_depth = 10  # evaluate n_loop up to max T(n) + this (the confidence stop's range)
-    c.lengthgen.eval_batch_size = 250  # test problems per evaluation batch
+    # c.lengthgen: the task's defaults are this run's (parity, lengths 1..20, T(n) = n + 1, tested on 5..50;
+    # every field commented in nanoloop_jax/tasks/lengthgen/config.py)
     return c
 
 
@@ -80,5 +76,7 @@ def one_pass_baseline(c: ConfigDict, out_dir: str) -> ConfigDict:
     """The non-looped baseline of a length-generalization config c: the same parameters, run once at every length."""
     c.out_dir = out_dir  # its own directory: train.py resumes from whatever out_dir holds
     c.model.n_loop = 1  # the block runs once: a plain 1-layer transformer (c's position encoding)
+    c.model.exit_gate = False  # one pass: nothing to stop
+    c.train.halting = "none"  # no gate to train
     c.lengthgen.depth_rule = "fixed"  # T(n) = model.n_loop = 1 at every length
     return c

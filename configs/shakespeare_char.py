@@ -13,10 +13,10 @@ from nanoloop_jax.config import base_config
 VARIANTS = ("cpu",)  # get_config(variant): '' is the full-size run
 
 
-def check_variant(variant: str, config: str) -> None:
+def check_variant(variant: str, config: str, variants: tuple[str, ...] = VARIANTS) -> None:
     """The one error for a variant that `config` (this file or one extending it) does not define."""
-    if variant and variant not in VARIANTS:
-        allowed = ", ".join(repr(v) for v in VARIANTS)
+    if variant and variant not in variants:
+        allowed = ", ".join(repr(v) for v in variants)
         raise ValueError(f"unknown variant {variant!r} of {config}; allowed: {allowed}")
 
 

@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from absl import app, flags
 from ml_collections.config_flags.config_flags import is_config_flag  # not re-exported by the package
 
+from nanoloop_jax.errors import UserError
+
 # ml_collections' suggestion text: KeyError("'nloop'\nDid you mean \"n_loop\" instead of \"nloop\"?")
 _DID_YOU_MEAN = re.compile(r'Did you mean "([^"]+)" instead of "([^"]+)"')
 _KEY = re.compile(r"'([^'\\]+)")
@@ -64,6 +66,17 @@ def missing_file_message(path: str) -> str:
     return f"no config file {path} (no directory {folder})"
 
 
+def field_hint(key: str, config_flag: str = "config") -> str:
+    """` (did you mean --config.train.max_iters?)` for a nanoGPT-style name that is a field of a config section."""
+    from nanoloop_jax.config import base_config  # the schema; imported only to phrase this error
+
+    schema = base_config()
+    paths = [f"{section}.{key}" for section, sub in schema.items() if hasattr(sub, "keys") and key in sub]
+    if not paths:
+        return ""
+    return " (did you mean " + " or ".join(f"--{config_flag}.{p}" for p in paths) + "?)"
+
+
 def unknown_field_message(argv: list[str], name: str, error: BaseException) -> str:
     """`unknown field model.nloop (did you mean model.n_loop?)` from ml_collections' KeyError text."""
     text = str(error.args[0] if error.args else error)
@@ -77,6 +90,8 @@ def unknown_field_message(argv: list[str], name: str, error: BaseException) -> s
         if key in parts:
             path = ".".join(parts[: parts.index(key) + 1])
             hint = f" (did you mean {path[: -len(key)]}{m.group(1)}?)" if m else ""
+            if path == key:  # a top-level name: nanoGPT's flat config (--config.max_iters)
+                hint = field_hint(key, name) or hint
             return f"unknown field {path}{hint}"
     return f"unknown config field: {_one_line(text)}"
 
@@ -108,6 +123,9 @@ def config_error_message(argv: list[str], error: BaseException, flag_values: fla
     if isinstance(error, OSError) and "Failed loading config file" in str(error):
         return f"could not load the config file: {_last_error_line(str(error))}"
     if isinstance(error, flags.Error):
+        unknown = re.search(r"Unknown command line flag '([^']+)'", str(error))
+        if unknown and names:  # nanoGPT's --max_iters=400: name the config field
+            return f"unknown flag --{unknown.group(1)}{field_hint(unknown.group(1), names[0])}"
         return _one_line(str(error))
     # anything else came from running the config file itself (a syntax error, an exception in get_config)
     given = [(n, _spec_of(argv, n)) for n in names if _spec_of(argv, n)]
@@ -131,7 +149,8 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
     try:
         rest = flag_values(argv)
         for name in _config_flag_names(flag_values):
-            getattr(flag_values, name).to_dict()  # a file that failed to load raises only when first used
+            if getattr(flag_values, name) is not None:  # None: not given (the entry point says so)
+                getattr(flag_values, name).to_dict()  # a file that failed to load raises only when first used
     except Exception as err:  # noqa: BLE001 -- a config file is user code: whatever it raises, one line
         print(f"error: {config_error_message(argv, err, flag_values)}", file=sys.stderr)
         sys.exit(1)
@@ -153,11 +172,12 @@ def entry_point_error(argv: list[str], config) -> str | None:
     return None
 
 
-def report_errors(errors: tuple[type[BaseException], ...], fn: Callable[[], int | None]) -> int:
-    """fn()'s exit status (None: 0), or 1 after one `error: ...` line on stderr if it raises one of `errors`."""
+def report_errors(fn: Callable[[], int | None]) -> int:
+    """fn()'s exit status (None: 0), or 1 after one `error: ...` line on stderr if it raises a UserError
+    (errors.py); anything else keeps its traceback."""
     try:
         status = fn()
-    except errors as err:
+    except UserError as err:
         print(f"error: {_one_line(str(err))}", file=sys.stderr)
         return 1
     return 0 if status is None else status
@@ -167,6 +187,9 @@ def _run_main(main: ToolMain, flag_values: flags.FlagValues, rest: list[str], ta
     if rest[1:] and not takes_args:
         print(f"error: unexpected arguments {rest[1:]}; flags are --name=value", file=sys.stderr)
         return 1
+    from nanoloop_jax import log
+
+    log.quiet_libraries()  # every tool: orbax logs each file it reads or writes at INFO
     return main(flag_values, rest[1:])
 
 

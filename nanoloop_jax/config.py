@@ -7,14 +7,19 @@ import dataclasses
 import jax
 from ml_collections import ConfigDict, config_dict
 
+from nanoloop_jax.errors import ConfigError
 from nanoloop_jax.model.config import ModelConfig
 
 
-def base_config() -> ConfigDict:
-    """Defaults (nanoLOOP's train.py: GPT-2 124M-class looped model on OpenWebText); every field commented.
+def base_config(task: str = "lm") -> ConfigDict:
+    """Defaults (nanoLOOP's train.py: GPT-2 124M-class looped model on OpenWebText); every field commented,
+    with the section of `task` (tasks/__init__.py) and its defaults when the task has one.
 
     Long on purpose: one line per field, the whole schema in one place."""
+    from nanoloop_jax.tasks import task_class  # the tasks import model code; configs need it only here
+
     c = ConfigDict()
+    c.task = task  # what the Trainer trains on: 'lm' (language modelling) | 'lengthgen' (tasks/__init__.py)
     c.seed = 1337  # base seed: param init, the batch of every (step, row), dropout and noise keys
     c.out_dir = "out"  # checkpoints, config.json and metrics.jsonl go here
     c.init_from = "scratch"  # 'scratch' | 'resume' | path to a nanoLOOP ckpt.pt (auto-resumes if out_dir has one)
@@ -76,6 +81,15 @@ def base_config() -> ConfigDict:
     c.train.keep_checkpoints = 3  # newest checkpoints kept on disk
     c.train.async_checkpointing = True  # write checkpoints in the background while training continues
     c.train.eval_n_loops = ()  # e.g. (1, 2, 4, 8), on the command line 1,2,4,8: also val loss at these depths
+    # learned halting (model.exit_gate=True; nanoloop_jax/train/halting.py)
+    c.train.halting = "none"  # 'none' | 'ponder' (PonderNet) | 'ouro' (Ouro stage I): sum_i p_i·L_i + beta·reg
+    c.train.halting_beta = 0.01  # regularizer weight (ponder: KL to the geometric prior; ouro: minus the entropy)
+    c.train.halting_prior = 0.5  # ponder: the geometric prior's halting probability per iteration
+    c.train.halting_stage = 1  # 1: the objective trains everything | 2: the gate alone (Ouro stage II), rest frozen
+    c.train.halting_freeze = True  # stage 2: freeze all but the gate (False: the rest trains on the plain loss)
+    c.train.halting_lookahead = "next"  # stage 2 target: 'next' (Ouro's one-step gain) | 'all' (best later gain)
+    c.train.halting_start = 0  # step from which the halting objective replaces the task's plain loss
+    c.train.halting_extra = 0  # lengthgen: iterations past T(n) the halting loss reads out (0: up to T(n))
 
     c.mesh = ConfigDict()
     c.mesh.data = -1  # data-parallel axis size (-1 = all remaining devices)
@@ -89,6 +103,10 @@ def base_config() -> ConfigDict:
     c.distributed.num_processes = config_dict.placeholder(int)  # total processes (with coordinator_address)
     c.distributed.process_id = config_dict.placeholder(int)  # this process's id (with coordinator_address)
     c.distributed.cpu_collectives = "gloo"  # collectives for multi-process CPU runs ('' = JAX default)
+
+    cls = task_class(task)
+    if cls.section is not None:
+        c[cls.section] = cls.defaults()  # the task's own section (e.g. config.lengthgen)
     return c
 
 
@@ -114,7 +132,7 @@ def model_config(cfg_model: ConfigDict, **overrides) -> ModelConfig:
     values = {k: cfg_model[k] for k in cfg_model.keys() if k in fields}
     unknown = set(cfg_model.keys()) - fields
     if unknown:
-        raise ValueError(f"unknown config.model fields {sorted(unknown)}; allowed: {sorted(fields)}")
+        raise ConfigError(f"unknown config.model fields {sorted(unknown)}; allowed: {sorted(fields)}")
     values["dtype"] = resolve_dtype(values.get("dtype", "auto"), overrides.get("platform", values.get("platform")))
     if values.get("remat_policy") == "none":
         values["remat_policy"] = None

@@ -17,6 +17,8 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from nanoloop_jax.errors import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # logical name -> mesh axes. Activations: batch over every batch-like axis, features replicated.
@@ -63,14 +65,14 @@ def mesh_shape(mesh_cfg, n_devices: int) -> tuple[int, int, int]:
     """(data, fsdp, tensor) sizes with one -1 filled in by the remaining devices; clear error otherwise."""
     sizes = [int(mesh_cfg.data), int(mesh_cfg.fsdp), int(mesh_cfg.tensor)]
     if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
-        raise ValueError(f"mesh sizes (data, fsdp, tensor) = {tuple(sizes)}: use positive sizes and at most one -1")
+        raise ConfigError(f"mesh sizes (data, fsdp, tensor) = {tuple(sizes)}: use positive sizes and at most one -1")
     known = int(np.prod([s for s in sizes if s != -1]))
     if -1 in sizes:
         if n_devices % known:
-            raise ValueError(f"mesh {tuple(sizes)} does not divide the {n_devices} devices")
+            raise ConfigError(f"mesh {tuple(sizes)} does not divide the {n_devices} devices")
         sizes[sizes.index(-1)] = n_devices // known
     if int(np.prod(sizes)) != n_devices:
-        raise ValueError(
+        raise ConfigError(
             f"mesh (data, fsdp, tensor) = {tuple(sizes)} needs {int(np.prod(sizes))} devices but "
             f"{n_devices} are present; set one of config.mesh.data/fsdp/tensor to -1"
         )
@@ -85,7 +87,7 @@ def make_mesh(mesh_cfg, devices=None) -> Mesh:
     if num_slices > 1:
         # multi-slice TPU: split the data axis across slices (slow DCN), the rest inside a slice (ICI)
         if shape[0] % num_slices:
-            raise ValueError(f"mesh.data ({shape[0]}) must be a multiple of the {num_slices} slices")
+            raise ConfigError(f"mesh.data ({shape[0]}) must be a multiple of the {num_slices} slices")
         per_slice = (shape[0] // num_slices, shape[1], shape[2])
         grid = mesh_utils.create_hybrid_device_mesh(per_slice, (num_slices, 1, 1), devices)
     else:
@@ -126,7 +128,7 @@ def check_divisible(abstract_tree, shardings) -> None:
             size = int(np.prod([sh.mesh.shape[a] for a in axes])) if axes else 1
             if dim % size:
                 name = jax.tree_util.keystr(path)
-                raise ValueError(
+                raise ConfigError(
                     f"{name} has a dimension of {dim} that does not split over mesh axes {axes} (size {size}); "
                     "change config.mesh or map that logical axis to None in config.mesh.rules"
                 )
@@ -183,5 +185,5 @@ def local_batch_size(global_batch: int) -> int:
     """Rows this process samples; the global batch must split evenly across processes."""
     n = jax.process_count()
     if global_batch % n:
-        raise ValueError(f"data.batch_size ({global_batch}) must be divisible by the {n} processes")
+        raise ConfigError(f"data.batch_size ({global_batch}) must be divisible by the {n} processes")
     return global_batch // n

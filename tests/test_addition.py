@@ -16,8 +16,10 @@ from nanoloop_jax.ckpt import checkpoint
 from nanoloop_jax.config import model_config
 from nanoloop_jax.data.batches import BatchSampler
 from nanoloop_jax.data.tokenizer import load_tokenizer
+from nanoloop_jax.errors import UserError
 from nanoloop_jax.model.looped import LoopedGPT, abstract_params, init_params
 from nanoloop_jax.tasks.addition import data as addition
+from nanoloop_jax.tasks.addition import evaluate as addition_eval
 from nanoloop_jax.tools import eval_addition
 
 ITOS = dict(enumerate(addition.CHARS))
@@ -108,7 +110,7 @@ def test_test_sets_have_the_right_digit_counts(data_dir):
     assert sorted(zip(*addition.load_test_set(data_dir, 1), strict=True)) == [
         (x, y) for x in range(10) for y in range(10)
     ]
-    with pytest.raises(FileNotFoundError, match="prepare"):
+    with pytest.raises(UserError, match="prepare"):
         addition.load_test_set(data_dir, 7)
 
 
@@ -142,7 +144,7 @@ def oracle(stoi):
 def test_accuracy_scores_an_oracle_1_and_counts_mistakes():
     stoi = addition.STOI
     a, b = [12, 99, 5, 0, 123], [34, 1, 5, 0, 877]
-    assert eval_addition.accuracy(oracle(stoi), stoi, a, b, batch_size=2) == (1.0, [True] * 5)
+    assert addition_eval.accuracy(oracle(stoi), stoi, a, b, batch_size=2) == (1.0, [True] * 5)
 
     def drops_end_on_carry_out(prompt_BxP, max_new):
         # the oracle, except that a sum longer than both operands comes without its end marker
@@ -153,18 +155,18 @@ def test_accuracy_scores_an_oracle_1_and_counts_mistakes():
                 row[row == stoi[addition.END]] = stoi["0"]
         return out
 
-    acc, ok = eval_addition.accuracy(drops_end_on_carry_out, stoi, a, b, batch_size=3)
+    acc, ok = addition_eval.accuracy(drops_end_on_carry_out, stoi, a, b, batch_size=3)
     assert ok == [True, False, False, True, False] and acc == pytest.approx(0.4)
-    assert not eval_addition.solved(ITOS, [stoi[c] for c in "64"], 12, 34)  # no END
-    assert not eval_addition.solved(ITOS, [stoi[c] for c in "640\n"], 12, 34)  # an extra digit
-    assert eval_addition.solved(ITOS, [stoi[c] for c in "64\n99"], 12, 34)
+    assert not addition_eval.solved(ITOS, [stoi[c] for c in "64"], 12, 34)  # no END
+    assert not addition_eval.solved(ITOS, [stoi[c] for c in "640\n"], 12, 34)  # an extra digit
+    assert addition_eval.solved(ITOS, [stoi[c] for c in "64\n99"], 12, 34)
 
 
 def test_parse_ints():
-    assert eval_addition.parse_ints("1..4,8, 2") == [1, 2, 3, 4, 8]
+    assert addition_eval.parse_ints("1..4,8, 2") == [1, 2, 3, 4, 8]
     for bad in ("", "0", "a..3", "1..x"):
-        with pytest.raises(eval_addition.EvalError):
-            eval_addition.parse_ints(bad)
+        with pytest.raises(addition_eval.EvalError):
+            addition_eval.parse_ints(bad)
 
 
 TINY = tiny_config(vocab_size=len(addition.CHARS), block_size=32, n_block=1, n_loop=2, bptt_k=None)
@@ -178,8 +180,8 @@ def tiny_params():
 
 def test_kv_solver_is_greedy_decoding_at_the_asked_depth(tiny_params):
     params = tiny_params
-    prompt = np.asarray(eval_addition.prompts(addition.STOI, [12, 45], [34, 67]), np.int32)
-    got = eval_addition.kv_solver(TINY, params, TINY.vocab_size, n_loop=3)(prompt, 6)
+    prompt = np.asarray(addition_eval.prompts(addition.STOI, [12, 45], [34, 67]), np.int32)
+    got = addition_eval.kv_solver(TINY, params, TINY.vocab_size, n_loop=3)(prompt, 6)
     # reference: argmax of one full forward over the (right-padded, so one compile) sequence so far
     forward = jax.jit(lambda p, idx: LoopedGPT(TINY).apply({"params": p}, idx, n_loop=3))
     seq = np.zeros((2, 16), np.int32)
@@ -187,8 +189,8 @@ def test_kv_solver_is_greedy_decoding_at_the_asked_depth(tiny_params):
     for n in range(prompt.shape[1], prompt.shape[1] + 6):
         seq[:, n] = np.argmax(forward(params, seq)[:, n - 1], axis=-1)
     np.testing.assert_array_equal(got, seq[:, prompt.shape[1] : prompt.shape[1] + 6])
-    with pytest.raises(eval_addition.EvalError, match="block_size"):
-        eval_addition.kv_solver(TINY, params, TINY.vocab_size, n_loop=1)(np.zeros((1, 30), np.int32), 4)
+    with pytest.raises(addition_eval.EvalError, match="block_size"):
+        addition_eval.kv_solver(TINY, params, TINY.vocab_size, n_loop=1)(np.zeros((1, 30), np.int32), 4)
 
 
 def test_eval_cli_on_a_tiny_checkpoint(tmp_path, data_dir, tiny_params, capsys):

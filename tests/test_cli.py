@@ -24,7 +24,20 @@ MISTAKES = [
     ([f"--config={CONFIG}", "--config.model.xyzzy=3"], "error: unknown field model.xyzzy"),
     ([f"--config={CONFIG}:gpu"], "unknown variant 'gpu' of shakespeare_char_looped; allowed: 'cpu'"),
     ([f"--config={CONFIG}", "--config.model.n_loop=abc"], "invalid literal for int() with base 10: 'abc'"),
-    ([f"--config={CONFIG}", "--nope=1"], "error: Unknown command line flag 'nope'"),
+    ([f"--config={CONFIG}", "--nope=1"], "error: unknown flag --nope"),
+    # nanoGPT's flat flags: the field's place in our sections
+    (
+        [f"--config={CONFIG}", "--max_iters=400"],
+        "error: unknown flag --max_iters (did you mean --config.train.max_iters?)",
+    ),
+    (
+        [f"--config={CONFIG}", "--config.max_iters=400"],
+        "error: unknown field max_iters (did you mean --config.train.max_iters?)",
+    ),
+    (
+        [f"--config={CONFIG}", "--config.batch_size=8"],
+        "error: unknown field batch_size (did you mean --config.data.batch_size?)",
+    ),
 ]
 
 
@@ -68,7 +81,7 @@ def test_good_flags_parse(monkeypatch):
 
 
 @pytest.mark.parametrize("script", ["train.py", "bench.py"])
-@pytest.mark.parametrize(("args", "want"), [NLOOP, NOPE])
+@pytest.mark.parametrize(("args", "want"), [NLOOP, NOPE, ([], "error: pass --config=configs/<name>.py (see configs/)")])
 def test_entry_points_print_one_line(script, args, want):
     res = run([sys.executable, str(REPO_ROOT / script), *args], env={**os.environ}, timeout=120)
     assert res.returncode == 1 and res.stderr.splitlines() == [want], res.stderr

@@ -17,6 +17,7 @@ from ml_collections import ConfigDict
 from nanoloop_jax import cli
 from nanoloop_jax.ckpt import checkpoint, convert, loading
 from nanoloop_jax.config import base_config, model_config
+from nanoloop_jax.errors import UserError
 from nanoloop_jax.model.looped import LoopedGPT
 from nanoloop_jax.tools import convert as convert_tool
 
@@ -156,7 +157,7 @@ def test_writing_ckpt_pt_without_torch_names_the_extra(monkeypatch, tmp_path):
     _block_torch(monkeypatch)
     _, model_args, sd = _load("standard")
     config, params = convert.from_nanoloop(sd, model_args)
-    with pytest.raises(ImportError, match="--extra torch"):
+    with pytest.raises(UserError, match="--extra torch"):
         convert.save_nanoloop_ckpt(str(tmp_path / "x.pt"), config, params)
 
 

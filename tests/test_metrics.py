@@ -35,7 +35,7 @@ def test_forward_flops_are_the_forward_terms():
 
 def test_full_size_config_on_a_cpu_gets_one_warning_pointing_to_the_cpu_variant():
     config, mc = _config("")
-    kw = dict(remaining_steps=config.train.max_iters, eval_depths=[mc.n_loop], n_devices=1)
+    kw = dict(remaining_steps=config.train.max_iters, eval_depths=[mc.n_loop] * 2, n_devices=1)
     line = metrics.too_large_warning(config, mc, 50e9, platform="cpu", **kw)  # ~50 GFLOP/s: a 2-core CPU
     assert line.startswith("warning: this config is far too large for 1 CPU device(s): its 5,000 steps")
     assert "at the measured 50.0 GFLOP/s" in line and "configs/shakespeare_char_looped.py:cpu" in line
@@ -49,7 +49,7 @@ def test_full_size_config_on_a_cpu_gets_one_warning_pointing_to_the_cpu_variant(
             20e9,
             platform="cpu",
             remaining_steps=cpu_config.train.max_iters,
-            eval_depths=[cpu_mc.n_loop],
+            eval_depths=[cpu_mc.n_loop] * 2,
             n_devices=1,
         )
         is None
@@ -59,7 +59,7 @@ def test_full_size_config_on_a_cpu_gets_one_warning_pointing_to_the_cpu_variant(
 def test_run_flops_counts_the_evaluations():
     config, mc = _config("")
     train_only = metrics.run_flops(config, mc, 10, eval_depths=[])
-    with_evals = metrics.run_flops(config, mc, 10, eval_depths=[mc.n_loop, 1])
+    with_evals = metrics.run_flops(config, mc, 10, eval_depths=[mc.n_loop, mc.n_loop, 1])
     per_eval = config.train.eval_iters * config.data.batch_size * mc.block_size
     want = per_eval * (2 * flops.flops_per_token(mc, backward=False) + flops.flops_per_token(mc, 1, backward=False))
     assert with_evals - train_only == pytest.approx(want)  # 10 steps, eval_interval 250: the eval at the start

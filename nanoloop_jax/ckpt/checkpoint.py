@@ -31,17 +31,20 @@ import numpy as np
 import orbax.checkpoint as ocp
 from ml_collections import ConfigDict
 
+from nanoloop_jax import log
 from nanoloop_jax.config import run_config_of
+from nanoloop_jax.errors import UserError
 from nanoloop_jax.fileio import write_atomic
 from nanoloop_jax.model.config import ModelConfig
 from nanoloop_jax.model.looped import abstract_params
 
 CKPT_SUBDIR = "checkpoints"
 UNREADABLE_SUBDIR = "unreadable_checkpoints"  # where train.py moves damaged steps out of orbax's way
+logger = log.get(__name__)
 T = TypeVar("T")
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     """A missing or unreadable checkpoint (one-line message)."""
 
 
@@ -104,10 +107,6 @@ def _reason(err: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _warn(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
 @contextlib.contextmanager
 def _quiet_abandoned_reads():
     """Drop the reports of a failed restore's abandoned reads ('Exception ignored in <coroutine ...>',
@@ -134,14 +133,16 @@ def restore_newest(
     out_dir: str,
     attempt: Callable[[int], T],
     *,
-    warn: Callable[[str], None] = _warn,
     agree: Callable[[bool], bool] = lambda ok: ok,
+    move_aside: bool = False,
 ) -> tuple[int, T]:
     """(step, attempt(step)) for the newest step whose attempt succeeds, newest first; nothing is deleted.
 
-    Each newer step that fails gets one warning line naming it and why, printed once an older step has
-    restored; if none restores, CheckpointError says so in one line. `agree(ok)` must return True only
-    when every process restored this step (multi-host runs must all resume from the same one).
+    Each newer step that fails gets one warning line naming it and why, logged once an older step has
+    restored; with move_aside (a training run, process 0: orbax would not save over them) it is moved to
+    unreadable_checkpoints/ and the line says where. If none restores, CheckpointError says so in one line.
+    `agree(ok)` must return True only when every process restored this step (multi-host runs must all resume
+    from the same one).
     """
     steps, where = all_steps(out_dir), ckpt_dir(out_dir)
     if not steps:
@@ -155,7 +156,10 @@ def restore_newest(
             result, reason = None, _reason(err)
         if agree(reason is None):
             for bad, why in failures:
-                warn(f"warning: checkpoint step {bad} in {where} cannot be restored ({why}); using step {step}")
+                moved = f"; moved it to {set_aside(out_dir, bad)}" if move_aside else ""
+                logger.warning(
+                    f"warning: checkpoint step {bad} in {where} cannot be restored ({why}); using step {step}{moved}"
+                )
             return step, result
         failures.append((step, reason or "another process could not restore it"))
     listed = ", ".join(str(s) for s, _ in failures)

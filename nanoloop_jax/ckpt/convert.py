@@ -27,6 +27,7 @@ import re
 import numpy as np
 from flax import traverse_util
 
+from nanoloop_jax.errors import UserError
 from nanoloop_jax.model.config import ARCH_FIELDS, ModelConfig
 from nanoloop_jax.model.looped import abstract_params
 
@@ -36,7 +37,7 @@ _JAX_SECTION = re.compile(r"^(prelude|coda)_(\d+)/(.*)$|^loop/recur_(\d+)/(.*)$"
 _GPT_FIELDS = (*ARCH_FIELDS, "dropout", "bptt_k")  # nanoLOOP's GPTConfig
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """A state_dict that does not fit the model it claims to be."""
 
 
@@ -153,7 +154,7 @@ def _import_torch():
     try:
         import torch
     except ImportError:
-        raise ImportError(
+        raise UserError(
             "writing a nanoLOOP ckpt.pt needs PyTorch: install the extra with "
             "`uv sync --extra torch` (or `pip install 'nanoloop-jax[torch]'`)"
         ) from None

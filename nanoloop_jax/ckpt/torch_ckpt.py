@@ -20,6 +20,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from nanoloop_jax.errors import UserError
+
 # torch's (legacy, still written) typed storage names -> numpy dtype of their elements
 STORAGE_DTYPES = {
     "FloatStorage": np.dtype(np.float32),
@@ -35,7 +37,7 @@ STORAGE_DTYPES = {
 }
 
 
-class TorchCheckpointError(ValueError):
+class TorchCheckpointError(UserError, ValueError):
     """A file that is not a zip-format torch.save of tensors and plain values (one-line message)."""
 
 

@@ -21,13 +21,15 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from nanoloop_jax.errors import UserError
+
 # Part of the seed, so train and val batches at the same step are unrelated draws.
 SPLIT_IDS = {"train": 0, "val": 1}
 # Evaluation windows come from seed + this offset: unrelated to the training batches, the same in every eval.
 EVAL_SEED_OFFSET = 1_000_003
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A data problem the user can fix; the message is one line saying how."""
 
 

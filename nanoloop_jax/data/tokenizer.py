@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import tiktoken
 
 from nanoloop_jax.data.batches import DataError, load_meta
+from nanoloop_jax.errors import UserError
 
 GPT2_EOT = 50256  # <|endoftext|>, the document separator that prepare.py appends
 
@@ -67,7 +68,7 @@ class Tokenizer:
         if unknown:
             # repr() keeps the message on one line even for '\t' or '\r'.
             listed = ", ".join(repr(ch) for ch in unknown)
-            raise ValueError(
+            raise UserError(
                 f"characters not in the model's vocabulary: {listed} "
                 f"(the {self.vocab_size}-character vocabulary comes from the dataset's meta.json)"
             )
@@ -79,7 +80,7 @@ class Tokenizer:
         bad = sorted({i for i in ids if not 0 <= i < self.vocab_size})
         if bad:
             # A model whose vocab is padded (50304 for GPT-2) can emit these unless sampling masks them.
-            raise ValueError(f"token ids outside the {self.vocab_size}-token vocabulary: {bad[:10]}")
+            raise UserError(f"token ids outside the {self.vocab_size}-token vocabulary: {bad[:10]}")
         if self._itos is None:
             return self._encoding.decode(ids)
         return "".join(self._itos[i] for i in ids)

@@ -40,6 +40,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from nanoloop_jax.errors import ConfigError
 from nanoloop_jax.model.config import ModelConfig
 from nanoloop_jax.model.layers import CacheWrite, LayerCache, empty_cache
 from nanoloop_jax.model.looped import LoopedGPT
@@ -63,24 +64,24 @@ class DecodeConfig:
     def validate(self) -> DecodeConfig:
         """Raise ValueError with one line for a bad setting or combination; return self."""
         if not isinstance(self.n_loop, int) or self.n_loop < 1:
-            raise ValueError(f"n_loop must be a positive integer, got {self.n_loop!r}")
+            raise ConfigError(f"n_loop must be a positive integer, got {self.n_loop!r}")
         if self.exit_criterion not in EXIT_CRITERIA:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown exit criterion {self.exit_criterion!r}; choose one of {', '.join(EXIT_CRITERIA)}"
             )
         if not 1 <= self.min_loops <= self.n_loop:
-            raise ValueError(f"min_loops must be in 1..n_loop ({self.n_loop}), got {self.min_loops}")
+            raise ConfigError(f"min_loops must be in 1..n_loop ({self.n_loop}), got {self.min_loops}")
         if self.exit_patience < 1:
-            raise ValueError(f"exit_patience must be >= 1, got {self.exit_patience}")
+            raise ConfigError(f"exit_patience must be >= 1, got {self.exit_patience}")
         if not 0 <= self.kv_share <= self.n_loop:
-            raise ValueError(f"kv_share ({self.kv_share}) must be in 0..n_loop ({self.n_loop}); 0 turns sharing off")
+            raise ConfigError(f"kv_share ({self.kv_share}) must be in 0..n_loop ({self.n_loop}); 0 turns sharing off")
         if self.draft_n_loop:
             if not 1 <= self.draft_n_loop < self.n_loop:
-                raise ValueError(f"draft_n_loop ({self.draft_n_loop}) must be in 1..n_loop-1 ({self.n_loop - 1})")
+                raise ConfigError(f"draft_n_loop ({self.draft_n_loop}) must be in 1..n_loop-1 ({self.n_loop - 1})")
             if self.draft_tokens < 1:
-                raise ValueError(f"draft_tokens must be >= 1, got {self.draft_tokens}")
+                raise ConfigError(f"draft_tokens must be >= 1, got {self.draft_tokens}")
             if not self.parallel:
-                raise ValueError("speculative decoding verifies drafts in one parallel pass: drop kv_share/warm_start")
+                raise ConfigError("speculative decoding verifies drafts in one parallel pass: drop kv_share/warm_start")
         return self
 
     @property

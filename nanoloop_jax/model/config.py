@@ -7,6 +7,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from nanoloop_jax.errors import ConfigError
 from nanoloop_jax.model.kernels import ATTENTION_IMPLS, PLATFORMS
 
 INPUT_INJECTIONS = ("inject", "inject_random", "passthrough")
@@ -27,8 +28,10 @@ ARCH_FIELDS = (
     "n_embd",
     "bias",
     "input_injection",
-    "exit_gate",
 )
+# Architecture fields nanoLOOP does not have: taken from a checkpoint that records them (older ones do not,
+# and had the default).
+EXTRA_ARCH_FIELDS = ("exit_gate",)
 # torch.nn.RMSNorm(n_embd) uses eps=None, i.e. the float32 machine epsilon.
 TORCH_RMSNORM_EPS = float(jnp.finfo(jnp.float32).eps)
 
@@ -75,48 +78,50 @@ class ModelConfig:
         """Raise ValueError with one clear line for the first bad field; return self."""
         for name in ("block_size", "vocab_size", "n_block", "n_loop", "n_head", "n_embd"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                raise ValueError(f"model.{name} must be a positive integer, got {getattr(self, name)!r}")
+                raise ConfigError(f"model.{name} must be a positive integer, got {getattr(self, name)!r}")
         for name in ("n_prelude", "n_coda"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ValueError(f"model.{name} must be a non-negative integer, got {getattr(self, name)!r}")
+                raise ConfigError(f"model.{name} must be a non-negative integer, got {getattr(self, name)!r}")
         if self.n_embd % self.n_head:
-            raise ValueError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
+            raise ConfigError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
         if self.bptt_k is not None and (not isinstance(self.bptt_k, int) or self.bptt_k < 1):
-            raise ValueError(f"model.bptt_k must be None (full backprop) or an integer >= 1, got {self.bptt_k!r}")
+            raise ConfigError(f"model.bptt_k must be None (full backprop) or an integer >= 1, got {self.bptt_k!r}")
         if self.input_injection not in INPUT_INJECTIONS:
-            raise ValueError(f"model.input_injection must be one of {INPUT_INJECTIONS}, got {self.input_injection!r}")
+            raise ConfigError(f"model.input_injection must be one of {INPUT_INJECTIONS}, got {self.input_injection!r}")
         if self.loop_sampling not in LOOP_SAMPLINGS:
-            raise ValueError(f"model.loop_sampling must be one of {LOOP_SAMPLINGS}, got {self.loop_sampling!r}")
+            raise ConfigError(f"model.loop_sampling must be one of {LOOP_SAMPLINGS}, got {self.loop_sampling!r}")
         if self.loop_sampling != "fixed":
             if self.bptt_k is None:
-                raise ValueError("model.loop_sampling='poisson_lognormal' needs model.bptt_k (the gradient iterations)")
+                raise ConfigError(
+                    "model.loop_sampling='poisson_lognormal' needs model.bptt_k (the gradient iterations)"
+                )
             if not self.bptt_k <= self.n_loop_mean <= self.n_loop_max:
-                raise ValueError(
+                raise ConfigError(
                     f"model.loop_sampling='poisson_lognormal' needs bptt_k <= n_loop_mean <= n_loop_max, got "
                     f"{self.bptt_k}, {self.n_loop_mean}, {self.n_loop_max}"
                 )
         if self.attention not in ATTENTION_IMPLS:
-            raise ValueError(f"model.attention must be one of {ATTENTION_IMPLS}, got {self.attention!r}")
+            raise ConfigError(f"model.attention must be one of {ATTENTION_IMPLS}, got {self.attention!r}")
         if self.platform is not None and self.platform not in PLATFORMS:
-            raise ValueError(f"model.platform must be None or one of {PLATFORMS}, got {self.platform!r}")
+            raise ConfigError(f"model.platform must be None or one of {PLATFORMS}, got {self.platform!r}")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in DTYPES:
-                raise ValueError(f"model.{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
+                raise ConfigError(f"model.{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
         if self.remat_policy not in (None, "none") and not hasattr(jax.checkpoint_policies, self.remat_policy):
-            raise ValueError(
+            raise ConfigError(
                 f"model.remat_policy must be None, 'none' or a jax.checkpoint_policies name "
                 f"(e.g. 'nothing_saveable', 'dots_saveable'), got {self.remat_policy!r}"
             )
         if self.inject_init not in INJECT_INITS:
-            raise ValueError(f"model.inject_init must be one of {INJECT_INITS}, got {self.inject_init!r}")
+            raise ConfigError(f"model.inject_init must be one of {INJECT_INITS}, got {self.inject_init!r}")
         if self.pos_encoding not in POS_ENCODINGS:
-            raise ValueError(f"model.pos_encoding must be one of {POS_ENCODINGS}, got {self.pos_encoding!r}")
+            raise ConfigError(f"model.pos_encoding must be one of {POS_ENCODINGS}, got {self.pos_encoding!r}")
         if self.pos_encoding == "rope" and (self.n_embd // self.n_head) % 2:
-            raise ValueError(f"model.pos_encoding='rope' needs an even head dim, got {self.n_embd // self.n_head}")
+            raise ConfigError(f"model.pos_encoding='rope' needs an even head dim, got {self.n_embd // self.n_head}")
         if not self.norm_eps > 0:
-            raise ValueError(f"model.norm_eps must be > 0, got {self.norm_eps!r}")
+            raise ConfigError(f"model.norm_eps must be > 0, got {self.norm_eps!r}")
         return self
 
     @property

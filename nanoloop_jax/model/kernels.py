@@ -31,6 +31,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from nanoloop_jax.errors import ConfigError
+
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "pallas")
 ATTN_CHUNK = 64  # query rows per block of CPU xla attention when T >= 2 blocks
@@ -43,7 +45,7 @@ def resolve_platform(platform: str | None) -> str:
     """`platform`, or for None the platform of JAX's default backend ('gpu' becomes 'cuda' or 'rocm')."""
     if platform is not None:
         if platform not in PLATFORMS:
-            raise ValueError(f"platform must be one of {PLATFORMS} or None, got {platform!r}")
+            raise ConfigError(f"platform must be one of {PLATFORMS} or None, got {platform!r}")
         return platform
     backend = jax.default_backend()
     if backend == "gpu":

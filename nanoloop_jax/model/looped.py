@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from nanoloop_jax.errors import ConfigError
 from nanoloop_jax.model import kernels
 from nanoloop_jax.model.config import ModelConfig
 from nanoloop_jax.model.layers import (
@@ -177,7 +178,7 @@ class LoopedGPT(nn.Module):
     def halt_logit(self, s_BxTxD: jax.Array) -> jax.Array:
         """The exit gate's logit (B, T) in float32 for the state after an iteration: sigmoid of it is lambda_i."""
         if not self.config.exit_gate:
-            raise ValueError("this model has no exit gate: train one with model.exit_gate=True")
+            raise ConfigError("this model has no exit gate: train one with model.exit_gate=True")
         s = s_BxTxD.astype(jnp.float32)
         s = s * jax.lax.rsqrt(jnp.mean(jnp.square(s), axis=-1, keepdims=True) + self.config.norm_eps)
         return self.exit_gate(s)[..., 0]

@@ -29,6 +29,7 @@ from nanoloop_jax.data.batches import data_dir_of, load_meta
 from nanoloop_jax.data.prepare import prepare_command
 from nanoloop_jax.decode.recompute import naive_step_fn, naive_windows
 from nanoloop_jax.decode.sampling import KVDecoder, SampleConfig, padded_length
+from nanoloop_jax.errors import UserError
 from nanoloop_jax.model import flops
 from nanoloop_jax.model.config import ModelConfig
 from nanoloop_jax.model.looped import LoopedGPT
@@ -202,7 +203,7 @@ def train_roofline(result: dict[str, Any], chip_name: str) -> roofline.Roofline:
     """The roofline of a run_train_benchmark result's compiled step on a chip ('cpu': this CPU, measured)."""
     if chip_name == "cpu":
         if "numpy_matmul_flops_per_s" not in result:
-            raise ValueError("--roofline=cpu needs the CPU's measured matmul peak: run the benchmark on CPU")
+            raise UserError("--roofline=cpu needs the CPU's measured matmul peak: run the benchmark on CPU")
         chip = roofline.cpu_chip(result["numpy_matmul_flops_per_s"])
     else:
         chip = roofline.CHIPS[chip_name]

@@ -15,7 +15,7 @@ from absl import flags
 
 from nanoloop_jax import cli
 from nanoloop_jax.ckpt import checkpoint
-from nanoloop_jax.ckpt.convert import ConversionError, from_nanoloop, load_nanoloop_ckpt, save_nanoloop_ckpt
+from nanoloop_jax.ckpt.convert import from_nanoloop, load_nanoloop_ckpt, save_nanoloop_ckpt
 
 USAGE = "usage: python -m nanoloop_jax.tools.convert SRC DST [--to-nanoloop]"
 
@@ -59,8 +59,7 @@ def run(fv: flags.FlagValues, args: list[str]) -> int:
         print(f"error: expected SRC and DST, got {args}; {USAGE}", file=sys.stderr)
         return 1
     convert = to_nanoloop if fv["to-nanoloop"].value else to_orbax
-    errors = (ConversionError, ImportError, FileNotFoundError, checkpoint.CheckpointError)
-    return cli.report_errors(errors, lambda: convert(*args))
+    return cli.report_errors(lambda: convert(*args))
 
 
 if __name__ == "__main__":

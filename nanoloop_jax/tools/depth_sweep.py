@@ -19,16 +19,14 @@ import time
 
 import jax
 import numpy as np
-from absl import flags, logging
+from absl import flags
 
 from nanoloop_jax import cli, cpu_defaults
-from nanoloop_jax.ckpt import checkpoint, loading
+from nanoloop_jax.ckpt import loading
 from nanoloop_jax.data.batches import EVAL_SEED_OFFSET, BatchSampler, DataError
 from nanoloop_jax.model.looped import LoopedGPT
-from nanoloop_jax.tools.plotting import pyplot, save_loss_plot
+from nanoloop_jax.plotting import pyplot, save_loss_plot
 from nanoloop_jax.train.steps import make_eval_step
-
-TOOL_ERRORS = (checkpoint.CheckpointError, DataError, ImportError, ValueError)  # reported as one line
 
 
 def define_flags(fv: flags.FlagValues) -> None:
@@ -96,7 +94,6 @@ def plot(path: str, curves: dict[str, list[dict]], trained: dict[str, int]) -> N
 def run(fv: flags.FlagValues, args: list[str]) -> int:
     """Sweep every checkpoint of the flags, print the tables, write the CSVs and the plot."""
     del args
-    logging.set_verbosity(logging.WARNING)  # orbax logs every file it reads at INFO
     cpu_defaults.apply_if_cpu()
     try:
         n_loops = [int(s) for s in fv.n_loops]
@@ -139,7 +136,7 @@ def run(fv: flags.FlagValues, args: list[str]) -> int:
         plot(png, curves, trained)
         print(f"wrote {png}")
 
-    return cli.report_errors(TOOL_ERRORS, sweep_all)
+    return cli.report_errors(sweep_all)
 
 
 if __name__ == "__main__":

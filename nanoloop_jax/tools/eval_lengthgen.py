@@ -16,6 +16,7 @@ from absl import flags
 
 from nanoloop_jax import cli
 from nanoloop_jax.data.batches import data_dir_of
+from nanoloop_jax.errors import UserError
 from nanoloop_jax.model.looped import LoopedGPT
 from nanoloop_jax.tasks.lengthgen.evaluate import default_max_depth, evaluate, read_csv, report
 
@@ -43,7 +44,7 @@ def run(fv: flags.FlagValues, args: list[str]) -> int:
         loaded = checkpoint.load_params(fv.out_dir)
         run_cfg = loaded.meta.get("config") or {}
         if "lengthgen" not in run_cfg:
-            raise ValueError(f"{fv.out_dir} was not trained with a lengthgen config")
+            raise UserError(f"{fv.out_dir} was not trained with a lengthgen config")
         lg = ConfigDict(run_cfg["lengthgen"])
         data_dir = data_dir_of(run_cfg["data"])
         lengths = [int(s) for s in fv.lengths] or list(lg.test_lengths)
@@ -53,7 +54,7 @@ def run(fv: flags.FlagValues, args: list[str]) -> int:
         baseline = read_csv(os.path.join(fv.baseline, "accuracy.csv")) if fv.baseline else None
         report(fv.out_dir, result, lg, loaded.step, baseline=baseline)
 
-    return cli.report_errors((checkpoint.CheckpointError, FileNotFoundError, ValueError), evaluate_run)
+    return cli.report_errors(evaluate_run)
 
 
 if __name__ == "__main__":

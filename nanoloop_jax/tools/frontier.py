@@ -22,19 +22,18 @@ import os
 
 import jax
 import numpy as np
-from absl import flags, logging
+from absl import flags
 
 from nanoloop_jax import cli
-from nanoloop_jax.ckpt import checkpoint, loading
+from nanoloop_jax.ckpt import loading
 from nanoloop_jax.data.batches import DataError
 from nanoloop_jax.decode.recurrence import EXIT_CRITERIA, DecodeConfig
 from nanoloop_jax.decode.sampling import KVDecoder, SampleConfig
-from nanoloop_jax.tools.plotting import pyplot, save_loss_plot
+from nanoloop_jax.errors import UserError
+from nanoloop_jax.plotting import pyplot, save_loss_plot
 from nanoloop_jax.train.steps import cross_entropy
 
 COLUMNS = ("n_loop", "exit", "threshold", "kv_share", "warm_start", "val_loss", "mean_iters", "kv_cache_mib")
-
-TOOL_ERRORS = (checkpoint.CheckpointError, DataError, ImportError, ValueError)  # reported as one line
 
 
 def define_flags(fv: flags.FlagValues) -> None:
@@ -61,15 +60,15 @@ def parse_exit(entry: str) -> tuple[str, float]:
     """'kl:0.001' -> ('kl', 0.001); 'none' -> ('none', 0.0)."""
     name, _, value = entry.partition(":")
     if name not in EXIT_CRITERIA:
-        raise ValueError(f"unknown exit criterion {name!r} in --exits; choose one of {', '.join(EXIT_CRITERIA)}")
+        raise UserError(f"unknown exit criterion {name!r} in --exits; choose one of {', '.join(EXIT_CRITERIA)}")
     if name == "none":
         return name, 0.0
     try:
         number = float(value)
     except ValueError:
-        raise ValueError(f"--exits entry {entry!r} needs a number: {name}:THRESHOLD") from None
+        raise UserError(f"--exits entry {entry!r} needs a number: {name}:THRESHOLD") from None
     if number < 0 or (name == "argmax" and (number < 1 or number != int(number))):
-        raise ValueError(f"--exits entry {entry!r}: the threshold must be >= 0 (argmax: a patience >= 1)")
+        raise UserError(f"--exits entry {entry!r}: the threshold must be >= 0 (argmax: a patience >= 1)")
     return name, number
 
 
@@ -146,7 +145,7 @@ def plot(path: str, rows: list[dict]) -> None:
 def _bools(values: list[str]) -> list[bool]:
     table = {"false": False, "true": True, "0": False, "1": True}
     if any(v.lower() not in table for v in values):
-        raise ValueError(f"--warm_start takes false, true or both, got {','.join(values)}")
+        raise UserError(f"--warm_start takes false, true or both, got {','.join(values)}")
     return [table[v.lower()] for v in values]
 
 
@@ -156,18 +155,17 @@ def _ints(name: str, values: list[str], low: int) -> list[int]:
     except ValueError:
         out = []
     if not out or min(out) < low:
-        raise ValueError(f"--{name} takes integers >= {low}, got {','.join(values)}")
+        raise UserError(f"--{name} takes integers >= {low}, got {','.join(values)}")
     return out
 
 
 def run(fv: flags.FlagValues, args: list[str]) -> int:
     """Evaluate every setting of the flags, write the CSV and the plot."""
     del args
-    logging.set_verbosity(logging.WARNING)  # orbax logs every file it reads at INFO
 
     def evaluate_all() -> None:
         if fv.out_dir is None and fv.ckpt is None:
-            raise ValueError("pass --out_dir=DIR (or --ckpt=ckpt.pt)")
+            raise UserError("pass --out_dir=DIR (or --ckpt=ckpt.pt)")
         n_loops = _ints("n_loops", fv.n_loops, 1)
         kv_shares = _ints("kv_share", fv.kv_share, 0)
         exits = [parse_exit(e) for e in fv.exits]
@@ -188,7 +186,7 @@ def run(fv: flags.FlagValues, args: list[str]) -> int:
         plot(png, rows)
         print(f"wrote {png}")
 
-    return cli.report_errors(TOOL_ERRORS, evaluate_all)
+    return cli.report_errors(evaluate_all)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from nanoloop_jax import sharding
 from nanoloop_jax.config import model_config
 from nanoloop_jax.data.batches import load_meta
 from nanoloop_jax.decode.sampling import KVDecoder, SampleConfig
+from nanoloop_jax.errors import UserError
 from nanoloop_jax.model import kernels
 from nanoloop_jax.model.config import ModelConfig
 from nanoloop_jax.model.looped import LoopedGPT
@@ -166,7 +167,7 @@ def lower_for(
 ) -> LoweringResult:
     """Lower train_step, eval_step and decode_step for `platform`; errors are recorded, not raised."""
     if platform not in kernels.PLATFORMS:
-        raise ValueError(f"--lower_for platforms must be among {kernels.PLATFORMS}, got {platform!r}")
+        raise UserError(f"--lower_for platforms must be among {kernels.PLATFORMS}, got {platform!r}")
     mcfg, note = platform_model_config(config, platform)
     mesh, rules = lowering_mesh(mesh_sizes)
     results = lower_train_and_eval(config, mcfg, platform, mesh, rules)

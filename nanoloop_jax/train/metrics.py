@@ -1,4 +1,4 @@
-"""Run logging: nanoGPT-style lines on stdout, OUT_DIR/metrics.jsonl, optional wandb (process 0 only), and the
+"""Run metrics: OUT_DIR/metrics.jsonl and optional wandb (process 0 only; the text lines go through log.py), and the
 up-front warning when the measured speed says a config is far too large for the devices found."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import time
 
 import jax
 
+from nanoloop_jax.errors import UserError
 from nanoloop_jax.model import flops
 from nanoloop_jax.model.config import ModelConfig
 
@@ -28,13 +29,9 @@ class MetricsLogger:
             try:
                 import wandb
             except ImportError:
-                raise ImportError("config.wandb=True needs wandb: uv sync --extra wandb") from None
+                raise UserError("config.wandb=True needs wandb: uv sync --extra wandb") from None
             self.wandb = wandb
             wandb.init(project=config.wandb_project, name=config.wandb_run_name, config=config.to_dict())
-
-    def print(self, *args) -> None:
-        if self.is_main:
-            print(*args, flush=True)
 
     def write(self, record: dict) -> None:
         if not self.is_main:
@@ -69,11 +66,8 @@ def run_flops(config, model_config: ModelConfig, remaining_steps: int, eval_dept
     tokens_per_step = config.data.batch_size * config.data.gradient_accumulation_steps * model_config.block_size
     train = remaining_steps * tokens_per_step * flops.flops_per_token(model_config)
     eval_tokens = config.train.eval_iters * config.data.batch_size * model_config.block_size
-    # train and val at the model's depth, val at each extra depth
-    per_eval = sum(
-        (2 if n == model_config.n_loop else 1) * eval_tokens * flops.flops_per_token(model_config, n, backward=False)
-        for n in eval_depths
-    )
+    # one entry per eval job (language modelling: train and val at n_loop, val at each extra depth)
+    per_eval = sum(eval_tokens * flops.flops_per_token(model_config, n, backward=False) for n in eval_depths)
     n_evals = remaining_steps // config.train.eval_interval + 1
     return train + n_evals * per_eval
 

@@ -18,6 +18,10 @@ import threading
 import time
 from collections.abc import Callable
 
+from nanoloop_jax import log
+
+logger = log.get(__name__)
+
 NOTHING_TRAINED = "SIGTERM: no step trained yet, nothing to save; exiting cleanly"
 GRACE_S = 2.0  # how long the main thread gets to take over a stop before the watchdog may end the process
 
@@ -29,15 +33,14 @@ class Preemption:
         # until a Trainer `watch`es: nothing is trained yet, so the watchdog may always end the process
         self.can_exit_now: Callable[[], bool] = lambda: True
         self.exit_line: Callable[[], str] = lambda: NOTHING_TRAINED
-        self.say: Callable[[str], None] = lambda line: print(line, flush=True)
         self.grace_s = grace_s
         self.requested = False  # a SIGTERM arrived
         self.taken = False  # the main thread is handling it (the watchdog then stays out of the way)
         self._thread: threading.Thread | None = None
 
-    def watch(self, can_exit_now: Callable[[], bool], exit_line: Callable[[], str], say: Callable[[str], None]) -> None:
+    def watch(self, can_exit_now: Callable[[], bool], exit_line: Callable[[], str]) -> None:
         """From now on ask the training loop whether exiting loses work, and what to say."""
-        self.can_exit_now, self.exit_line, self.say = can_exit_now, exit_line, say
+        self.can_exit_now, self.exit_line = can_exit_now, exit_line
 
     def install(self) -> Preemption:
         if threading.current_thread() is not threading.main_thread():
@@ -72,7 +75,7 @@ class Preemption:
                 time.sleep(0.05)
             while not (self.taken or self._closing):
                 if self.can_exit_now() and not self.taken:
-                    self.say(self.exit_line())
+                    logger.info(self.exit_line())
                     sys.stdout.flush()
                     sys.stderr.flush()
                     os._exit(0)

@@ -8,7 +8,6 @@ best val loss so far. `start_state` picks one from config.init_from and what out
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -16,18 +15,21 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
-from nanoloop_jax import sharding
+from nanoloop_jax import log, sharding
 from nanoloop_jax.ckpt import checkpoint
 from nanoloop_jax.config import model_config
-from nanoloop_jax.model.config import ARCH_FIELDS, ModelConfig
+from nanoloop_jax.errors import UserError
+from nanoloop_jax.model.config import ARCH_FIELDS, EXTRA_ARCH_FIELDS, ModelConfig
 from nanoloop_jax.model.looped import LoopedGPT
 from nanoloop_jax.train.steps import TrainState, init_train_state
+
+logger = log.get(__name__)
 
 # Best val loss before any evaluation (nanoGPT's 1e9): the first eval always improves on it.
 NO_VAL_LOSS = 1e9
 
 
-class StartError(Exception):
+class StartError(UserError):
     """The run cannot start from what init_from and out_dir say (one line for the user)."""
 
 
@@ -54,6 +56,7 @@ def model_config_for(config, data_meta: dict | None, ckpt_model: dict | None = N
         overrides["vocab_size"] = int(data_meta["vocab_size"])  # char-level: the dataset defines the vocabulary
     if ckpt_model is not None:
         overrides.update({k: ckpt_model[k] for k in ARCH_FIELDS})
+        overrides.update({k: ckpt_model[k] for k in EXTRA_ARCH_FIELDS if k in ckpt_model})
     mc = model_config(config.model, **overrides)
     data_vocab = int(data_meta["vocab_size"]) if data_meta and "vocab_size" in data_meta else None
     if data_vocab is not None and data_vocab > mc.vocab_size:
@@ -82,9 +85,7 @@ def init_state(mc: ModelConfig, tx: optax.GradientTransformation, seed: int, mes
     return Start(mc, init(jax.random.PRNGKey(seed)), shardings, NO_VAL_LOSS)
 
 
-def state_from_nanoloop(
-    config, data_meta: dict | None, tx: optax.GradientTransformation, mesh, rules, log: Callable[[str], None]
-) -> Start:
+def state_from_nanoloop(config, data_meta: dict | None, tx: optax.GradientTransformation, mesh, rules) -> Start:
     """Weights of the nanoLOOP ckpt.pt at config.init_from, fresh AdamW moments, its iteration count."""
     from nanoloop_jax.ckpt import convert
 
@@ -95,7 +96,7 @@ def state_from_nanoloop(
     params = jax.device_put(params, shardings.params)
     opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
     it = int(imported.get("iter_num", 0))
-    log(
+    logger.info(
         f"initialised from nanoLOOP checkpoint {config.init_from} at iter {it} "
         "(weights only: AdamW moments start fresh)"
     )
@@ -103,9 +104,7 @@ def state_from_nanoloop(
     return Start(mc, state, shardings, float(imported.get("best_val_loss", NO_VAL_LOSS)))
 
 
-def restore_state(
-    config, data_meta: dict | None, step: int, tx: optax.GradientTransformation, mesh, rules, log: Callable[[str], None]
-) -> Start:
+def restore_state(config, data_meta: dict | None, step: int, tx: optax.GradientTransformation, mesh, rules) -> Start:
     """Checkpoint `step` of config.out_dir: its model, params and (if saved) optimizer state, onto this mesh."""
     meta = checkpoint.read_meta(config.out_dir, step)
     mc = model_config_for(config, data_meta, meta["model_config"])
@@ -124,53 +123,48 @@ def restore_state(
     finally:
         mngr.close()
     if opt_state is None:
-        log("checkpoint has no optimizer state (converted weights): AdamW moments start fresh")
+        logger.info("checkpoint has no optimizer state (converted weights): AdamW moments start fresh")
         opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
     state = TrainState(step=_step(meta["step"], shardings), params=params, opt_state=opt_state)
     return Start(mc, state, shardings, float(meta.get("best_val_loss", NO_VAL_LOSS)))
 
 
-def restore_newest_state(config, data_meta, tx, mesh, rules, log, warn: Callable[[str], None]) -> Start:
+def restore_newest_state(config, data_meta, tx, mesh, rules) -> Start:
     """The newest checkpoint that restores; damaged newer ones are moved aside (orbax would not save over them)."""
-    out_dir, skipped = config.out_dir, []
-    steps = checkpoint.all_steps(out_dir)
     try:
         step, start = checkpoint.restore_newest(
-            out_dir,
-            lambda s: restore_state(config, data_meta, s, tx, mesh, rules, log),
-            warn=skipped.append,
+            config.out_dir,
+            lambda s: restore_state(config, data_meta, s, tx, mesh, rules),
             agree=all_processes,
+            move_aside=jax.process_index() == 0,
         )
     except checkpoint.CheckpointError as err:
         raise StartError(
             f"{err}; if this run's architecture or opt.grad_clip differs from the checkpoint's, "
             "resume with the same ones or use a new out_dir"
         ) from None
-    if jax.process_index() == 0:
-        for line, bad in zip(skipped, [s for s in steps if s > step], strict=True):
-            warn(f"{line}; moved it to {checkpoint.set_aside(out_dir, bad)}")
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("unrestorable checkpoints moved")
-    log(f"resumed from step {step} (best val loss {start.best_val_loss:.4f})")
+    logger.info(f"resumed from step {step} (best val loss {start.best_val_loss:.4f})")
     return start
 
 
-def start_state(config, data_meta, tx, mesh, rules, log: Callable[[str], None], warn: Callable[[str], None]) -> Start:
+def start_state(config, data_meta, tx, mesh, rules) -> Start:
     """Resume if out_dir holds a checkpoint, else start as config.init_from says ('scratch' or a ckpt.pt)."""
     latest = checkpoint.latest_step(config.out_dir)
     if latest is not None:
         if config.init_from != "resume":
-            log(
+            logger.info(
                 f"found a checkpoint at step {latest} in {config.out_dir}: resuming from it "
                 "(use a new out_dir to start over)"
             )
-        return restore_newest_state(config, data_meta, tx, mesh, rules, log, warn)
+        return restore_newest_state(config, data_meta, tx, mesh, rules)
     if config.init_from == "resume":
         raise StartError(f"init_from=resume but {config.out_dir} holds no checkpoint")
     if config.init_from == "scratch":
         return init_state(model_config_for(config, data_meta), tx, config.seed, mesh, rules)
     if config.init_from.endswith(".pt"):
-        return state_from_nanoloop(config, data_meta, tx, mesh, rules, log)
+        return state_from_nanoloop(config, data_meta, tx, mesh, rules)
     raise StartError(
         f"config.init_from must be 'scratch', 'resume' or a nanoLOOP ckpt.pt path, got {config.init_from!r}"
     )

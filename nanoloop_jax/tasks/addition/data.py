@@ -27,6 +27,7 @@ import pathlib
 
 import numpy as np
 
+from nanoloop_jax.errors import ConfigError, UserError
 from nanoloop_jax.fileio import write_atomic
 
 PAD, END = " ", "\n"
@@ -101,7 +102,7 @@ def prepare_addition(
     """Write train/val .bin + _mask.bin, test_<d>.json and meta.json; return the meta dict."""
     max_test_digits = 2 * max_digits if max_test_digits is None else max_test_digits
     if not 1 <= max_digits <= max_test_digits <= MAX_DIGITS:
-        raise ValueError(f"need 1 <= max_digits ({max_digits}) <= max_test_digits ({max_test_digits}) <= {MAX_DIGITS}")
+        raise ConfigError(f"need 1 <= max_digits ({max_digits}) <= max_test_digits ({max_test_digits}) <= {MAX_DIGITS}")
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -136,6 +137,6 @@ def load_test_set(data_dir: str | os.PathLike, digits: int) -> tuple[list[int], 
     """(a, b) operand lists of test_<digits>.json."""
     path = pathlib.Path(data_dir) / f"test_{digits}.json"
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found; prepare more test lengths: python data/addition/prepare.py")
+        raise UserError(f"{path} not found; prepare more test lengths: python data/addition/prepare.py")
     record = json.loads(path.read_text())
     return [int(x) for x in record["a"]], [int(x) for x in record["b"]]

@@ -30,6 +30,7 @@ import pathlib
 
 import numpy as np
 
+from nanoloop_jax.errors import ConfigError, UserError
 from nanoloop_jax.fileio import write_atomic
 from nanoloop_jax.tasks.addition.data import fixed_problems, random_operands
 
@@ -102,10 +103,10 @@ def prepare_lengthgen(
     from tqdm import tqdm
 
     if task not in TASKS:
-        raise ValueError(f"lengthgen.task must be one of {TASKS}, got {task!r}")
+        raise ConfigError(f"lengthgen.task must be one of {TASKS}, got {task!r}")
     lo, hi = train_lengths
     if not 1 <= lo <= hi or min(test_lengths) < 1 or (task == "addition" and max(hi, *test_lengths) > 17):
-        raise ValueError(f"bad lengths: train {train_lengths}, test {test_lengths} (addition: at most 17 digits)")
+        raise ConfigError(f"bad lengths: train {train_lengths}, test {test_lengths} (addition: at most 17 digits)")
     jobs = [("train", n) for n in range(lo, hi + 1)] + [("test", n) for n in test_lengths]
     arrays = {}
     for split, n in tqdm(jobs, desc=f"{task} problems", disable=not progress):
@@ -160,7 +161,7 @@ def depth_for_length(lg, n_loop: int, n: int) -> int:
         return n_loop
     if lg.depth_rule == "linear":
         return max(1, lg.depth_scale * n + lg.depth_offset)
-    raise ValueError(f"lengthgen.depth_rule must be one of {DEPTH_RULES}, got {lg.depth_rule!r}")
+    raise ConfigError(f"lengthgen.depth_rule must be one of {DEPTH_RULES}, got {lg.depth_rule!r}")
 
 
 class LengthBatches:
@@ -224,5 +225,5 @@ def load_test(data_dir: str | os.PathLike, n: int) -> tuple[np.ndarray, np.ndarr
     """(x, y) of the length-n test set."""
     with np.load(pathlib.Path(data_dir) / FILE) as f:
         if f"x_test_{n}" not in f:
-            raise FileNotFoundError(f"no length-{n} test set in {data_dir}; add it to lengthgen.test_lengths")
+            raise UserError(f"no length-{n} test set in {data_dir}; add it to lengthgen.test_lengths")
         return f[f"x_test_{n}"], f[f"y_test_{n}"]

@@ -17,9 +17,14 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+from nanoloop_jax import log
+from nanoloop_jax.errors import UserError
 from nanoloop_jax.model.looped import LoopedGPT
+from nanoloop_jax.plotting import pyplot
 from nanoloop_jax.tasks.lengthgen import data as lengthgen_data
 from nanoloop_jax.tasks.lengthgen.forward import accuracies, answers_per_iteration
+
+logger = log.get(__name__)
 
 
 class Result(dict):
@@ -27,7 +32,7 @@ class Result(dict):
 
 
 def evaluate(
-    model: LoopedGPT, params, data_dir: str, lg, lengths: Sequence[int], max_depth: int, batch_size: int, log=print
+    model: LoopedGPT, params, data_dir: str, lg, lengths: Sequence[int], max_depth: int, batch_size: int
 ) -> Result:
     """Accuracy at every n_loop in 1..max_depth and with the confidence stop, per test length."""
     fn = jax.jit(lambda p, x, y: answers_per_iteration(model, p, x, y, max_depth))
@@ -44,7 +49,7 @@ def evaluate(
         depth = lengthgen_data.depth_for_length(lg, model.config.n_loop, n)
         out[n] = (per_depth, adaptive, depth)
         at_t = f"{per_depth[depth - 1]:.3f}" if depth <= max_depth else "n/a"
-        log(
+        logger.info(
             f"length {n}: T(n)={depth} acc {at_t}, adaptive {adaptive:.3f}, best n_loop {int(np.argmax(per_depth)) + 1}"
         )
     return out
@@ -89,10 +94,7 @@ def format_table(result: Result, fixed: Sequence[int], train_max: int, baseline:
 
 def plot_heatmap(path: str, result: Result, train_max: int, title: str) -> None:
     """Length x n_loop accuracy, a white dot on T(n), the adaptive stop as the last column."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     lengths = sorted(result)
     depth_max = max(len(result[n][0]) for n in lengths)
@@ -121,18 +123,16 @@ def plot_heatmap(path: str, result: Result, train_max: int, title: str) -> None:
     plt.close(fig)
 
 
-def report(
-    out_dir: str, result: Result, lg, step: int, log=print, plot: bool = True, baseline: dict | None = None
-) -> list[str]:
+def report(out_dir: str, result: Result, lg, step: int, plot: bool = True, baseline: dict | None = None) -> list[str]:
     """Print the table, write accuracy.csv (and the heat map); returns the paths written."""
     train_max = int(lg.train_lengths[1])
     depth_max = max(len(v[0]) for v in result.values())
     fixed = sorted({1, *(d for d in (5, 10, 20, 30, 40, 50, 60) if d <= depth_max), depth_max})
-    log(
+    logger.info(
         f"{out_dir} (step {step}): {lg.task} exact-match accuracy, "
         f"trained on lengths {lg.train_lengths[0]}..{train_max}"
     )
-    log(format_table(result, fixed, train_max, baseline))
+    logger.info(format_table(result, fixed, train_max, baseline))
     paths = [os.path.join(out_dir, "accuracy.csv")]
     write_csv(paths[0], result)
     if plot:
@@ -144,9 +144,9 @@ def report(
                 f"{os.path.basename(os.path.abspath(out_dir))} (step {step}): {lg.task}",
             )
             paths.append(os.path.join(out_dir, "accuracy.png"))
-        except ImportError:
-            log("matplotlib missing: no heat map (uv sync --extra plot)")
-    log("wrote " + ", ".join(paths))
+        except UserError as err:  # matplotlib missing: the table and CSV are what matter
+            logger.info(f"no heat map: {err}")
+    logger.info("wrote " + ", ".join(paths))
     return paths
 
 

@@ -23,19 +23,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from nanoloop_jax.errors import ConfigError
 from nanoloop_jax.model.config import ModelConfig
-from nanoloop_jax.model.looped import LoopBody, LoopedGPT
-from nanoloop_jax.train import steps
+from nanoloop_jax.model.looped import LoopBody, LoopedGPT, abstract_params
+from nanoloop_jax.train import halting, steps
 
 
 def check_model(config: ModelConfig) -> None:
     """One-line errors for model settings this path does not support."""
     if config.input_injection == "inject_random":
-        raise ValueError(
+        raise ConfigError(
             "lengthgen runs need a deterministic initial state: model.input_injection 'inject' or 'passthrough'"
         )
     if config.dropout:
-        raise ValueError("lengthgen runs have no dropout: set model.dropout=0.0")
+        raise ConfigError("lengthgen runs have no dropout: set model.dropout=0.0")
 
 
 class Pieces:
@@ -74,22 +75,31 @@ def logits_at_depth(model: LoopedGPT, params: Any, idx_BxT: jax.Array, depth: ja
     return p.readout(s_BxTxD)
 
 
-def make_train_step(model: LoopedGPT, tx: optax.GradientTransformation, schedule: optax.Schedule, max_depth: int):
+def make_train_step(
+    model: LoopedGPT, tx: optax.GradientTransformation, schedule: optax.Schedule, max_depth: int, tcfg=None
+):
     """train_step(state, batch, key, depth) -> (state, metrics): steps.make_train_step with the loss on y >= 0
-    after `depth` (traced) iterations of logits_at_depth."""
-    return steps.make_train_step(
-        model,
-        tx,
-        schedule,
-        dynamic_depth=True,
-        logits_fn=lambda params, x, key, depth: logits_at_depth(model, params, x, depth, max_depth),
-    )
+    after `depth` (traced) iterations of logits_at_depth; with train.halting, the halting objective over the
+    iterations 1..T(n) + train.halting_extra (full backprop, every one read out)."""
+
+    def plain(params, x, y, mask, key, depth, step):
+        return steps.cross_entropy(logits_at_depth(model, params, x, depth, max_depth), y, mask), {}
+
+    loss_fn, update_mask = plain, None
+    if tcfg is not None and tcfg.halting != "none":
+        extra = int(tcfg.halting_extra)
+        plan = lambda depth: halting.DepthPlan(0, 0, depth + extra, max_depth + extra, depth)  # noqa: E731
+        loss_fn = halting.make_halting_loss(model, tcfg, plan, plain)
+        update_mask = halting.gate_only_updates(tcfg, abstract_params(model.config))
+    return steps.make_train_step(model, tx, schedule, dynamic_depth=True, loss_fn=loss_fn, update_mask=update_mask)
 
 
 def make_eval_step(model: LoopedGPT, max_depth: int):
-    """eval_step(params, batch, depth) -> the mean loss of one (B, T) batch after `depth` (traced) iterations."""
+    """eval_step(params, batch, key, depth) -> the mean loss of one (B, T) batch after `depth` (traced) iterations
+    (no dropout or noise here: key is unused)."""
 
-    def eval_step(params, batch: dict, depth: jax.Array) -> jax.Array:
+    def eval_step(params, batch: dict, key: jax.Array, depth: jax.Array) -> jax.Array:
+        del key
         return steps.cross_entropy(logits_at_depth(model, params, batch["x"], depth, max_depth), batch["y"])
 
     return eval_step

@@ -1,0 +1,210 @@
+"""The halting training objective on a tiny gated model: loss and gradients against a written-out reference
+(a Python loop over the model's own pieces, halting math in numpy), traced depth == static depth, stage II
+freezes all but the gate, and a tiny train.py run with the objective."""
+
+import math
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from helpers import REPO_ROOT, run, tiny_data_dir, tiny_overrides
+from ml_collections import ConfigDict
+
+from nanoloop_jax.model.config import ModelConfig
+from nanoloop_jax.model.looped import LoopBody, LoopedGPT, init_params
+from nanoloop_jax.train import halting
+from nanoloop_jax.train.steps import init_train_state, make_train_step, model_loss
+
+TINY = ModelConfig(
+    block_size=16, vocab_size=13, n_prelude=1, n_block=1, n_coda=1, n_loop=4, n_head=2, n_embd=16, exit_gate=True
+)
+
+
+def tcfg(**kw) -> ConfigDict:
+    c = dict(
+        halting="ponder",
+        halting_beta=0.2,
+        halting_prior=0.3,
+        halting_stage=1,
+        halting_freeze=True,
+        halting_lookahead="next",
+        halting_start=0,
+        halting_extra=0,
+    )
+    c.update(kw)
+    return ConfigDict(c)
+
+
+@pytest.fixture(scope="module")
+def params():
+    p = init_params(TINY, jax.random.PRNGKey(0))
+    # perturb so iterations differ and the gate is not flat ([I; 0] inject makes every iteration alike at init)
+    leaves, tree = jax.tree_util.tree_flatten(p)
+    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+    return jax.tree_util.tree_unflatten(
+        tree, [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
+    )
+
+
+def batch():
+    x = jax.random.randint(jax.random.PRNGKey(2), (2, 10), 0, TINY.vocab_size)
+    y = jnp.roll(x, -1, axis=1).at[1, :3].set(-1)  # some ignored targets
+    return x, y
+
+
+def reference_outputs(params, x, y, depth):
+    """Per-iteration losses (L, B, T) and gate logits, by a plain Python loop over the model's pieces."""
+    m, pos = LoopedGPT(TINY), jnp.arange(x.shape[1])
+
+    def ap(method, *a):
+        return m.apply({"params": params}, *a, method=method)
+
+    e, _ = ap(LoopedGPT.prelude_blocks, ap(LoopedGPT.embed, x, pos), pos)
+    s = ap(LoopedGPT.initial_state, e, pos)
+    losses, halts = [], []
+    for _ in range(depth):
+        s = LoopBody(TINY).apply({"params": params["loop"]}, s, e, pos, method=LoopBody.iterate)[0]
+        logits = ap(LoopedGPT.head, ap(LoopedGPT.coda_blocks, s, pos)[0])
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        losses.append(
+            np.where(
+                y >= 0, -np.take_along_axis(np.asarray(logp), np.maximum(np.asarray(y), 0)[..., None], -1)[..., 0], 0
+            )
+        )
+        halts.append(np.asarray(ap(LoopedGPT.halt_logit, s)))
+    return np.stack(losses), np.stack(halts)
+
+
+def reference_ponder(losses, halts, valid, depth, beta, prior):
+    total, count = 0.0, 0
+    for b in range(valid.shape[0]):
+        for t in range(valid.shape[1]):
+            if not valid[b, t]:
+                continue
+            survive, value = 1.0, 0.0
+            for i in range(depth):
+                lam = 1 / (1 + math.exp(-halts[i, b, t]))
+                p = survive if i == depth - 1 else survive * lam
+                q = prior * (1 - prior) ** i if i < depth - 1 else (1 - prior) ** i
+                value += p * losses[i, b, t] + beta * p * math.log(p / q)
+                survive *= 1 - lam
+            total, count = total + value, count + 1
+    return total / count
+
+
+def test_stage1_loss_equals_written_out_reference(params):
+    x, y = batch()
+    loss_fn = halting.make_halting_loss(LoopedGPT(TINY), tcfg(), lambda n: halting.loop_plan(TINY, n), None)
+    got, aux = loss_fn(params, x, y, None, jax.random.PRNGKey(3), None, jnp.int32(0))
+    losses, halts = reference_outputs(params, x, y, TINY.n_loop)
+    valid = np.asarray(y) >= 0
+    want = reference_ponder(losses, halts, valid, TINY.n_loop, 0.2, 0.3)
+    np.testing.assert_allclose(float(got), want, rtol=1e-5)
+    np.testing.assert_allclose(float(aux["final_loss"]), losses[-1][valid].mean(), rtol=1e-5)
+    assert 1.0 < float(aux["halt_iters"]) < TINY.n_loop
+
+
+@pytest.mark.parametrize("bptt_k", [None, 2])
+def test_gradients_match_the_reference_and_truncation_detaches_the_loop(params, bptt_k):
+    cfg = TINY if bptt_k is None else ModelConfig(**{**TINY.__dict__, "bptt_k": bptt_k})
+    x, y = batch()
+    loss_fn = halting.make_halting_loss(LoopedGPT(cfg), tcfg(), lambda n: halting.loop_plan(cfg, n), None)
+    grads = jax.grad(lambda p: loss_fn(p, x, y, None, jax.random.PRNGKey(3), None, jnp.int32(0))[0])(params)
+
+    def reference(p):  # the same objective in jnp, through a Python loop (differentiable), detaching as bptt_k says
+        m, pos = LoopedGPT(cfg), jnp.arange(x.shape[1])
+        ap = lambda method, *a: m.apply({"params": p}, *a, method=method)  # noqa: E731
+        e, _ = ap(LoopedGPT.prelude_blocks, ap(LoopedGPT.embed, x, pos), pos)
+        s = ap(LoopedGPT.initial_state, e, pos)
+        n_detached = 0 if bptt_k is None else TINY.n_loop - bptt_k
+        s = jax.lax.stop_gradient(s) if n_detached else s
+        log_survive, value = jnp.zeros(x.shape), jnp.zeros(x.shape)
+        log_q = [math.log(0.3) + i * math.log(0.7) for i in range(3)] + [3 * math.log(0.7)]
+        for i in range(TINY.n_loop):
+            s = LoopBody(cfg).apply({"params": p["loop"]}, s, e, pos, method=LoopBody.iterate)[0]
+            s = jax.lax.stop_gradient(s) if i < n_detached else s
+            logp = jax.nn.log_softmax(ap(LoopedGPT.head, ap(LoopedGPT.coda_blocks, s, pos)[0]), axis=-1)
+            loss = -jnp.take_along_axis(logp, jnp.maximum(y, 0)[..., None], -1)[..., 0]
+            h = ap(LoopedGPT.halt_logit, s)
+            log_pi = log_survive if i == TINY.n_loop - 1 else log_survive + jax.nn.log_sigmoid(h)
+            pi = jnp.exp(log_pi)
+            value = value + pi * loss + 0.2 * pi * (log_pi - log_q[i])
+            log_survive = log_survive + jax.nn.log_sigmoid(-h)
+        valid = y >= 0
+        return jnp.sum(jnp.where(valid, value, 0)) / jnp.sum(valid)
+
+    want = jax.grad(reference)(params)
+    for g, w in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(want), strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-5, rtol=1e-4)
+    if bptt_k is not None:  # the prelude gets gradient only through the last bptt_k iterations: nonzero here
+        assert float(jnp.abs(grads["prelude_0"]["ln_1"]["scale"]).sum()) > 0
+
+
+def test_traced_depth_equals_static_depth(params):
+    cfg = ModelConfig(**{**TINY.__dict__, "bptt_k": 2, "loop_sampling": "poisson_lognormal", "n_loop_max": 7})
+    x, y = batch()
+    static = halting.make_halting_loss(
+        LoopedGPT(cfg),
+        tcfg(halting="ouro"),
+        lambda n: halting.loop_plan(ModelConfig(**{**cfg.__dict__, "n_loop": 5}), None),
+        None,
+    )
+    traced = halting.make_halting_loss(LoopedGPT(cfg), tcfg(halting="ouro"), lambda n: halting.loop_plan(cfg, n), None)
+    key, step = jax.random.PRNGKey(4), jnp.int32(0)
+    want, gw = jax.value_and_grad(lambda p: static(p, x, y, None, key, None, step)[0])(params)
+    got, gg = jax.jit(jax.value_and_grad(lambda p, d: traced(p, x, y, None, key, d, step)[0]))(params, jnp.int32(5))
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(gg), jax.tree_util.tree_leaves(gw), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_stage2_trains_the_gate_alone_from_halting_start(params):
+    model, tx = LoopedGPT(TINY), optax.adamw(1e-2)
+    cfg = tcfg(halting="ouro", halting_stage=2, halting_start=1, halting_lookahead="all")
+    loss_fn = halting.make_halting_loss(model, cfg, lambda n: halting.loop_plan(TINY, n), model_loss(model))
+    step_fn = jax.jit(make_train_step(model, tx, loss_fn=loss_fn, update_mask=halting.gate_only_updates(cfg, params)))
+    state = init_train_state(model, tx, jax.random.PRNGKey(0)).replace(params=params)
+    state = state.replace(opt_state=tx.init(params))
+    x, y = batch()
+    data = {"x": x[None], "y": y[None]}
+    s1, m1 = step_fn(state, data, jax.random.PRNGKey(5))  # step 0 < halting_start: the plain loss, all train
+    assert float(m1["halt_objective"]) == 0.0
+    changed = jax.tree_util.tree_map(lambda a, b: bool(jnp.any(a != b)), s1.params, state.params)
+    assert all(jax.tree_util.tree_leaves(changed))
+    s2, m2 = step_fn(s1, data, jax.random.PRNGKey(5))  # from halting_start: only the gate moves
+    assert float(m2["halt_objective"]) > 0.0
+    for name, sub in s2.params.items():
+        moved = any(
+            bool(jnp.any(a != b))
+            for a, b in zip(jax.tree_util.tree_leaves(sub), jax.tree_util.tree_leaves(s1.params[name]), strict=True)
+        )
+        assert moved == (name == "exit_gate"), name
+
+
+def test_halting_needs_a_gate():
+    with pytest.raises(ValueError, match="exit_gate=True"):
+        halting.check_halting(tcfg(), ModelConfig(**{**TINY.__dict__, "exit_gate": False}))
+
+
+@pytest.mark.slow
+def test_train_py_with_the_halting_objective(tmp_path):
+    data_dir = tiny_data_dir(tmp_path)
+    flags = tiny_overrides(
+        data_dir,
+        tmp_path / "out",
+        **{"model.exit_gate": True, "train.halting": "ouro", "train.halting_beta": 0.05, "model.dropout": 0.0},
+    )
+    res = run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "train.py"),
+            f"--config={REPO_ROOT / 'configs/shakespeare_char_looped.py:cpu'}",
+            *flags,
+        ]
+    )
+    assert res.returncode == 0, res.stderr
+    lines = [line for line in res.stdout.splitlines() if line.startswith("iter ")]
+    assert len(lines) == 8 and all("halt_iters" in line and "final_loss" in line for line in lines)
