@@ -34,8 +34,9 @@ flags.DEFINE_integer("n_loop", None, "Iterations of the recurrent block at test 
 flags.DEFINE_enum(
     "exit_criterion",
     None,
-    ["none", "latent_diff", "kl", "entropy", "argmax"],
-    "Per-token adaptive exit (default: latent_diff when --exit_threshold is given, else none).",
+    ["none", "latent_diff", "kl", "entropy", "argmax", "gate"],
+    "Per-token adaptive exit (default: latent_diff when --exit_threshold is given, else none); gate: the model's "
+    "learned exit gate, stopping once its cumulative halting probability reaches --exit_threshold.",
 )
 flags.DEFINE_float("exit_threshold", None, "Exit once the criterion's change between iterations is below this.")
 flags.DEFINE_integer("min_loops", 1, "Adaptive exit: iterations every token computes before it may exit.")

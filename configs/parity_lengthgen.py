@@ -63,8 +63,9 @@ def get_config():
     # The gate learns when the answer is ready, beside the T(n) training of the rest (README "Learned halting"):
     c.train.halting = "ouro"  # Ouro's gate objective (stage 2 below: its gate-only stage)
     c.train.halting_stage = 2  # the gate alone learns from the halting loss (detached states, targets)
+    c.train.halting_beta = 0.01  # the gate's loss weight: its gradient must not eat grad_clip's budget of the rest
     c.train.halting_freeze = False  # ... while the rest keeps its T(n) training, unchanged, in the same steps
-    c.train.halting_lookahead = "all"  # 'next' would stop at iteration 1: parity's loss is flat until T(n)
+    c.train.halting_lookahead = "depth"  # stop at T(n): loss-based targets ('next', 'all') stop at lucky guesses
     c.train.halting_extra = 3  # read out 3 iterations past T(n), so the gate sees that stopping at T(n) is best
 
     # c.lengthgen: the task's defaults are this run's (parity, lengths 1..20, T(n) = n + 1, tested on 5..50;

@@ -83,11 +83,13 @@ def base_config(task: str = "lm") -> ConfigDict:
     c.train.eval_n_loops = ()  # e.g. (1, 2, 4, 8), on the command line 1,2,4,8: also val loss at these depths
     # learned halting (model.exit_gate=True; nanoloop_jax/train/halting.py)
     c.train.halting = "none"  # 'none' | 'ponder' (PonderNet) | 'ouro' (Ouro stage I): sum_i p_i·L_i + beta·reg
-    c.train.halting_beta = 0.01  # regularizer weight (ponder: KL to the geometric prior; ouro: minus the entropy)
+    c.train.halting_beta = 0.01  # stage 1: regularizer weight (ponder: KL to the prior; ouro: -entropy); stage 2:
+    # the gate loss's weight (Adam's steps ignore it; it sets the gate's share of the norm grad_clip sees)
     c.train.halting_prior = 0.5  # ponder: the geometric prior's halting probability per iteration
     c.train.halting_stage = 1  # 1: the objective trains everything | 2: the gate alone (Ouro stage II), rest frozen
     c.train.halting_freeze = True  # stage 2: freeze all but the gate (False: the rest trains on the plain loss)
     c.train.halting_lookahead = "next"  # stage 2 target: 'next' (Ouro's one-step gain) | 'all' (best later gain)
+    # | 'depth' (stop from the task's training depth on: lengthgen's T(n))
     c.train.halting_start = 0  # step from which the halting objective replaces the task's plain loss
     c.train.halting_extra = 0  # lengthgen: iterations past T(n) the halting loss reads out (0: up to T(n))
 

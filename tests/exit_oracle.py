@@ -66,6 +66,11 @@ class Oracle:
     def _stat(self, s):
         if self.criterion in ("none", "latent_diff"):
             return None
+        if self.criterion == "gate":  # log(1 - lambda), lambda = sigmoid(w . s / rms(s) + b)
+            h = float(
+                _rms(s, 1.0, self.cfg.norm_eps) @ self.p["exit_gate"]["kernel"][:, 0] + self.p["exit_gate"]["bias"][0]
+            )
+            return -np.log1p(np.exp(h))
         logits = _rms(s, self.p["ln_f"]["scale"], self.cfg.norm_eps) @ self.p["wte"]["embedding"].T
         if self.criterion == "argmax":
             return int(np.argmax(logits))
@@ -83,6 +88,8 @@ class Oracle:
         if c == "argmax":
             stable = stable + 1 if st_new == st_old else 0
             return stable >= self.patience, stable
+        if c == "gate":  # st_new is the running log prod (1 - lambda)
+            return 1.0 - np.exp(st_new) >= self.eps, stable
         return False, stable
 
     def run(self, tokens):
@@ -95,7 +102,8 @@ class Oracle:
                 x, _ = self._block(p[f"prelude_{j}"], x, pos, ("prelude", j))
             e = x
             s = s_prev if (self.warm and pos > 0) else e
-            stat, stable, active, n_it = self._stat(s), 0, True, 0
+            stat = 0.0 if self.criterion == "gate" else self._stat(s)
+            stable, active, n_it = 0, True, 0
             last_kv = {}
             for i in range(self.n_loop):
                 slot = i % self.n_slots
@@ -108,6 +116,8 @@ class Oracle:
                     u, last_kv[j] = self._block(loop[f"recur_{j}"], u, pos, ("recur", j, slot))
                 s_new = _rms(u, loop["norm_recur"]["scale"], cfg.norm_eps)
                 st_new = self._stat(s_new)
+                if self.criterion == "gate":
+                    st_new = stat + st_new
                 done, stable = self._done(s, s_new, stat, st_new, stable)
                 n_it += 1
                 s, stat = s_new, st_new

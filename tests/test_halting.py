@@ -208,3 +208,16 @@ def test_train_py_with_the_halting_objective(tmp_path):
     assert res.returncode == 0, res.stderr
     lines = [line for line in res.stdout.splitlines() if line.startswith("iter ")]
     assert len(lines) == 8 and all("halt_iters" in line and "final_loss" in line for line in lines)
+
+
+def test_remat_equals_no_remat(params):
+    x, y = batch()
+    got = []
+    for policy in (None, "nothing_saveable"):
+        cfg = ModelConfig(**{**TINY.__dict__, "remat_policy": policy})
+        loss_fn = halting.make_halting_loss(LoopedGPT(cfg), tcfg(), lambda n, c=cfg: halting.loop_plan(c, n), None)
+        got.append(
+            jax.grad(lambda p, f=loss_fn: f(p, x, y, None, jax.random.PRNGKey(3), None, jnp.int32(0))[0])(params)
+        )
+    for a, b in zip(jax.tree_util.tree_leaves(got[0]), jax.tree_util.tree_leaves(got[1]), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)

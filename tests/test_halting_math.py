@@ -121,3 +121,10 @@ def test_stage1_gradients_match_finite_differences():
         ) / (2 * eps)
         np.testing.assert_allclose(g[i, n], fd, atol=1e-5)
     assert np.all(g[4:] == 0)  # iterations past depth get no gradient
+
+
+def test_depth_targets_stop_from_the_task_depth_on():
+    losses = jnp.asarray(RNG.uniform(size=(6, 2)))
+    target, has = halting.stage2_targets(losses, 5, "depth", task_depth=3)
+    np.testing.assert_array_equal(np.asarray(target[:, 0]), [0, 0, 1, 1, 1, 1])
+    np.testing.assert_array_equal(np.asarray(has[:, 0]), [True] * 5 + [False])

@@ -1,13 +1,14 @@
 """Length generalization: task data, the depth rule, T(n)-deep training in one compile, accuracy.csv, configs."""
 
 import csv
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import run, tiny_config, train_cmd
+from helpers import perturbed, run, tiny_config, train_cmd
 from ml_collections import ConfigDict
 
 from configs import addition_lengthgen, addition_lengthgen_baseline, parity_lengthgen, parity_lengthgen_baseline
@@ -97,7 +98,7 @@ def test_depth_d_forward_and_gradient_equal_the_model_at_n_loop_d():
     jax.tree_util.tree_map(
         lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4), ours(params), ref(params)
     )
-    correct, _ = jax.jit(lambda p: answers_per_iteration(model, p, x, y, 5))(params)
+    correct, _, _ = jax.jit(lambda p: answers_per_iteration(model, p, x, y, 5))(params)
     logits = jax.jit(lambda p: model.apply({"params": p}, x, n_loop=d))(params)
     want = jnp.all((jnp.argmax(logits, -1) == y) | (y < 0), axis=-1)
     np.testing.assert_array_equal(correct[d - 1], want)
@@ -120,9 +121,35 @@ def test_one_compile_for_every_length_and_depth():
 def test_adaptive_stop_picks_the_most_confident_iteration():
     correct = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 0]], bool)  # iterations x problems
     conf = np.array([[-0.1, -5.0, -1.0], [-3.0, -0.2, -0.5], [-2.0, -4.0, -0.4]])
-    per_depth, adaptive = accuracies(correct, conf)
+    per_depth, adaptive, iters = accuracies(correct, conf)
     np.testing.assert_allclose(per_depth, [1 / 3, 1 / 3, 0])
     assert adaptive == pytest.approx(2 / 3)  # problems 0 and 1 stop at their right iteration, 2 at a wrong one
+    assert iters == pytest.approx((1 + 2 + 3) / 3)
+
+
+def test_gate_stop_is_the_first_iteration_whose_halting_probability_reaches_one_half():
+    correct = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], bool)
+    conf = np.zeros((3, 3))  # ignored when the model has a gate
+    halted = np.array([[0.6, 0.1, 0.1], [0.7, 0.5, 0.2], [0.9, 0.9, 0.4]])  # problem 2 never reaches 0.5
+    per_depth, adaptive, iters = accuracies(correct, conf, halted)
+    assert adaptive == pytest.approx(1.0) and iters == pytest.approx((1 + 2 + 3) / 3)
+
+
+def test_halting_probability_per_iteration_equals_a_written_out_loop():
+    cfg = dataclasses.replace(CFG, exit_gate=True)
+    params = perturbed(init_params(cfg, jax.random.PRNGKey(0)), 0.5, seed=3)
+    model = LoopedGPT(cfg)
+    x = jax.random.randint(jax.random.PRNGKey(1), (2, 10), 0, 14)
+    y = jnp.where(jnp.arange(10) > 6, x, -1)  # answer slots 7..9
+    _, _, halted = jax.jit(lambda p: answers_per_iteration(model, p, x, y, 4))(params)
+    pos = jnp.arange(10)
+    ap = lambda method, *a: model.apply({"params": params}, *a, method=method)  # noqa: E731
+    e, _ = ap(LoopedGPT.prelude_blocks, ap(LoopedGPT.embed, x, pos), pos)
+    s, survive = ap(LoopedGPT.initial_state, e, pos), np.ones((2, 10))
+    for i in range(4):
+        s = ap(LoopedGPT.iterate, s, e, pos)[0]
+        survive = survive * (1 - 1 / (1 + np.exp(-np.asarray(ap(LoopedGPT.halt_logit, s), np.float64))))
+        np.testing.assert_allclose(np.asarray(halted[i]), (1 - survive[:, 7:]).min(axis=1), rtol=1e-5)
 
 
 def test_accuracy_csv_columns(tmp_path):
@@ -140,7 +167,7 @@ def test_accuracy_csv_columns(tmp_path):
 
 
 @pytest.mark.parametrize("task", ["parity", "addition"])
-def test_baseline_differs_from_looped_only_in_depth(task):
+def test_baseline_differs_from_looped_only_in_depth_and_stop(task):
     looped_config, baseline_config = LENGTHGEN_CONFIGS[task]
     looped, base = looped_config.get_config().to_dict(), baseline_config.get_config().to_dict()
     diff = {
@@ -149,7 +176,9 @@ def test_baseline_differs_from_looped_only_in_depth(task):
         for k in (looped[section] if isinstance(looped[section], dict) else [None])
         if (looped[section][k] if k else looped[section]) != (base[section][k] if k else base[section])
     }
-    assert diff == {("out_dir", None), ("model", "n_loop"), ("lengthgen", "depth_rule")}
+    # the gate (65 parameters) and its objective are the looped run's own stop; one pass has nothing to stop
+    gate = {("model", "exit_gate"), ("train", "halting")}
+    assert diff == {("out_dir", None), ("model", "n_loop"), ("lengthgen", "depth_rule")} | gate
     assert base["model"]["n_loop"] == 1 and base["model"]["pos_encoding"] == looped["model"]["pos_encoding"]
 
 

@@ -13,6 +13,7 @@ from nanoloop_jax.ckpt import checkpoint
 from nanoloop_jax.config import base_config
 from nanoloop_jax.model.config import ModelConfig
 from nanoloop_jax.model.looped import LoopedGPT
+from nanoloop_jax.train import halting
 from nanoloop_jax.train.optim import make_optimizer
 from nanoloop_jax.train.steps import init_train_state, make_train_step
 
@@ -25,11 +26,11 @@ def _mesh_cfg(data, fsdp, tensor):
     return ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor, rules=()))
 
 
-def _setup(shape):
+def _setup(shape, cfg=CFG):
     mesh_cfg = _mesh_cfg(*shape)
     mesh = sharding.make_mesh(mesh_cfg, jax.devices()[: int(np.prod(shape))])
     rules = sharding.logical_rules(mesh_cfg)
-    model, tx, key = LoopedGPT(CFG), make_optimizer(OPT), jax.random.PRNGKey(0)
+    model, tx, key = LoopedGPT(cfg), make_optimizer(OPT), jax.random.PRNGKey(0)
     init_fn = functools.partial(init_train_state, model, tx)
     state_sh = sharding.state_shardings(init_fn, key, mesh, rules)
     state = jax.jit(init_fn, out_shardings=state_sh)(key)
@@ -42,12 +43,15 @@ def _perturb(params):
     return perturbed(params, 0.2, seed=7)
 
 
-def _one_step(shape):
-    mesh, rules, model, tx, state, state_sh = _setup(shape)
+def _one_step(shape, cfg=CFG, halting_cfg=None):
+    mesh, rules, model, tx, state, state_sh = _setup(shape, cfg)
     batch_sh = sharding.accum_batch_sharding(mesh, rules)
     repl = sharding.replicated(mesh)
+    loss_fn = None
+    if halting_cfg is not None:  # the halting objective: every iteration read out, on the same mesh
+        loss_fn = halting.make_halting_loss(model, halting_cfg, lambda n: halting.loop_plan(cfg, n), None)
     step = sharding.jit_step(
-        make_train_step(model, tx),
+        make_train_step(model, tx, loss_fn=loss_fn),
         mesh,
         rules,
         in_shardings=(state_sh, batch_sh, repl),
@@ -61,6 +65,24 @@ def _one_step(shape):
     return float(metrics["loss"]), new_state
 
 
+def _close(loss, state, want_loss, want_params):
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+    leaves = jax.tree_util.tree_leaves_with_path(state.params)
+    for (path, got), want in zip(leaves, jax.tree_util.tree_leaves(want_params), strict=True):
+        # relative to the tensor's norm (sums reduced in another order differ in the last bits)
+        rel = np.linalg.norm(np.asarray(got) - want) / np.linalg.norm(want)
+        assert rel <= 1e-5, (jax.tree_util.keystr(path), rel)
+
+
+def test_sharded_halting_step_equals_single_device():
+    cfg = tiny_config(vocab_size=64, n_block=1, n_head=4, exit_gate=True)
+    tcfg = base_config().train
+    tcfg.update(dict(halting="ouro", halting_beta=0.1))
+    want_loss, want_state = _one_step((1, 1, 1), cfg, tcfg)
+    loss, state = _one_step((2, 2, 2), cfg, tcfg)
+    _close(loss, state, want_loss, jax.tree_util.tree_map(np.asarray, want_state.params))
+
+
 @pytest.fixture(scope="module")
 def single_device_step():
     loss, state = _one_step((1, 1, 1))
@@ -71,12 +93,7 @@ def single_device_step():
 def test_sharded_step_equals_single_device(shape, single_device_step):
     want_loss, want_params = single_device_step
     loss, state = _one_step(shape)
-    np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
-    leaves = jax.tree_util.tree_leaves_with_path(state.params)
-    for (path, got), want in zip(leaves, jax.tree_util.tree_leaves(want_params), strict=True):
-        # relative to the tensor's norm (sums reduced in another order differ in the last bits)
-        rel = np.linalg.norm(np.asarray(got) - want) / np.linalg.norm(want)
-        assert rel <= 1e-5, (jax.tree_util.keystr(path), rel)
+    _close(loss, state, want_loss, want_params)
 
 
 def test_params_and_optimizer_state_are_really_sharded():

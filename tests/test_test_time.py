@@ -20,9 +20,16 @@ from nanoloop_jax.model.config import ModelConfig
 from nanoloop_jax.model.looped import LoopedGPT
 
 TINY = tiny_config()
+GATED = tiny_config(exit_gate=True)  # the model for the learned gate's criterion
 GREEDY = SampleConfig(temperature=0.0)
 # thresholds that make positions exit after different numbers of iterations with the params below
-EPS = {"none": 0.0, "latent_diff": 0.2, "kl": 0.05, "entropy": 0.05, "argmax": 0.0}
+EPS = {"none": 0.0, "latent_diff": 0.2, "kl": 0.05, "entropy": 0.05, "argmax": 0.0, "gate": 0.5}
+
+
+def _cfg(criterion: str) -> ModelConfig:
+    return GATED if criterion == "gate" else TINY
+
+
 SETTINGS = [(0, False), (2, False), (0, True)]  # (kv_share, warm_start)
 
 
@@ -43,11 +50,12 @@ def _tokens(shape, seed=1):
 @pytest.mark.parametrize("criterion", EXIT_CRITERIA)
 @pytest.mark.parametrize("kv_share, warm", SETTINGS)
 def test_decoder_equals_the_per_position_oracle(criterion, kv_share, warm):
-    dc = DecodeConfig(6, criterion, min_loops=2, kv_share=kv_share, warm_start=warm)
+    dc, cfg = DecodeConfig(6, criterion, min_loops=2, kv_share=kv_share, warm_start=warm), _cfg(criterion)
     toks = _tokens((1, 12))
-    logits, iters = _decoder(dc).window_logits(_params(), toks, jax.random.PRNGKey(0), EPS[criterion])
+    logits, iters = _decoder(dc, cfg=cfg).window_logits(_params(cfg), toks, jax.random.PRNGKey(0), EPS[criterion])
+    eps = EPS[criterion]
     oracle = Oracle(
-        TINY, _params(), n_loop=6, criterion=criterion, eps=EPS[criterion], min_loops=2, kv_share=kv_share, warm=warm
+        cfg, _params(cfg), n_loop=6, criterion=criterion, eps=eps, min_loops=2, kv_share=kv_share, warm=warm
     )
     ref_logits, ref_iters = oracle.run(toks[0])
     np.testing.assert_array_equal(np.asarray(iters)[0], ref_iters)
@@ -58,12 +66,13 @@ def test_decoder_equals_the_per_position_oracle(criterion, kv_share, warm):
 
 @pytest.mark.parametrize(
     "criterion, kv_share, warm",
-    [(c, 0, False) for c in EXIT_CRITERIA] + [("kl", 2, False), ("argmax", 0, True), ("latent_diff", 3, True)],
+    [(c, 0, False) for c in EXIT_CRITERIA]
+    + [("kl", 2, False), ("argmax", 0, True), ("latent_diff", 3, True), ("gate", 2, True)],
 )
 def test_prefill_equals_decode(criterion, kv_share, warm):
     """Logits of tokens decoded one at a time == logits of one prefill over the same tokens."""
     dc = DecodeConfig(6, criterion, min_loops=2, kv_share=kv_share, warm_start=warm)
-    dec, params = _decoder(dc), _params()
+    dec, params = _decoder(dc, cfg=_cfg(criterion)), _params(_cfg(criterion))
     gen = dec.generate(params, _tokens((2, 3)), 12, jax.random.PRNGKey(3), jax.random.PRNGKey(7), EPS[criterion])
     seq = np.concatenate([_tokens((2, 3)), gen.tokens_BxN[:, :-1]], axis=1)  # 14 <= block_size: one window
     logits, iters = dec.window_logits(params, seq, jax.random.PRNGKey(7), EPS[criterion])
@@ -74,7 +83,7 @@ def test_prefill_equals_decode(criterion, kv_share, warm):
 @pytest.mark.parametrize("criterion", EXIT_CRITERIA)
 def test_batch_of_8_equals_each_sequence_alone(criterion):
     dc = DecodeConfig(6, criterion, min_loops=1)
-    dec, params = _decoder(dc), _params()
+    dec, params = _decoder(dc, cfg=_cfg(criterion)), _params(_cfg(criterion))
     prompts = _tokens((8, 4), seed=5)
     batch = dec.generate(params, prompts, 24, jax.random.PRNGKey(3), jax.random.PRNGKey(7), EPS[criterion])
     for b in range(8):
@@ -164,3 +173,8 @@ def test_exit_threshold_is_traced_not_compiled():
     for eps in (0.1, 0.2, 0.5):
         dec.window_logits(_params(), _tokens((1, 8)), jax.random.PRNGKey(0), eps)
     assert dec._window_logits._cache_size() == 1
+
+
+def test_gate_criterion_needs_a_gated_model():
+    with pytest.raises(ValueError, match="exit_gate=True"):
+        KVDecoder(TINY, GREEDY, DecodeConfig(4, "gate"))

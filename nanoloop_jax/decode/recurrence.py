@@ -15,6 +15,8 @@ computed at least min_loops iterations stops after iteration i when
   kl:          KL(p_i ‖ p_{i−1}) < ε, p_i = softmax(head(ln_f(s_i))) (Huginn's `kl`; the coda is not run)
   entropy:     |H(p_i) − H(p_{i−1})| < ε
   argmax:      argmax p_i equal to argmax p_{i−1} for exit_patience iterations in a row (ε unused)
+  gate:        1 − Π_{j≤i} (1 − λ_j) ≥ ε, λ_j = sigmoid(halt_logit(s_j)): the learned exit gate's cumulative
+               halting probability (model.exit_gate; the running log Π(1 − λ) is the carried statistic)
 with s_{−1} the initial state. A skipped iteration runs no compute for that position; the cache slot of
 a skipped iteration receives the K/V the position's last computed iteration wrote (the Huginn fill):
 before iteration i runs, slot (i−1) mod n_slots is copied into slot i mod n_slots at these positions,
@@ -45,7 +47,7 @@ from nanoloop_jax.model.config import ModelConfig
 from nanoloop_jax.model.layers import CacheWrite, LayerCache, empty_cache
 from nanoloop_jax.model.looped import LoopedGPT
 
-EXIT_CRITERIA = ("none", "latent_diff", "kl", "entropy", "argmax")
+EXIT_CRITERIA = ("none", "latent_diff", "kl", "entropy", "argmax", "gate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,6 +156,8 @@ class Recurrence:
 
     def __init__(self, config: ModelConfig, dc: DecodeConfig, vocab_limit: int | None = None) -> None:
         self.cfg, self.dc = config, dc.validate()
+        if dc.exit_criterion == "gate" and not config.exit_gate:
+            raise ConfigError("--exit_criterion=gate needs a model with a learned exit gate (model.exit_gate=True)")
         self.model = LoopedGPT(config)
         self.vocab_limit = vocab_limit
 
@@ -169,6 +173,8 @@ class Recurrence:
         crit = self.dc.exit_criterion
         if crit in ("none", "latent_diff"):
             return jnp.zeros(s_BxTxD.shape[:2], jnp.float32)
+        if crit == "gate":  # this iteration's log(1 − λ); iteration() accumulates it
+            return jax.nn.log_sigmoid(-self._m(params, LoopedGPT.halt_logit, s_BxTxD))
         logits_BxTxV = self.logits(params, s_BxTxD)
         if self.vocab_limit is not None and self.vocab_limit < logits_BxTxV.shape[-1]:
             logits_BxTxV = jnp.where(jnp.arange(logits_BxTxV.shape[-1]) < self.vocab_limit, logits_BxTxV, -jnp.inf)
@@ -195,6 +201,8 @@ class Recurrence:
             done = kl < eps
         elif crit == "entropy":
             done = jnp.abs(stat_new - old.stat) < eps
+        elif crit == "gate":  # stat_new is the accumulated log prod (1 - lambda): halting probability >= eps
+            done = -jnp.expm1(stat_new) >= eps
         else:  # argmax
             stable = jnp.where(stat_new == old.stat, stable + 1, 0)
             done = stable >= self.dc.exit_patience
@@ -219,9 +227,8 @@ class Recurrence:
         if dc.warm_start:  # the stream's first position starts cold, every later one from its predecessor
             s_BxTxD = jnp.where((pos_T > 0)[None, :, None], s_warm_BxD[:, None].astype(s_BxTxD.dtype), s_BxTxD)
         active = jnp.broadcast_to(jnp.arange(t)[None] < n_valid, (b, t))
-        carry = _Iter(
-            s_BxTxD, active, jnp.zeros((b, t), jnp.int32), self._stat(params, s_BxTxD), jnp.zeros((b, t), jnp.int32)
-        )
+        stat0 = jnp.zeros((b, t), jnp.float32) if dc.exit_criterion == "gate" else self._stat(params, s_BxTxD)
+        carry = _Iter(s_BxTxD, active, jnp.zeros((b, t), jnp.int32), stat0, jnp.zeros((b, t), jnp.int32))
 
         # Without an exit rule only padding is ever inactive, and nothing reads a padding entry: every
         # position writes its K/V and no fill is needed (the plain decoder pays for neither).
@@ -233,6 +240,8 @@ class Recurrence:
                 at._replace(write_BxT=c.active_BxT) if exits else at,
             )  # fmt: skip
             stat_new = self._stat(params, s_new)
+            if dc.exit_criterion == "gate":
+                stat_new = c.stat + stat_new
             done, stable = self._converged(c, s_new, stat_new, eps)
             keep = c.active_BxT
             iters = c.iters_BxT + keep.astype(jnp.int32)

@@ -79,6 +79,9 @@ def iteration_outputs(
         loop = {"params": params["loop"]}
         return body.apply(loop, s, e_BxTxD, pos_T, fold_rng(loop_rng, i), method=LoopBody.iterate)[0]
 
+    if cfg.remat_policy not in (None, "none"):  # recompute each iteration's activations in the backward pass
+        iterate = jax.checkpoint(iterate, policy=getattr(jax.checkpoint_policies, cfg.remat_policy))
+
     def readout(s):
         def run(m: LoopedGPT, s):
             h_BxT = m.halt_logit(jax.lax.stop_gradient(s) if detach_gate else s)

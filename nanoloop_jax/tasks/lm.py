@@ -20,6 +20,18 @@ from nanoloop_jax.train.depth import sample_depth
 from nanoloop_jax.train.steps import make_eval_step, make_train_step, model_loss
 
 
+def lm_train_step(model: LoopedGPT, tx, schedule, tcfg):
+    """The language-modelling train step (a traced depth only for randomized depth; else n_loop), with the
+    halting objective if train.halting asks for it (bench.py times this same step)."""
+    mc = model.config
+    loss_fn = update_mask = None
+    if tcfg.halting != "none":
+        loss_fn = halting.make_halting_loss(model, tcfg, lambda n: halting.loop_plan(mc, n), model_loss(model))
+        update_mask = halting.gate_only_updates(tcfg, abstract_params(mc))
+    dynamic = mc.loop_sampling != "fixed"
+    return make_train_step(model, tx, schedule, dynamic, loss_fn=loss_fn, update_mask=update_mask)
+
+
 class LanguageModelling(Task):
     """nanoGPT's task."""
 
@@ -64,15 +76,8 @@ class LanguageModelling(Task):
         return [n] + [k for k in (int(d) for d in self.config.train.eval_n_loops) if k != n]
 
     def steps(self, model: LoopedGPT, tx, schedule) -> Steps:
-        """One train step (a traced depth only for randomized depth; else n_loop), with the halting objective
-        if train.halting asks for it, and an eval step per depth (the plain loss at that depth)."""
-        mc, tcfg = self.model_config, self.config.train
-        loss_fn = update_mask = None
-        if tcfg.halting != "none":
-            loss_fn = halting.make_halting_loss(model, tcfg, lambda n: halting.loop_plan(mc, n), model_loss(model))
-            update_mask = halting.gate_only_updates(tcfg, abstract_params(mc))
-        dynamic = mc.loop_sampling != "fixed"
-        train = make_train_step(model, tx, schedule, dynamic, loss_fn=loss_fn, update_mask=update_mask)
+        """lm_train_step and an eval step per depth (the plain loss at that depth)."""
+        train = lm_train_step(model, tx, schedule, self.config.train)
         return Steps(train, {n: make_eval_step(model, n) for n in self._eval_depths()})
 
     def eval_jobs(self) -> list[EvalJob]:

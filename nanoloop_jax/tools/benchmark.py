@@ -33,9 +33,10 @@ from nanoloop_jax.errors import UserError
 from nanoloop_jax.model import flops
 from nanoloop_jax.model.config import ModelConfig
 from nanoloop_jax.model.looped import LoopedGPT
+from nanoloop_jax.tasks.lm import lm_train_step
 from nanoloop_jax.tools import roofline
 from nanoloop_jax.train.optim import make_optimizer
-from nanoloop_jax.train.steps import init_train_state, make_train_step
+from nanoloop_jax.train.steps import init_train_state
 
 MATMUL_SHAPE = (2048, 2048, 2048)  # (M, K, N) of the numpy reference product: ~17 GFLOP, at BLAS peak
 REFERENCE_GAP_S = 0.2  # idle seconds after the reference products, before the steps
@@ -109,7 +110,8 @@ def memory_stats(compiled) -> dict[str, int | None]:
 
 
 def compile_train_step(config, mcfg: ModelConfig | None = None):
-    """(compiled step, state, batch, key, compile seconds) for config's model, optimizer and batch shape."""
+    """(compiled step, state, batch, (key, depth), compile seconds) for config's model, optimizer, batch shape
+    and training objective (the language-modelling task's step, halting included), at depth n_loop."""
     mcfg = mcfg or bench_model_config(config)
     model = LoopedGPT(mcfg)
     tx = make_optimizer(config.opt)
@@ -121,10 +123,11 @@ def compile_train_step(config, mcfg: ModelConfig | None = None):
         "x": jax.random.randint(kx, (accum, b, t), 0, mcfg.vocab_size, jnp.int32),
         "y": jax.random.randint(ky, (accum, b, t), 0, mcfg.vocab_size, jnp.int32),
     }
-    step = jax.jit(make_train_step(model, tx), donate_argnums=0)
+    step = jax.jit(lm_train_step(model, tx, None, config.train), donate_argnums=0)
+    args = (key, np.int32(mcfg.n_loop))
     t0 = time.perf_counter()
-    compiled = step.lower(state, batch, key).compile()
-    return compiled, state, batch, key, time.perf_counter() - t0
+    compiled = step.lower(state, batch, *args).compile()
+    return compiled, state, batch, args, time.perf_counter() - t0
 
 
 def run_train_benchmark(
@@ -140,13 +143,13 @@ def run_train_benchmark(
     (warm-up, reference rounds, memory figures) reads best in the order it runs.
     """
     mcfg = bench_model_config(config)
-    compiled, state, batch, key, compile_s = compile_train_step(config, mcfg)
+    compiled, state, batch, args, compile_s = compile_train_step(config, mcfg)
     platform = jax.devices()[0].platform
     if numpy_reference is None:
         numpy_reference = platform == "cpu"
     reference = NumpyMatmul() if numpy_reference else None
     for _ in range(warmup):
-        state, _ = compiled(state, batch, key)
+        state, _ = compiled(state, batch, *args)
     jax.block_until_ready(state)
     n_rounds = max(1, min(rounds, steps)) if reference is not None else 1
     times, cpu_times, ref_flops, round_times = [], [], [], []
@@ -157,7 +160,7 @@ def run_train_benchmark(
         block = []
         for _ in range(steps // n_rounds + (r < steps % n_rounds)):
             t0, c0 = time.perf_counter(), time.process_time()
-            state, metrics = compiled(state, batch, key)
+            state, metrics = compiled(state, batch, *args)
             jax.block_until_ready((state, metrics))
             block.append(time.perf_counter() - t0)
             cpu_times.append(time.process_time() - c0)

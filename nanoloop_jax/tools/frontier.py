@@ -9,7 +9,8 @@
 Every position of the first --val_windows non-overlapping block_size windows of val.bin predicts the next
 character through the KV-cache decoder (KVDecoder.window_logits): per-token exit, shared cache slots and
 warm start exactly as sampling runs them. `--exits` entries are CRITERION:THRESHOLD (`none` alone; for
-argmax the number is the patience). Writes OUT_DIR/frontier.csv with columns
+argmax the number is the patience; gate:q stops once the learned gate's halting probability
+reaches q). Writes OUT_DIR/frontier.csv with columns
 n_loop,exit,threshold,kv_share,warm_start,val_loss,mean_iters,kv_cache_mib (the cache of one sequence
 of block_size tokens) and OUT_DIR/frontier.png (val loss vs mean iterations, one curve per criterion).
 """

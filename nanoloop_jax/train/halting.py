@@ -13,8 +13,11 @@ training on the task's plain loss, read out at the task's depth): binary cross-e
 1 - w_i, w_i = sigmoid(k · (I_i - gamma)) the "worth continuing" probability of the detached loss improvement
   I_i = max(0, L_i - L_{i+1})               (halting_lookahead 'next': Ouro's one-step improvement)
   I_i = max(0, L_i - min_{j>i} L_j)         (halting_lookahead 'all': whatever later iterations still gain)
-'next' is myopic where the loss plateaus before it drops (parity: chance until the last needed iteration),
-'all' is not. The last iteration has no target (it cannot continue).
+'next' is myopic where the loss plateaus before it drops (parity: chance until the last needed iteration).
+Where wrong answers are confident and right ones lucky (parity's early iterations are right half the time,
+with loss ~0), any loss-based target says "stop" at random; 'depth' instead supervises the stop with the
+task's own training depth (lengthgen's T(n)): stop from it on, continue before it. Nothing of it is used at
+test time: the gate reads only the state. The last iteration has no loss-based target (it cannot continue).
 
 When: from step train.halting_start on (before it the task's plain loss); stage II also freezes every
 parameter but the gate from then on (gate_only_updates).
@@ -37,7 +40,7 @@ from nanoloop_jax.model.looped import LoopedGPT
 from nanoloop_jax.train.steps import train_rngs
 
 HALTINGS = ("none", "ponder", "ouro")
-LOOKAHEADS = ("next", "all")
+LOOKAHEADS = ("next", "all", "depth")
 OURO_K = 50.0  # Ouro stage II: slope of the continuation target's sigmoid
 OURO_GAMMA = 0.005  # Ouro stage II: loss improvement (nats) that counts as worth an iteration
 
@@ -97,11 +100,15 @@ def stage1_loss(
     return loss, {"expected_loss": expected, "halt_iters": _mean(steps_N, mask_N)}
 
 
-def stage2_targets(losses_LxN: jax.Array, depth, lookahead: str) -> tuple[jax.Array, jax.Array]:
-    """(stop target 1 - w_i, has-target mask) per iteration from detached per-iteration losses."""
+def stage2_targets(losses_LxN: jax.Array, depth, lookahead: str, task_depth=None) -> tuple[jax.Array, jax.Array]:
+    """(stop target 1 - w_i, has-target mask) per iteration from detached per-iteration losses; 'depth': 1 from
+    the task's own depth on, 0 before it."""
     losses = jax.lax.stop_gradient(losses_LxN.astype(jnp.float32))
     n = losses.shape[0]
     valid = _expand(_valid_iterations(n, depth), losses)
+    if lookahead == "depth":
+        i = _expand(jnp.arange(n), losses)
+        return jnp.broadcast_to((i >= task_depth - 1).astype(jnp.float32), losses.shape), valid
     masked = jnp.where(valid, losses, jnp.inf)
     if lookahead == "next":
         later = jnp.concatenate([masked[1:], jnp.full_like(masked[:1], jnp.inf)])
@@ -117,10 +124,10 @@ def stage2_targets(losses_LxN: jax.Array, depth, lookahead: str) -> tuple[jax.Ar
 
 
 def stage2_loss(
-    losses_LxN: jax.Array, halt_logits_LxN: jax.Array, depth, mask_N: jax.Array, lookahead: str
+    losses_LxN: jax.Array, halt_logits_LxN: jax.Array, depth, mask_N: jax.Array, lookahead: str, task_depth=None
 ) -> tuple[jax.Array, dict]:
     """Mean binary cross-entropy of lambda_i against the stop target, over valid positions and iterations."""
-    target, has_target = stage2_targets(losses_LxN, depth, lookahead)
+    target, has_target = stage2_targets(losses_LxN, depth, lookahead, task_depth)
     h = halt_logits_LxN.astype(jnp.float32)
     bce = -(target * jax.nn.log_sigmoid(h) + (1.0 - target) * jax.nn.log_sigmoid(-h))
     both = has_target & mask_N[None].astype(bool)
@@ -176,7 +183,7 @@ def make_halting_loss(model: LoopedGPT, tcfg, plan_of: Callable[[Any], DepthPlan
     """loss_fn(params, x, y, mask, key, n_loop, step) for steps.make_train_step: the plain loss before step
     train.halting_start, the halting objective from it on (a lax.cond: only one branch runs).
 
-    Metrics of either branch: final_loss (the readout after the last iteration: the plain loss), halt_iters
+    Metrics of either branch: final_loss (the readout at the task's depth: the plain loss), halt_iters
     (expected iterations under p; stage 2: under the gate's own p) and halt_objective."""
     stage, lookahead = int(tcfg.halting_stage), tcfg.halting_lookahead
 
@@ -197,18 +204,21 @@ def make_halting_loss(model: LoopedGPT, tcfg, plan_of: Callable[[Any], DepthPlan
             rngs=train_rngs(key),
         )
         losses, halts, valid = out
-        final = _mean(jax.lax.dynamic_index_in_dim(losses, plan.depth - 1, keepdims=False), valid)
+        task_depth = plan.depth if plan.task_depth is None else plan.task_depth
+        final = _mean(jax.lax.dynamic_index_in_dim(losses, task_depth - 1, keepdims=False), valid)
         if stage == 1:
             loss, m = stage1_loss(losses, halts, plan.depth, valid, tcfg.halting, tcfg.halting_beta, tcfg.halting_prior)
         else:
-            loss, m = stage2_loss(losses, halts, plan.depth, valid, lookahead)
+            gate, m = stage2_loss(losses, halts, plan.depth, valid, lookahead, task_depth)
+            # Adam's step does not depend on the loss's scale, but grad_clip's global norm does: beta keeps
+            # the gate's gradient from shrinking the rest's when they train together (halting_freeze=False)
+            loss = tcfg.halting_beta * gate
             if not tcfg.halting_freeze:  # the rest keeps training on the task's plain loss meanwhile
-                task_depth = plan.depth if plan.task_depth is None else plan.task_depth
-                loss = loss + _mean(jax.lax.dynamic_index_in_dim(losses, task_depth - 1, keepdims=False), valid)
+                loss = loss + final
             p = jnp.exp(log_halting_probs(jax.lax.stop_gradient(halts), plan.depth))
             steps_N = jnp.sum(p * _expand(jnp.arange(1, p.shape[0] + 1, dtype=jnp.float32), p), axis=0)
-            m = {"halt_iters": _mean(steps_N, valid)}
-        return loss, {"final_loss": final, "halt_iters": m["halt_iters"], "halt_objective": loss}
+            m = {**m, "halt_iters": _mean(steps_N, valid)}
+        return loss, {"final_loss": final, "halt_iters": m["halt_iters"], "halt_objective": m.get("gate_bce", loss)}
 
     def loss_fn(params, x, y, mask, key, n_loop, step):
         if not tcfg.halting_start:

@@ -5,7 +5,7 @@ table has every n_loop 1..max_depth; its columns are T(n) (the trained depth rul
 problem, the iteration whose greedy answer is most probable) and a few fixed depths. `report` writes
 OUT_DIR/accuracy.csv (length,n_loop,accuracy: one row per length and n_loop 1..max_depth, then one with
 n_loop=adaptive) and OUT_DIR/accuracy.png (heat map, matplotlib: uv sync --extra plot). Training
-(lengthgen_train.py) ends with it; `python -m nanoloop_jax.tools.eval_lengthgen` re-runs it on a checkpoint.
+(the lengthgen task, task.py) ends with it; `python -m nanoloop_jax.tools.eval_lengthgen` re-runs it on a checkpoint.
 """
 
 from __future__ import annotations
@@ -34,23 +34,25 @@ class Result(dict):
 def evaluate(
     model: LoopedGPT, params, data_dir: str, lg, lengths: Sequence[int], max_depth: int, batch_size: int
 ) -> Result:
-    """Accuracy at every n_loop in 1..max_depth and with the confidence stop, per test length."""
+    """Accuracy at every n_loop in 1..max_depth and at the model's own stop (the gate where it has one, else
+    the confidence stop: forward.own_stop), per test length."""
     fn = jax.jit(lambda p, x, y: answers_per_iteration(model, p, x, y, max_depth))
     out = Result()
     for n in lengths:
         x, y = lengthgen_data.load_test(data_dir, n)
-        correct, conf = [], []
+        parts = []
         for start in range(0, len(x), batch_size):
             xb, yb = x[start : start + batch_size].astype(np.int32), y[start : start + batch_size].astype(np.int32)
-            c, f = jax.device_get(fn(params, xb, yb))
-            correct.append(c)
-            conf.append(f)
-        per_depth, adaptive = accuracies(np.concatenate(correct, axis=1), np.concatenate(conf, axis=1))
+            parts.append(jax.device_get(fn(params, xb, yb)))
+        correct, conf, halted = (np.concatenate(a, axis=1) for a in zip(*parts, strict=True))
+        per_depth, adaptive, stop_iters = accuracies(correct, conf, halted if model.config.exit_gate else None)
         depth = lengthgen_data.depth_for_length(lg, model.config.n_loop, n)
         out[n] = (per_depth, adaptive, depth)
         at_t = f"{per_depth[depth - 1]:.3f}" if depth <= max_depth else "n/a"
+        stop = "gate" if model.config.exit_gate else "confidence"
         logger.info(
-            f"length {n}: T(n)={depth} acc {at_t}, adaptive {adaptive:.3f}, best n_loop {int(np.argmax(per_depth)) + 1}"
+            f"length {n}: T(n)={depth} acc {at_t}, adaptive ({stop} stop, {stop_iters:.1f} iterations) "
+            f"{adaptive:.3f}, best n_loop {int(np.argmax(per_depth)) + 1}"
         )
     return out
 

@@ -58,6 +58,9 @@ class Pieces:
         loop = {"params": self.params["loop"]}
         return self.body.apply(loop, s_BxTxD, e_BxTxD, self.pos_T, method=LoopBody.iterate)[0]
 
+    def halt_logit(self, s_BxTxD: jax.Array) -> jax.Array:
+        return self._apply(LoopedGPT.halt_logit, s_BxTxD)
+
     def readout(self, s_BxTxD: jax.Array) -> jax.Array:
         x_BxTxD, _ = self._apply(LoopedGPT.coda_blocks, s_BxTxD, self.pos_T)
         return self._apply(LoopedGPT.head, x_BxTxD)
@@ -105,28 +108,51 @@ def make_eval_step(model: LoopedGPT, max_depth: int):
     return eval_step
 
 
+GATE_THRESHOLD = 0.5  # the model's own stop: its gate's cumulative halting probability reaches this
+
+
 def answers_per_iteration(
     model: LoopedGPT, params: Any, idx_BxT: jax.Array, y_BxT: jax.Array, n_iter: int
-) -> tuple[jax.Array, jax.Array]:
-    """(correct LxB, confidence LxB) after each of n_iter iterations: exact match of every answer slot, and
-    the log-probability of the greedy answer (sum over answer slots of the max log-softmax)."""
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(correct LxB, confidence LxB, halted LxB) after each of n_iter iterations: exact match of every answer
+    slot; the log-probability of the greedy answer (sum over answer slots of the max log-softmax); and, for a
+    model with an exit gate, the smallest cumulative halting probability 1 - prod_j (1 - lambda_j) over the
+    answer slots (a problem stops once every answer slot would; zeros without a gate)."""
     p = Pieces(model, params, idx_BxT.shape[1])
     e_BxTxD, s_BxTxD = p.start(idx_BxT)
     answer_BxT = y_BxT >= 0
+    gated = model.config.exit_gate
 
-    def step(s, _):
+    def step(carry, _):
+        s, log_survive_BxT = carry
         s = p.iterate(s, e_BxTxD)
         logp_BxTxV = jax.nn.log_softmax(p.readout(s), axis=-1)
         right_BxT = (jnp.argmax(logp_BxTxV, axis=-1) == y_BxT) | ~answer_BxT
         conf_B = jnp.sum(jnp.where(answer_BxT, jnp.max(logp_BxTxV, axis=-1), 0.0), axis=-1)
-        return s, (jnp.all(right_BxT, axis=-1), conf_B)
+        if gated:
+            log_survive_BxT = log_survive_BxT + jax.nn.log_sigmoid(-p.halt_logit(s))
+        halted_B = jnp.min(jnp.where(answer_BxT, -jnp.expm1(log_survive_BxT), 1.0), axis=-1) if gated else conf_B * 0
+        return (s, log_survive_BxT), (jnp.all(right_BxT, axis=-1), conf_B, halted_B)
 
-    _, (correct_LxB, conf_LxB) = jax.lax.scan(step, s_BxTxD, None, length=n_iter)
-    return correct_LxB, conf_LxB
+    init = (s_BxTxD, jnp.zeros(idx_BxT.shape, jnp.float32))
+    _, (correct_LxB, conf_LxB, halted_LxB) = jax.lax.scan(step, init, None, length=n_iter)
+    return correct_LxB, conf_LxB, halted_LxB
 
 
-def accuracies(correct_LxB: np.ndarray, conf_LxB: np.ndarray) -> tuple[np.ndarray, float]:
-    """(accuracy at n_loop 1..L, accuracy of the confidence stop); ties go to the earliest iteration."""
-    pick_B = np.argmax(conf_LxB, axis=0)
+def own_stop(conf_LxB: np.ndarray, halted_LxB: np.ndarray | None) -> np.ndarray:
+    """The iteration (0-based) each problem stops at on its own: the first whose halting probability reaches
+    GATE_THRESHOLD (the last if none does) with a gate; else the confidence stop (the most probable greedy
+    answer; ties to the earliest)."""
+    if halted_LxB is None:
+        return np.argmax(conf_LxB, axis=0)
+    reached_LxB = halted_LxB >= GATE_THRESHOLD
+    return np.where(reached_LxB.any(axis=0), np.argmax(reached_LxB, axis=0), halted_LxB.shape[0] - 1)
+
+
+def accuracies(
+    correct_LxB: np.ndarray, conf_LxB: np.ndarray, halted_LxB: np.ndarray | None = None
+) -> tuple[np.ndarray, float, float]:
+    """(accuracy at n_loop 1..L, accuracy at the model's own stop (own_stop), its mean iterations)."""
+    pick_B = own_stop(conf_LxB, halted_LxB)
     adaptive = float(np.mean(correct_LxB[pick_B, np.arange(correct_LxB.shape[1])]))
-    return correct_LxB.mean(axis=1), adaptive
+    return correct_LxB.mean(axis=1), adaptive, float(np.mean(pick_B + 1))
