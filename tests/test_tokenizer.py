@@ -9,6 +9,7 @@ import pytest
 from nanoloop_jax.data import tokenizer as tokenizer_lib
 from nanoloop_jax.data.batches import DataError
 from nanoloop_jax.data.tokenizer import Tokenizer, load_tokenizer
+from nanoloop_jax.errors import UserError
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 TIKTOKEN_CACHE = REPO_ROOT.parent / "shared" / "data" / "tiktoken_cache"
@@ -43,7 +44,7 @@ def test_char_round_trip_from_data_dir(tmp_path):
 
 def test_char_unknown_characters_listed_once_on_one_line():
     tok = load_tokenizer(char_meta("abc"))
-    with pytest.raises(ValueError) as excinfo:
+    with pytest.raises(UserError) as excinfo:
         tok.encode("abXc\tX\né")
     message = str(excinfo.value)
     assert "\n" not in message
@@ -53,7 +54,7 @@ def test_char_unknown_characters_listed_once_on_one_line():
 
 
 def test_decode_rejects_ids_outside_vocab():
-    with pytest.raises(ValueError, match=r"outside the 3-token vocabulary: \[3, 7\]"):
+    with pytest.raises(UserError, match=r"outside the 3-token vocabulary: \[3, 7\]"):
         load_tokenizer(char_meta("abc")).decode([0, 3, 7, 3])
 
 
