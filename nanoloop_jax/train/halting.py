@@ -74,6 +74,12 @@ def log_geometric_prior(n: int, depth, prior: float) -> jax.Array:
     return jnp.where(_valid_iterations(n, depth), log_q, -jnp.inf)
 
 
+def expected_iterations(p_LxN: jax.Array, mask_N: jax.Array) -> jax.Array:
+    """Mean over valid positions of sum_i p_i · i (1-based): the iterations the halting distribution spends."""
+    steps_N = jnp.sum(p_LxN * _expand(jnp.arange(1, p_LxN.shape[0] + 1, dtype=jnp.float32), p_LxN), axis=0)
+    return _mean(steps_N, mask_N)
+
+
 def _mean(x_N: jax.Array, mask_N: jax.Array) -> jax.Array:
     mask = mask_N.astype(jnp.float32)
     return jnp.sum(x_N * mask) / jnp.maximum(jnp.sum(mask), 1.0)
@@ -94,10 +100,9 @@ def stage1_loss(
         reg_N = jnp.sum(p * safe_log_p, axis=0)  # -H(p)
     else:
         raise ValueError(f"halting must be 'ponder' or 'ouro' here, got {halting!r}")
-    steps_N = jnp.sum(p * _expand(jnp.arange(1, p.shape[0] + 1, dtype=jnp.float32), p), axis=0)
     expected = _mean(expected_N, mask_N)
     loss = expected + beta * _mean(reg_N, mask_N)
-    return loss, {"expected_loss": expected, "halt_iters": _mean(steps_N, mask_N)}
+    return loss, {"expected_loss": expected, "halt_iters": expected_iterations(p, mask_N)}
 
 
 def stage2_targets(losses_LxN: jax.Array, depth, lookahead: str, task_depth=None) -> tuple[jax.Array, jax.Array]:
@@ -216,8 +221,7 @@ def make_halting_loss(model: LoopedGPT, tcfg, plan_of: Callable[[Any], DepthPlan
             if not tcfg.halting_freeze:  # the rest keeps training on the task's plain loss meanwhile
                 loss = loss + final
             p = jnp.exp(log_halting_probs(jax.lax.stop_gradient(halts), plan.depth))
-            steps_N = jnp.sum(p * _expand(jnp.arange(1, p.shape[0] + 1, dtype=jnp.float32), p), axis=0)
-            m = {**m, "halt_iters": _mean(steps_N, valid)}
+            m = {**m, "halt_iters": expected_iterations(p, valid)}
         return loss, {"final_loss": final, "halt_iters": m["halt_iters"], "halt_objective": m.get("gate_bce", loss)}
 
     def loss_fn(params, x, y, mask, key, n_loop, step):
