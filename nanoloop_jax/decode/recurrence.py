@@ -1,13 +1,13 @@
 """The decoder's forward over KV caches: the model's own modules, driven per iteration with exit rules.
 
-The sampler never rebuilds a block: it calls LoopedGPT's pieces (embed, prelude_blocks, iterate,
-coda_blocks, head) with per-layer caches and decides, per iteration, which cache slots are used, which
-positions still iterate, and what an exited position leaves in the cache.
+The sampler never rebuilds a block: it runs the model's forward (LoopedGPT.start, iterate, readout) with a
+DecodeCache (model/cache.py) and decides, per iteration, which loop slot is used, which positions still
+iterate, and what an exited position leaves in the cache.
 
-Caches. One LayerCache per attention layer run: n_prelude, then n_slots·n_block for the recurrent block
-(n_slots = n_loop, or K with kv_share=K: iteration i uses slot i mod K, Huginn's `compress-sK`, so the
-cache size does not grow with n_loop), then n_coda. A cache is a ring: position p lives in entry
-p mod S and attends to positions (p − block_size, p] (see cache_write).
+Caches. LoopedGPT.init_cache lays them out: prelude, n_slots loop slots of n_block layers (n_slots =
+n_loop, or K with kv_share=K: iteration i uses slot i mod K, Huginn's `compress-sK`, so the cache size does
+not grow with n_loop), coda. Every cache is a ring: position p lives in entry p mod S and attends to
+positions (p − block_size, p] (see cache_write).
 
 Exit rules (DecodeConfig.exit_criterion, per position, exit_threshold ε traced): a position that has
 computed at least min_loops iterations stops after iteration i when
@@ -29,7 +29,8 @@ positions' iteration-i entries whether they were computed in this call or an ear
 is processed in one parallel pass. With kv_share or warm_start (s of position p starts from the final
 s of position p−1, Huginn's `continuous_compute`) position p depends on earlier positions' *final*
 states, so a window is processed position by position (a lax.scan of single-position passes) and
-prefill still equals decode exactly.
+prefill still equals decode exactly. Only the loop needs that: the prelude and the coda of a window run in
+one parallel pass either way (they depend on nothing but earlier positions' inputs and final states).
 
 Dimension legend: B batch, T positions in this call, S cache slots, D n_embd, V vocab.
 """
@@ -43,8 +44,8 @@ import jax
 import jax.numpy as jnp
 
 from nanoloop_jax.errors import ConfigError
+from nanoloop_jax.model.cache import CacheWrite, DecodeCache
 from nanoloop_jax.model.config import ModelConfig
-from nanoloop_jax.model.layers import CacheWrite, LayerCache, empty_cache
 from nanoloop_jax.model.looped import LoopedGPT
 
 EXIT_CRITERIA = ("none", "latent_diff", "kl", "entropy", "argmax", "gate")
@@ -64,7 +65,7 @@ class DecodeConfig:
     draft_tokens: int = 4  # tokens drafted per speculative round
 
     def validate(self) -> DecodeConfig:
-        """Raise ValueError with one line for a bad setting or combination; return self."""
+        """Raise ConfigError with one line for a bad setting or combination; return self."""
         if not isinstance(self.n_loop, int) or self.n_loop < 1:
             raise ConfigError(f"n_loop must be a positive integer, got {self.n_loop!r}")
         if self.exit_criterion not in EXIT_CRITERIA:
@@ -96,16 +97,12 @@ class DecodeConfig:
         """Whether a window can be processed in one pass (see the module docstring)."""
         return self.n_slots == self.n_loop and not self.warm_start
 
-    def n_layers(self, config: ModelConfig) -> int:
-        """Attention layers with a cache of their own."""
-        return config.n_prelude + self.n_slots * config.n_block + config.n_coda
-
 
 class Pass(NamedTuple):
     """What one forward over T new positions returns."""
 
-    x_BxTxD: jax.Array  # hidden states after the coda (before ln_f)
-    caches: tuple[LayerCache, ...]
+    logits: jax.Array  # float32 (B, T, V), or (B, 1, V) of position t_out alone
+    cache: DecodeCache
     iters_BxT: jax.Array  # loop iterations computed per position
     s_last_BxD: jax.Array  # final recurrent state of the last valid position (the next warm start)
 
@@ -118,22 +115,6 @@ class _Iter(NamedTuple):
     iters_BxT: jax.Array
     stat: jax.Array  # what the criterion compares: (B, T, V) log-probs, (B, T) entropy or argmax
     stable_BxT: jax.Array  # argmax: iterations in a row without a change
-
-
-def empty_caches(config: ModelConfig, dc: DecodeConfig, batch: int, slots: int) -> tuple[LayerCache, ...]:
-    """Zero caches for every layer the decoder runs."""
-    return tuple(empty_cache(config, batch, slots) for _ in range(dc.n_layers(config)))
-
-
-def cache_bytes(caches) -> int:
-    """Bytes of all K/V buffers."""
-    return sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(caches))
-
-
-def _copy_slot(src: jax.Array, dst: jax.Array, slot0, t: int) -> jax.Array:
-    """dst with the entries of slots slot0..slot0+t copied from src (the Huginn fill of a skipped iteration)."""
-    start = (0,) * (src.ndim - 1) + (slot0,)
-    return jax.lax.dynamic_update_slice(dst, jax.lax.dynamic_slice(src, start, src.shape[:-1] + (t,)), start)
 
 
 def cache_write(pos0, t: int, ring: int, window: int) -> CacheWrite:
@@ -161,21 +142,21 @@ class Recurrence:
         self.model = LoopedGPT(config)
         self.vocab_limit = vocab_limit
 
+    def init_cache(self, batch: int, entries: int) -> DecodeCache:
+        """Zero caches of `entries` positions for this recurrence's loop slots."""
+        return self.model.init_cache(batch, entries, self.dc.n_slots)
+
     def _m(self, params, method, *args, **kw):
         return self.model.apply({"params": params}, *args, method=method, **kw)
 
-    def logits(self, params, x_BxTxD) -> jax.Array:
-        """Float32 logits (B, T, V) through ln_f and the tied head."""
-        return self._m(params, LoopedGPT.head, x_BxTxD)
-
     def _stat(self, params, s_BxTxD) -> jax.Array:
-        """What the exit criterion compares between iterations, for state s."""
+        """What the exit criterion compares between iterations, for state s (Huginn: ln_f and head, no coda)."""
         crit = self.dc.exit_criterion
         if crit in ("none", "latent_diff"):
             return jnp.zeros(s_BxTxD.shape[:2], jnp.float32)
         if crit == "gate":  # this iteration's log(1 − λ); iteration() accumulates it
             return jax.nn.log_sigmoid(-self._m(params, LoopedGPT.halt_logit, s_BxTxD))
-        logits_BxTxV = self.logits(params, s_BxTxD)
+        logits_BxTxV = self._m(params, LoopedGPT.head, s_BxTxD)
         if self.vocab_limit is not None and self.vocab_limit < logits_BxTxV.shape[-1]:
             logits_BxTxV = jnp.where(jnp.arange(logits_BxTxV.shape[-1]) < self.vocab_limit, logits_BxTxV, -jnp.inf)
         if crit == "argmax":
@@ -208,35 +189,19 @@ class Recurrence:
             done = stable >= self.dc.exit_patience
         return done, stable
 
-    def _window(self, params, tok_BxT, pos0, n_valid, caches, s_warm_BxD, noise_key, eps) -> Pass:
-        """One parallel pass over T positions pos0.. (slots pos0..); positions >= n_valid are padding.
-
-        Over 60 lines because it is one traced program whose stages (prelude, the iterations with their
-        exit masks and Huginn fill, coda) share a dozen locals; helpers would only pass them around."""
-        cfg, dc = self.cfg, self.dc
-        b, t = tok_BxT.shape
-        caches = list(caches)
-        pos_T = pos0 + jnp.arange(t)
-        at = cache_write(pos0, t, caches[0].k.shape[-1], cfg.block_size)
-        p, nb = cfg.n_prelude, cfg.n_block
-
-        x_BxTxD = self._m(params, LoopedGPT.embed, tok_BxT, pos_T)
-        e_BxTxD, pre = self._m(params, LoopedGPT.prelude_blocks, x_BxTxD, pos_T, None, tuple(caches[:p]), at)
-        caches[:p] = pre
-        s_BxTxD = self._m(params, LoopedGPT.initial_state, e_BxTxD, pos_T, rngs={"noise": noise_key})
-        if dc.warm_start:  # the stream's first position starts cold, every later one from its predecessor
-            s_BxTxD = jnp.where((pos_T > 0)[None, :, None], s_warm_BxD[:, None].astype(s_BxTxD.dtype), s_BxTxD)
-        active = jnp.broadcast_to(jnp.arange(t)[None] < n_valid, (b, t))
+    def _loop(self, params, s_BxTxD, e_BxTxD, pos_T, active_BxT, cache: DecodeCache, at: CacheWrite, eps):
+        """The n_loop iterations with their exit masks and Huginn fill: (final s, iterations, cache)."""
+        dc = self.dc
+        b, t = active_BxT.shape
         stat0 = jnp.zeros((b, t), jnp.float32) if dc.exit_criterion == "gate" else self._stat(params, s_BxTxD)
-        carry = _Iter(s_BxTxD, active, jnp.zeros((b, t), jnp.int32), stat0, jnp.zeros((b, t), jnp.int32))
-
+        carry = _Iter(s_BxTxD, active_BxT, jnp.zeros((b, t), jnp.int32), stat0, jnp.zeros((b, t), jnp.int32))
         # Without an exit rule only padding is ever inactive, and nothing reads a padding entry: every
         # position writes its K/V and no fill is needed (the plain decoder pays for neither).
         exits = dc.exit_criterion != "none"
 
-        def iteration(c: _Iter, layer_caches):
-            s_new, layer_caches = self._m(
-                params, LoopedGPT.iterate, c.s_BxTxD, e_BxTxD, pos_T, None, layer_caches,
+        def iteration(c: _Iter, layers):
+            s_new, layers = self._m(
+                params, LoopedGPT.iterate, c.s_BxTxD, e_BxTxD, pos_T, None, layers,
                 at._replace(write_BxT=c.active_BxT) if exits else at,
             )  # fmt: skip
             stat_new = self._stat(params, s_new)
@@ -253,52 +218,58 @@ class Recurrence:
                 jnp.where(keep.reshape(keep.shape + (1,) * (stat_new.ndim - 2)), stat_new, c.stat),
                 jnp.where(keep, stable, c.stable_BxT),
             )
-            return new, layer_caches
+            return new, layers
 
         for i in range(dc.n_loop):
             slot, prev = i % dc.n_slots, (i - 1) % dc.n_slots
-            layers = range(p + slot * nb, p + (slot + 1) * nb)
             if exits and i > 0 and slot != prev:  # the Huginn fill, overwritten below for the positions still active
-                for j, y in enumerate(layers):
-                    src = caches[p + prev * nb + j]
-                    pairs = zip(src, caches[y], strict=True)
-                    caches[y] = LayerCache(*(_copy_slot(a, c, at.slot0, t) for a, c in pairs))
+                cache = cache.fill_slot(slot, prev, at.slot0, t)
             # at most one trip: skipped once every position has exited (lax.cond would copy the caches)
-            _, carry, layer_caches = jax.lax.while_loop(
+            _, carry, layers = jax.lax.while_loop(
                 lambda st: st[0] & jnp.any(st[1].active_BxT),
                 lambda st: (jnp.array(False), *iteration(st[1], st[2])),
-                (jnp.array(True), carry, tuple(caches[y] for y in layers)),
+                (jnp.array(True), carry, cache.slot(slot)),
             )
-            for y, c in zip(layers, layer_caches, strict=True):
-                caches[y] = c
-        x_BxTxD, coda = self._m(
-            params,
-            LoopedGPT.coda_blocks,
-            carry.s_BxTxD,
-            pos_T,
-            None,
-            tuple(caches[-cfg.n_coda :] if cfg.n_coda else ()),
-            at,
-        )
-        if cfg.n_coda:
-            caches[-cfg.n_coda :] = coda
-        s_last_BxD = jax.lax.dynamic_index_in_dim(carry.s_BxTxD, jnp.maximum(n_valid - 1, 0), 1, keepdims=False)
-        return Pass(x_BxTxD, tuple(caches), carry.iters_BxT, s_last_BxD)
+            cache = cache.with_slot(slot, layers)
+        return carry.s_BxTxD, carry.iters_BxT, cache
 
-    def forward(self, params, tok_BxT, pos0, n_valid, caches, s_warm_BxD, noise_key, eps) -> Pass:
-        """T new positions at pos0..: one parallel pass, or (kv_share / warm_start) one position at a time."""
+    def forward(
+        self, params, tok_BxT, pos0, n_valid, cache: DecodeCache, s_warm_BxD, noise_key, eps, t_out=None
+    ) -> Pass:
+        """T new positions at pos0.. (positions >= n_valid are padding): start and readout in one parallel pass,
+        the loop in one too or (kv_share / warm_start) one position at a time. t_out: see LoopedGPT.readout."""
+        b, t = tok_BxT.shape
+        pos_T = pos0 + jnp.arange(t)
+        at = cache_write(pos0, t, cache.entries, self.cfg.block_size)
+        e_BxTxD, s_BxTxD, cache = self._m(
+            params, LoopedGPT.start, tok_BxT, pos_T, None, cache, at, rngs={"noise": noise_key}
+        )
+        valid_BxT = jnp.broadcast_to(jnp.arange(t)[None] < n_valid, (b, t))
         if self.dc.parallel:
-            return self._window(params, tok_BxT, pos0, n_valid, caches, s_warm_BxD, noise_key, eps)
+            s_BxTxD, iters_BxT, cache = self._loop(params, s_BxTxD, e_BxTxD, pos_T, valid_BxT, cache, at, eps)
+            s_last_BxD = jax.lax.dynamic_index_in_dim(s_BxTxD, jnp.maximum(n_valid - 1, 0), 1, keepdims=False)
+        else:
 
-        def one(carry, t):
-            caches, s_warm = carry
-            valid = t < n_valid  # a padding position computes no iteration and leaves the warm state alone
-            tok_Bx1 = jax.lax.dynamic_slice_in_dim(tok_BxT, t, 1, axis=1)
-            out = self._window(params, tok_Bx1, pos0 + t, valid.astype(jnp.int32), caches, s_warm, noise_key, eps)
-            return (out.caches, jnp.where(valid, out.s_last_BxD, s_warm)), (out.x_BxTxD[:, 0], out.iters_BxT[:, 0])
+            def one(carry, x):
+                cache, s_warm_BxD = carry
+                t_idx, s_Bx1xD, e_Bx1xD, valid_Bx1 = x
+                # the stream's first position starts cold, every later one from its predecessor's final state
+                if self.dc.warm_start:
+                    s_Bx1xD = jnp.where(pos0 + t_idx > 0, s_warm_BxD[:, None].astype(s_Bx1xD.dtype), s_Bx1xD)
+                at_1 = cache_write(pos0 + t_idx, 1, cache.entries, self.cfg.block_size)
+                s_Bx1xD, iters_Bx1, cache = self._loop(
+                    params, s_Bx1xD, e_Bx1xD, pos_T[t_idx][None], valid_Bx1, cache, at_1, eps
+                )
+                # a padding position computes no iteration and leaves the warm state alone
+                s_warm_BxD = jnp.where(valid_Bx1, s_Bx1xD[:, 0], s_warm_BxD)
+                return (cache, s_warm_BxD), (s_Bx1xD[:, 0], iters_Bx1[:, 0])
 
-        (caches, s_last), (x_TxBxD, iters_TxB) = jax.lax.scan(
-            one, (tuple(caches), s_warm_BxD), jnp.arange(tok_BxT.shape[1])
-        )
-        iters_BxT = jnp.where(jnp.arange(tok_BxT.shape[1])[None] < n_valid, iters_TxB.T, 0)
-        return Pass(jnp.swapaxes(x_TxBxD, 0, 1), caches, iters_BxT, s_last)
+            xs = (
+                jnp.arange(t),
+                *(jnp.swapaxes(a, 0, 1)[:, :, None] for a in (s_BxTxD, e_BxTxD)),
+                valid_BxT.T[:, :, None],
+            )
+            (cache, s_last_BxD), (s_TxBxD, iters_TxB) = jax.lax.scan(one, (cache, s_warm_BxD), xs)
+            s_BxTxD, iters_BxT = jnp.swapaxes(s_TxBxD, 0, 1), iters_TxB.T
+        logits, cache = self._m(params, LoopedGPT.readout, s_BxTxD, pos_T, None, cache, at, t_out)
+        return Pass(logits, cache, iters_BxT, s_last_BxD)

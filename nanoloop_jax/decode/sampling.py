@@ -17,15 +17,11 @@ windows depend on the token count alone, so the host knows when a prefill is due
 need no branch.
 
 Self-speculative decoding (draft_n_loop = D, draft_tokens = L): a round drafts L tokens with the same
-model looped D times (prelude, iterations 0..D-1 and coda over the shared caches), then runs all L + 1
-positions through the full depth in one pass (which rewrites every cache entry of those positions) and
-keeps the longest prefix the full model agrees with, plus one token of its own. Greedy: a draft token
-is kept when it is the full model's argmax, so the text is the plain decoder's. Sampled: a draft token
-d is kept with probability min(1, p(d)/q(d)), else the token is drawn from max(0, p − q) renormalised
-(Leviathan et al. 2023), so every token has the plain decoder's distribution. In a batch the round
-keeps the prefix length that every row accepts (each row's token at that index is still exact),
-so one position counter serves the batch. Rejected positions are rolled back by the position counter
-alone: nothing attends past it and the next round overwrites them.
+model looped D times (prelude, loop slots 0..D-1 and coda of the shared cache: DecodeCache.first_slots),
+then runs all L + 1 positions through the full depth in one pass (which rewrites every cache entry of
+those positions) and keeps the longest prefix the full model agrees with, plus one token of its own
+(speculation.py: greedy and sampled acceptance, batch-wide prefix). Rejected positions are rolled back by
+the position counter alone: nothing attends past it and the next round overwrites them.
 
 Dimension legend: B batch, T positions in this call, S cache slots (block_size), D n_embd, V vocab,
 C decode steps in a chunk, L draft tokens, N new tokens, P prompt length.
@@ -41,7 +37,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nanoloop_jax.decode.recurrence import DecodeConfig, Recurrence, cache_bytes, empty_caches
+from nanoloop_jax.decode.recurrence import DecodeConfig, Recurrence
+from nanoloop_jax.decode.speculation import accept_greedy, accept_sampled, emitted_tokens
+from nanoloop_jax.model.cache import DecodeCache
 from nanoloop_jax.model.config import ModelConfig
 
 WINDOWS = ("slide", "restart")  # past block_size with learned positions (rope/none always slide, cached)
@@ -94,7 +92,7 @@ def token_probs(logits_BxV: jax.Array, sc: SampleConfig) -> jax.Array:
 class DecodeState(NamedTuple):
     """What a decode step carries: n_ctx positions are in the caches; `pending` is sampled but not yet fed."""
 
-    caches: tuple  # LayerCache per attention layer (recurrence.empty_caches)
+    cache: DecodeCache
     pending_B: jax.Array  # the last sampled token, fed at the next step
     n_ctx: jax.Array  # int32 scalar
     n_new: jax.Array  # int32 scalar: tokens sampled so far (indexes the sampling key)
@@ -159,11 +157,11 @@ class KVDecoder:
         self.chunk_size = chunk_size
         self.return_logits = return_logits
         self.n_keep = max(1, config.block_size // 2)
-        self.n_layers = self.dc.n_layers(config)
         self.rolling = config.pos_encoding != "learned"  # ring caches: the window slides at KV-cache speed
         # a ring longer than the window by one speculative round, so a rolled-back round never overwrote
         # an entry that is still in some later position's window
         self.ring = config.block_size + (self.dc.draft_tokens + 1 if self.dc.draft_n_loop and self.rolling else 0)
+        self.n_layers = jax.eval_shape(lambda: self.rec.init_cache(1, self.ring)).n_layers
         self.stats = {"rounds": 0, "drafted": 0, "accepted": 0}
         self._prefill = jax.jit(self._prefill_fn)
         # the state (its caches) is donated: updated in place instead of copied every call
@@ -177,33 +175,29 @@ class KVDecoder:
 
     def cache_bytes(self, batch: int) -> int:
         """Bytes of all K/V buffers for a batch (what --stats reports)."""
-        return cache_bytes(jax.eval_shape(lambda: empty_caches(self.cfg, self.dc, batch, self.ring)))
+        return jax.eval_shape(lambda: self.rec.init_cache(batch, self.ring)).nbytes()
 
     def _sample(self, logits_BxV, sample_key, n_new):
         return sample_token(logits_BxV, jax.random.fold_in(sample_key, n_new), self.sc)
 
-    def _logits(self, params, x_BxTxD):
-        return self.rec.logits(params, x_BxTxD)
-
     def _prefill_fn(self, params, window_BxT, n_valid, n_new, sample_key, noise_key, eps):
         """Fresh caches from the window's first n_valid tokens (at positions 0..), and the next token."""
         b = window_BxT.shape[0]
-        caches = empty_caches(self.cfg, self.dc, b, self.ring)
         s0 = jnp.zeros((b, self.cfg.n_embd), jnp.dtype(self.cfg.dtype))
-        out = self.rec.forward(params, window_BxT, 0, n_valid, caches, s0, noise_key, eps)
-        logits_BxV = self._logits(params, _at(out.x_BxTxD, n_valid - 1))[:, 0]
+        cache = self.rec.init_cache(b, self.ring)
+        out = self.rec.forward(params, window_BxT, 0, n_valid, cache, s0, noise_key, eps, t_out=n_valid - 1)
+        logits_BxV = out.logits[:, 0]
         tok_B = self._sample(logits_BxV, sample_key, n_new)
         iters_B = _at(out.iters_BxT, n_valid - 1)[:, 0]
-        state = DecodeState(out.caches, tok_B, jnp.int32(n_valid), n_new + 1, out.s_last_BxD)
+        state = DecodeState(out.cache, tok_B, jnp.int32(n_valid), n_new + 1, out.s_last_BxD)
         return state, tok_B, iters_B, logits_BxV
 
     def _feed(self, params, state: DecodeState, noise_key, eps):
         """Feed the pending token at position n_ctx: (logits (B, V), iterations (B,), state with new caches)."""
         out = self.rec.forward(
-            params, state.pending_B[:, None], state.n_ctx, 1, state.caches, state.s_last_BxD, noise_key, eps
+            params, state.pending_B[:, None], state.n_ctx, 1, state.cache, state.s_last_BxD, noise_key, eps
         )
-        logits_BxV = self._logits(params, out.x_BxTxD)[:, 0]
-        return logits_BxV, out.iters_BxT[:, 0], state._replace(caches=out.caches, s_last_BxD=out.s_last_BxD)
+        return out.logits[:, 0], out.iters_BxT[:, 0], state._replace(cache=out.cache, s_last_BxD=out.s_last_BxD)
 
     def _buffers(self, b: int, c: int):
         v = self.cfg.vocab_size
@@ -226,33 +220,20 @@ class KVDecoder:
         return jax.lax.fori_loop(0, n_steps, body, (state, *self._buffers(state.pending_B.shape[0], self.chunk_size)))
 
     def _speculate_fn(self, params, state, n_wanted, sample_key, noise_key, eps):
-        """Speculative rounds while fewer than n_wanted tokens are out and L + 1 positions fit in the caches.
-
-        Over 60 lines: the round's parts (draft, verify, accept) are nested functions closing over the same
-        static sizes and keys, read in the order a round runs them."""
-        cfg, dc, sc = self.cfg, self.dc, self.sc
+        """Speculative rounds while fewer than n_wanted tokens are out and L + 1 positions fit in the caches."""
+        dc, sc = self.dc, self.sc
         n_draft, b = dc.draft_tokens, state.pending_B.shape[0]
-        p, nb, nc = cfg.n_prelude, cfg.n_block, cfg.n_coda
 
-        def draft_caches(caches):
-            return caches[: p + dc.draft_n_loop * nb] + (caches[len(caches) - nc :] if nc else ())
-
-        def put_draft(caches, sub):
-            k = p + dc.draft_n_loop * nb
-            return sub[:k] + caches[k : len(caches) - nc] + sub[k:]
-
-        def round_(carry):
-            st, done, toks, iters, logits, n_acc = carry
-            key = jax.random.fold_in(sample_key, st.n_new)
-            # 1. draft L tokens with draft_n_loop iterations
-            caches, tok_B = st.caches, st.pending_B
-            drafts, q_probs = [], []
+        def draft(st: DecodeState, key):
+            """L tokens drafted with draft_n_loop iterations: (tokens (B, L), their q (B, L, V) if sampled, cache)."""
+            cache, tok_B, drafts, q_probs = st.cache, st.pending_B, [], []
             for j in range(n_draft):
                 out = self.draft.forward(
-                    params, tok_B[:, None], st.n_ctx + j, 1, draft_caches(caches), st.s_last_BxD, noise_key, eps
-                )
-                caches = put_draft(caches, out.caches)
-                q_BxV = self._logits(params, out.x_BxTxD)[:, 0]
+                    params, tok_B[:, None], st.n_ctx + j, 1, cache.first_slots(dc.draft_n_loop), st.s_last_BxD,
+                    noise_key, eps,
+                )  # fmt: skip
+                cache = cache.with_first_slots(out.cache)
+                q_BxV = out.logits[:, 0]
                 if sc.temperature == 0:
                     tok_B = sample_token(q_BxV, key, sc)
                 else:
@@ -260,44 +241,26 @@ class KVDecoder:
                     tok_B = jax.random.categorical(jax.random.fold_in(key, 2 * j), jnp.log(q_BxV)).astype(jnp.int32)
                     q_probs.append(q_BxV)
                 drafts.append(tok_B)
-            d_BxL = jnp.stack(drafts, 1)
-            # 2. verify all L + 1 positions with the full depth in one pass
+            return jnp.stack(drafts, 1), jnp.stack(q_probs, 1) if q_probs else None, cache
+
+        def round_(carry):
+            st, done, toks, iters, logits, n_acc = carry
+            key = jax.random.fold_in(sample_key, st.n_new)
+            d_BxL, q_BxLxV, cache = draft(st, key)
+            # verify all L + 1 positions with the full depth in one pass
             fed_BxT = jnp.concatenate([st.pending_B[:, None], d_BxL], axis=1)
-            out = self.rec.forward(params, fed_BxT, st.n_ctx, n_draft + 1, caches, st.s_last_BxD, noise_key, eps)
-            p_logits_BxTxV = self._logits(params, out.x_BxTxD)
-            # 3. accept the longest prefix every row agrees with, then one token of the full model's own
+            out = self.rec.forward(params, fed_BxT, st.n_ctx, n_draft + 1, cache, st.s_last_BxD, noise_key, eps)
             if sc.temperature == 0:
-                best_BxT = jax.vmap(lambda lg: sample_token(lg, key, sc), in_axes=1, out_axes=1)(p_logits_BxTxV)
-                ok_BxL = d_BxL == best_BxT[:, :n_draft]
-                n_ok = jnp.min(jnp.sum(jnp.cumprod(ok_BxL, axis=1), axis=1))
-                last_B = _at(best_BxT, n_ok)[:, 0]
+                acc = accept_greedy(d_BxL, filter_logits(out.logits, vocab_limit=sc.vocab_limit))
             else:
-                p_BxTxV = jax.vmap(lambda lg: token_probs(lg, sc), in_axes=1, out_axes=1)(p_logits_BxTxV)
-                q_BxLxV = jnp.stack(q_probs, 1)
-                take = lambda pr, d: jnp.take_along_axis(pr, d[..., None], axis=-1)[..., 0]  # noqa: E731
-                ratio_BxL = take(p_BxTxV[:, :n_draft], d_BxL) / take(q_BxLxV, d_BxL)
-                u_BxL = jax.random.uniform(jax.random.fold_in(key, 2 * n_draft + 1), (b, n_draft))
-                ok_BxL = u_BxL < ratio_BxL
-                n_row_B = jnp.sum(jnp.cumprod(ok_BxL, axis=1), axis=1)
-                n_ok = jnp.min(n_row_B)
-                # the token at index n_ok: the row's accepted draft, a residual draw, or (all accepted) a draw from p
-                p_at = _at(p_BxTxV, n_ok)[:, 0]
-                q_at = _at(jnp.concatenate([q_BxLxV, jnp.zeros_like(q_BxLxV[:, :1])], 1), n_ok)[:, 0]
-                resid = jnp.maximum(p_at - q_at, 0.0)
-                resid = jnp.where(jnp.sum(resid, -1, keepdims=True) > 0, resid, p_at)
-                drawn_B = jax.random.categorical(jax.random.fold_in(key, 2 * n_draft + 3), jnp.log(resid)).astype(
-                    jnp.int32
-                )
-                d_at = _at(jnp.concatenate([d_BxL, d_BxL[:, :1]], 1), n_ok)[:, 0]
-                last_B = jnp.where(n_row_B > n_ok, d_at, drawn_B)
-            emitted_BxT = jnp.concatenate([d_BxL, d_BxL[:, :1]], axis=1)
-            emitted_BxT = jnp.where(jnp.arange(n_draft + 1) == n_ok, last_B[:, None], emitted_BxT)
-            toks = jax.lax.dynamic_update_slice(toks, emitted_BxT, (0, done))
+                p_BxTxV = jax.vmap(lambda lg: token_probs(lg, sc), in_axes=1, out_axes=1)(out.logits)
+                acc = accept_sampled(d_BxL, q_BxLxV, p_BxTxV, key)
+            toks = jax.lax.dynamic_update_slice(toks, emitted_tokens(d_BxL, acc), (0, done))
             iters = jax.lax.dynamic_update_slice(iters, out.iters_BxT, (0, done))
             if self.return_logits:
-                logits = jax.lax.dynamic_update_slice(logits, p_logits_BxTxV, (0, done, 0))
-            st = DecodeState(out.caches, last_B, st.n_ctx + n_ok + 1, st.n_new + n_ok + 1, out.s_last_BxD)
-            return st, done + n_ok + 1, toks, iters, logits, n_acc + n_ok
+                logits = jax.lax.dynamic_update_slice(logits, out.logits, (0, done, 0))
+            st = DecodeState(out.cache, acc.next_B, st.n_ctx + acc.n + 1, st.n_new + acc.n + 1, out.s_last_BxD)
+            return st, done + acc.n + 1, toks, iters, logits, n_acc + acc.n
 
         def more(carry):
             st, done = carry[0], carry[1]
@@ -318,10 +281,9 @@ class KVDecoder:
     def _window_logits_fn(self, params, tok_BxT, noise_key, eps):
         """Logits (B, T, V) and iterations (B, T) of every position of fresh windows, as the decoder computes them."""
         b, t = tok_BxT.shape
-        caches = empty_caches(self.cfg, self.dc, b, t)
         s0 = jnp.zeros((b, self.cfg.n_embd), jnp.dtype(self.cfg.dtype))
-        out = self.rec.forward(params, tok_BxT, 0, t, caches, s0, noise_key, eps)
-        return self._logits(params, out.x_BxTxD), out.iters_BxT
+        out = self.rec.forward(params, tok_BxT, 0, t, self.rec.init_cache(b, t), s0, noise_key, eps)
+        return out.logits, out.iters_BxT
 
     def window_logits(self, params, tok_BxT, noise_key, exit_threshold=None):
         """Per-position logits and iterations over windows of up to block_size tokens (for loss frontiers)."""

@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from nanoloop_jax.model.layers import constrain, fold_rng
-from nanoloop_jax.model.looped import LoopBody, LoopedGPT
+from nanoloop_jax.model.layers import fold_rng
+from nanoloop_jax.model.looped import LoopedGPT
 
 
 class IterationOutputs(NamedTuple):
@@ -67,17 +67,14 @@ def iteration_outputs(
     cfg = module.config
     rng = module.make_rng("dropout") if train and cfg.dropout > 0 else None
     pos_T = jnp.arange(idx_BxT.shape[1])
-    x_BxTxD = constrain(module.embed(idx_BxT, pos_T, fold_rng(rng, 0)))
-    e_BxTxD, _ = module.prelude_blocks(x_BxTxD, pos_T, fold_rng(rng, 1))
-    s_BxTxD = module.initial_state(e_BxTxD, pos_T)
-    loop_rng, coda_rng = fold_rng(rng, 2), fold_rng(rng, 3)
-    # inside lax.scan / cond the modules run unbound on the same (traced) params, as _nograd_iterations does
+    e_BxTxD, s_BxTxD, _ = module.start(idx_BxT, pos_T, rng)
+    loop_rng = fold_rng(rng, 2)
+    # inside lax.scan / cond the model runs unbound on the same (traced) params, as _nograd_iterations does
     params = nn.unbox(module.variables["params"])
-    unbound, body = LoopedGPT(cfg, parent=None), LoopBody(cfg, parent=None)
+    unbound = LoopedGPT(cfg, parent=None)
 
     def iterate(s, i):
-        loop = {"params": params["loop"]}
-        return body.apply(loop, s, e_BxTxD, pos_T, fold_rng(loop_rng, i), method=LoopBody.iterate)[0]
+        return unbound.apply({"params": params}, s, e_BxTxD, pos_T, fold_rng(loop_rng, i), method=LoopedGPT.iterate)[0]
 
     if cfg.remat_policy not in (None, "none"):  # recompute each iteration's activations in the backward pass
         iterate = jax.checkpoint(iterate, policy=getattr(jax.checkpoint_policies, cfg.remat_policy))
@@ -85,8 +82,7 @@ def iteration_outputs(
     def readout(s):
         def run(m: LoopedGPT, s):
             h_BxT = m.halt_logit(jax.lax.stop_gradient(s) if detach_gate else s)
-            x, _ = m.coda_blocks(s, pos_T, coda_rng)
-            return token_losses(m.head(x), y_BxT, mask_BxT)[0], h_BxT
+            return token_losses(m.readout(s, pos_T, rng)[0], y_BxT, mask_BxT)[0], h_BxT
 
         return unbound.apply({"params": params}, s, method=run)
 

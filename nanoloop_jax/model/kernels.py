@@ -16,7 +16,8 @@ A fused kernel that does not apply falls back to xla attention.
 The CPU column is what BENCHMARKS.md measured; the others are what each backend's compiler expects:
 one fused attention kernel and no unrolled Python loops (which only add compile time there).
 
-Dimension legend: B batch, T query positions, S key positions, H heads, K head dim, C/E a block's rows/keys.
+Dimension legend: B batch, T query positions, S key positions, H heads, K head dim, C/E a block's rows/keys,
+N = B·H (a decode cache's leading axis).
 """
 
 from __future__ import annotations
@@ -156,6 +157,30 @@ def attention_weights(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array, mask_TxS: jax.
         mask_TxS = jnp.tril(jnp.ones((t, s), dtype=bool), k=s - t)
     att_BxHxTxS = jnp.where(mask_TxS, att_BxHxTxS, -jnp.inf)
     return jax.nn.softmax(att_BxHxTxS, axis=-1)
+
+
+def cache_attention(
+    q_BxTxHxK: jax.Array,
+    k_NxKxS: jax.Array,
+    v_NxKxS: jax.Array,
+    mask_TxS: jax.Array,
+    dropout: Callable[[jax.Array, int], jax.Array] | None = None,
+) -> jax.Array:
+    """Attention of T new queries over a decode cache's S entries (model/cache.py: N = B·H), as mask_TxS allows.
+
+    The dots take the cache in its stored (N, K, S) shape, so XLA reads it in place (no per-step copy of
+    the caches it updates); the queries move to (N, T, K) instead. Softmax in float32, scale 1/sqrt(K), as
+    full_attention; dropout(weights (B, H, T, S), 0) as there.
+    """
+    b, t, h, k = q_BxTxHxK.shape
+    q_BxTxHxK = q_BxTxHxK * jnp.asarray(1.0 / math.sqrt(k), q_BxTxHxK.dtype)
+    q_NxTxK = q_BxTxHxK.transpose(0, 2, 1, 3).reshape(b * h, t, k)
+    att_NxTxS = jnp.einsum("ntk,nks->nts", q_NxTxK, k_NxKxS, preferred_element_type=jnp.float32)
+    att_NxTxS = jax.nn.softmax(jnp.where(mask_TxS, att_NxTxS, -jnp.inf), axis=-1)
+    if dropout is not None:
+        att_NxTxS = dropout(att_NxTxS.reshape(b, h, t, -1), 0).reshape(b * h, t, -1)
+    y_NxTxK = jnp.einsum("nts,nks->ntk", att_NxTxS.astype(v_NxKxS.dtype), v_NxKxS)
+    return y_NxTxK.reshape(b, h, t, k).transpose(0, 2, 1, 3)
 
 
 def blocked_causal_attention(

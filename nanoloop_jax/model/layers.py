@@ -2,7 +2,8 @@
 
 model.py assembles them into the prelude, the weight-shared loop body and the coda. Every layer takes an
 explicit dropout key (`fold_rng` derives one key per sub-layer), so a loop's traced and static forms draw
-the same masks; a layer given a `LayerCache` and a `CacheWrite` reads and writes it and returns it.
+the same masks; a layer given a `LayerCache` and a `CacheWrite` (model/cache.py) reads and writes it and
+returns it.
 
 Dimension legend for shape-suffixed names:
   B batch, T sequence length, D n_embd, H heads, K head dim (D // H), F MLP hidden (4·D),
@@ -14,13 +15,14 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from nanoloop_jax.model import kernels
+from nanoloop_jax.model.cache import CacheWrite, LayerCache, write_layer
 
 if TYPE_CHECKING:
     from nanoloop_jax.model.config import ModelConfig
@@ -111,62 +113,6 @@ def apply_rope(x_BxTxHxK: jax.Array, pos_T: jax.Array, theta: float) -> jax.Arra
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x_BxTxHxK.dtype)
 
 
-class LayerCache(NamedTuple):
-    """One attention layer's K and V for S cache slots, each of cache_shape(B, H, K, S)."""
-
-    k: jax.Array
-    v: jax.Array
-
-
-class CacheWrite(NamedTuple):
-    """Where a cached call's T new positions go (the same for every layer) and what they attend to.
-
-    slot0: first of the T consecutive cache slots written (int32 scalar).
-    mask_TxS: cache slots each new position attends to (the caller's window: causal, sliding, ...).
-    write_BxT: positions whose K/V are written; the others keep the cache's entry at their slot (an
-      exited position of the adaptive decoder keeps the K/V its last computed iteration left there).
-      None: all are written.
-    """
-
-    slot0: jax.Array
-    mask_TxS: jax.Array
-    write_BxT: jax.Array | None = None
-
-
-def cache_shape(b: int, h: int, k: int, s: int) -> tuple[int, ...]:
-    """One layer's K or V cache: (B, H, K, S) without size-1 B or H axes.
-
-    This is exactly the operand XLA:CPU's attention dot reads, so the dot reads the cache in place; any
-    other shape is read through a bitcast, for which XLA duplicates the in-place update and then has
-    to copy the whole cache at every layer and step.
-    """
-    return (*(d for d in (b, h) if d > 1), k, s)
-
-
-def empty_cache(config: ModelConfig, batch: int, slots: int) -> LayerCache:
-    """A zero K/V cache of `slots` positions for one attention layer."""
-    h = config.n_head
-    shape = cache_shape(batch, h, config.n_embd // h, slots)
-    return LayerCache(jnp.zeros(shape, jnp.dtype(config.dtype)), jnp.zeros(shape, jnp.dtype(config.dtype)))
-
-
-def _cache_update(cache: jax.Array, kv_BxTxHxK: jax.Array, at: CacheWrite) -> jax.Array:
-    """Store the K or V of T positions at slots slot0.., keeping the old entry where write_BxT is False."""
-    b, t, h, k = kv_BxTxHxK.shape
-    kv = kv_BxTxHxK.transpose(0, 2, 3, 1).reshape(cache_shape(b, h, k, t)).astype(cache.dtype)
-    start = (0,) * (cache.ndim - 1) + (at.slot0,)
-    if at.write_BxT is not None:
-        old = jax.lax.dynamic_slice(cache, start, kv.shape)
-        write = at.write_BxT.reshape((b,) * (b > 1) + (1,) * (h > 1) + (1, t))
-        kv = jnp.where(write, kv, old)
-    return jax.lax.dynamic_update_slice(cache, kv, start)
-
-
-def _cache_view(cache: jax.Array, b: int, h: int) -> jax.Array:
-    """(B, S, H, K) view of one cache for the attention einsum; XLA folds the transpose into the dot."""
-    return cache.reshape(b, h, cache.shape[-2], cache.shape[-1]).transpose(0, 3, 1, 2)
-
-
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with a fused qkv projection (nanoGPT's c_attn / c_proj)."""
 
@@ -217,10 +163,13 @@ class CausalSelfAttention(nn.Module):
             masked=mask_TxS is not None,
         )
 
-        def dropout(att, i):  # block i of the attention weights gets its own key
-            return apply_dropout(att, cfg.dropout, fold_rng(rng, i))
+        return kernels.causal_attention(
+            impl, cfg.platform, q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_TxS, self._weight_dropout(rng)
+        )
 
-        return kernels.causal_attention(impl, cfg.platform, q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_TxS, dropout)
+    def _weight_dropout(self, rng: jax.Array | None):
+        """dropout(weights, i): block i of the attention weights gets its own key out of rng."""
+        return lambda att, i: apply_dropout(att, self.config.dropout, fold_rng(rng, i))
 
     def __call__(
         self,
@@ -235,10 +184,9 @@ class CausalSelfAttention(nn.Module):
         if cache is None:
             y_BxTxHxK = self.attend(q, k, v, rng=fold_rng(rng, 0))
         else:
-            b, _, h, _ = q.shape
-            cache = LayerCache(_cache_update(cache.k, k, at), _cache_update(cache.v, v, at))
-            y_BxTxHxK = self.attend(
-                q, _cache_view(cache.k, b, h), _cache_view(cache.v, b, h), at.mask_TxS, fold_rng(rng, 0)
+            cache = write_layer(cache, k, v, at)
+            y_BxTxHxK = kernels.cache_attention(
+                q, cache.k, cache.v, at.mask_TxS, self._weight_dropout(fold_rng(rng, 0))
             )
         b, t, h, hd = y_BxTxHxK.shape
         return apply_dropout(self.c_proj(y_BxTxHxK.reshape(b, t, h * hd)), self.config.dropout, fold_rng(rng, 1)), cache

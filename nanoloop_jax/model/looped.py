@@ -19,12 +19,11 @@ import jax.numpy as jnp
 
 from nanoloop_jax.errors import ConfigError
 from nanoloop_jax.model import kernels
+from nanoloop_jax.model.cache import CacheWrite, DecodeCache, LayerCache, empty_layer_cache
 from nanoloop_jax.model.config import ModelConfig
 from nanoloop_jax.model.layers import (
     Block,
-    CacheWrite,
     Dense,
-    LayerCache,
     apply_dropout,
     constrain,
     fold_rng,
@@ -113,8 +112,13 @@ def scanned_loop(config: ModelConfig):
 class LoopedGPT(nn.Module):
     """prelude -> n_loop × shared recurrent block (with input injection) -> coda -> tied head.
 
-    Besides __call__ (training and evaluation), the pieces are methods that a decoder drives with
-    per-layer caches: embed, prelude_blocks, initial_state, iterate (one loop iteration), coda_blocks, head.
+    The forward is three public steps, which __call__ (training and evaluation), the KV-cache decoder
+    (decode/recurrence.py) and the lengthgen loop (tasks/lengthgen/forward.py) all run:
+      start(idx, pos) -> (e, s0, cache)    embed, prelude, initial state
+      iterate(s, e, pos) -> (s', caches)   one iteration of the shared recurrent block
+      readout(s, pos) -> (logits, cache)   coda, ln_f, tied head
+    each with an optional decode cache (init_cache gives its layout). embed, prelude_blocks, initial_state,
+    coda_blocks and head are their parts; head alone is Huginn's readout of a state without the coda.
     """
 
     config: ModelConfig
@@ -137,6 +141,55 @@ class LoopedGPT(nn.Module):
         if cfg.exit_gate:
             # D + 1 parameters; the norm is parameter-free (w absorbs a scale). Bias 0: lambda = 1/2 at init.
             self.exit_gate = Dense(1, ("embed", None), use_bias=True, param_dtype=jnp_dtype(cfg.param_dtype))
+
+    def init_cache(self, batch: int, entries: int, n_slots: int | None = None) -> DecodeCache:
+        """Zero decode caches of `entries` positions: prelude, n_slots (default n_loop) loop slots, coda.
+
+        Reads only the config, so it runs on an unbound module: LoopedGPT(config).init_cache(...)."""
+        cfg = self.config
+        h = cfg.n_head
+
+        def layers(n: int) -> tuple[LayerCache, ...]:
+            return tuple(empty_layer_cache(batch, h, cfg.n_embd // h, entries, jnp.dtype(cfg.dtype)) for _ in range(n))
+
+        slots = cfg.n_loop if n_slots is None else n_slots
+        return DecodeCache(layers(cfg.n_prelude), tuple(layers(cfg.n_block) for _ in range(slots)), layers(cfg.n_coda))
+
+    def start(
+        self,
+        idx_BxT: jax.Array,
+        pos_T: jax.Array,
+        rng: jax.Array | None = None,
+        cache: DecodeCache | None = None,
+        at: CacheWrite | None = None,
+    ) -> tuple[jax.Array, jax.Array, DecodeCache | None]:
+        """(e, s0, cache'): embeddings and prelude (dropout keys fold_in(rng, 0) and 1) and the initial state.
+
+        rng: the forward's dropout key (None: off). With a cache, the prelude's caches are written at `at`."""
+        x_BxTxD = constrain(self.embed(idx_BxT, pos_T, fold_rng(rng, 0)))
+        e_BxTxD, prelude = self.prelude_blocks(
+            x_BxTxD, pos_T, fold_rng(rng, 1), None if cache is None else cache.prelude, at
+        )
+        s_BxTxD = self.initial_state(e_BxTxD, pos_T)
+        return e_BxTxD, s_BxTxD, None if cache is None else cache._replace(prelude=prelude)
+
+    def readout(
+        self,
+        s_BxTxD: jax.Array,
+        pos_T: jax.Array,
+        rng: jax.Array | None = None,
+        cache: DecodeCache | None = None,
+        at: CacheWrite | None = None,
+        t_out: jax.Array | None = None,
+    ) -> tuple[jax.Array, DecodeCache | None]:
+        """(float32 logits, cache'): coda blocks (dropout key fold_in(rng, 3)), ln_f and the tied head.
+
+        t_out: only this position's logits (B, 1, V) (a prefill needs its last position's alone: the head is
+        the largest matmul at a large vocabulary); None: every position's (B, T, V)."""
+        x_BxTxD, coda = self.coda_blocks(s_BxTxD, pos_T, fold_rng(rng, 3), None if cache is None else cache.coda, at)
+        if t_out is not None:
+            x_BxTxD = jax.lax.dynamic_slice_in_dim(x_BxTxD, t_out, 1, axis=1)
+        return self.head(x_BxTxD), None if cache is None else cache._replace(coda=coda)
 
     def embed(self, idx_BxT: jax.Array, pos_T: jax.Array, rng: jax.Array | None = None) -> jax.Array:
         """Token (+ learned position) embeddings, with dropout."""
@@ -246,9 +299,7 @@ class LoopedGPT(nn.Module):
         rng = self.make_rng("dropout") if train and cfg.dropout > 0 else None
 
         pos_T = jnp.arange(t)
-        x_BxTxD = constrain(self.embed(idx_BxT, pos_T, fold_rng(rng, 0)))
-        e_BxTxD, _ = self.prelude_blocks(x_BxTxD, pos_T, fold_rng(rng, 1))
-        s_BxTxD = self.initial_state(e_BxTxD, pos_T)
+        e_BxTxD, s_BxTxD, _ = self.start(idx_BxT, pos_T, rng)
 
         loop_rng = fold_rng(rng, 2)
         if dynamic:
@@ -274,8 +325,7 @@ class LoopedGPT(nn.Module):
 
         if cfg.exit_gate and self.is_initializing():
             self.halt_logit(s_BxTxD)  # create the gate's params
-        x_BxTxD, _ = self.coda_blocks(s_BxTxD, pos_T, fold_rng(rng, 3))
-        return self.head(x_BxTxD)
+        return self.readout(s_BxTxD, pos_T, rng)[0]
 
 
 def init_params(config: ModelConfig, key: jax.Array) -> dict:

@@ -6,8 +6,9 @@ exactly bptt_k with it, so it can give either full backprop (bptt_k >= every dep
 runs bptt_k iterations, not T(n)) or T(n) iterations (with the first ones frozen), not both. Here the
 loop is a lax.scan over max_depth iterations whose body is a lax.cond(i < depth, iterate, identity): one
 compiled step for every depth, exactly T(n) iterations run forward and backward (cond executes one
-branch), and every iteration gets its gradient. It drives the model's own pieces (embed, prelude_blocks,
-the LoopBody params, coda_blocks, head), as the decoder and _nograd_iterations do.
+branch), and every iteration gets its gradient. It runs the model's own forward steps (LoopedGPT.start,
+iterate, halt_logit, readout), as __call__ and the decoder do, each as one apply (a lax.cond or scan body
+cannot call a bound module).
 
 Evaluation runs the loop once up to max_depth and reads the answer out after every iteration, so one
 pass gives the accuracy at every n_loop and the confidence-based stop: per problem, the iteration whose
@@ -25,7 +26,7 @@ import optax
 
 from nanoloop_jax.errors import ConfigError
 from nanoloop_jax.model.config import ModelConfig
-from nanoloop_jax.model.looped import LoopBody, LoopedGPT, abstract_params
+from nanoloop_jax.model.looped import LoopedGPT, abstract_params
 from nanoloop_jax.train import halting, steps
 
 
@@ -39,36 +40,32 @@ def check_model(config: ModelConfig) -> None:
         raise ConfigError("lengthgen runs have no dropout: set model.dropout=0.0")
 
 
-class Pieces:
-    """The model's forward split at the loop: (e, s0) = start(x); s' = iterate(s, e); logits = readout(s)."""
+class _Forward:
+    """LoopedGPT's forward steps over one window of T positions, each a pure function of params."""
 
     def __init__(self, model: LoopedGPT, params: Any, t: int) -> None:
         self.model, self.params, self.pos_T = model, params, jnp.arange(t)
-        self.body = LoopBody(model.config, parent=None)
 
     def _apply(self, method, *args):
         return self.model.apply({"params": self.params}, *args, method=method)
 
     def start(self, idx_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
-        x_BxTxD = self._apply(LoopedGPT.embed, idx_BxT, self.pos_T)
-        e_BxTxD, _ = self._apply(LoopedGPT.prelude_blocks, x_BxTxD, self.pos_T)
-        return e_BxTxD, self._apply(LoopedGPT.initial_state, e_BxTxD, self.pos_T)
+        """(e, s0)."""
+        return self._apply(LoopedGPT.start, idx_BxT, self.pos_T)[:2]
 
     def iterate(self, s_BxTxD: jax.Array, e_BxTxD: jax.Array) -> jax.Array:
-        loop = {"params": self.params["loop"]}
-        return self.body.apply(loop, s_BxTxD, e_BxTxD, self.pos_T, method=LoopBody.iterate)[0]
+        return self._apply(LoopedGPT.iterate, s_BxTxD, e_BxTxD, self.pos_T)[0]
 
     def halt_logit(self, s_BxTxD: jax.Array) -> jax.Array:
         return self._apply(LoopedGPT.halt_logit, s_BxTxD)
 
     def readout(self, s_BxTxD: jax.Array) -> jax.Array:
-        x_BxTxD, _ = self._apply(LoopedGPT.coda_blocks, s_BxTxD, self.pos_T)
-        return self._apply(LoopedGPT.head, x_BxTxD)
+        return self._apply(LoopedGPT.readout, s_BxTxD, self.pos_T)[0]
 
 
 def logits_at_depth(model: LoopedGPT, params: Any, idx_BxT: jax.Array, depth: jax.Array, max_depth: int) -> jax.Array:
     """Logits (B, T, V) after `depth` (traced, 1..max_depth) iterations, differentiable through all of them."""
-    p = Pieces(model, params, idx_BxT.shape[1])
+    p = _Forward(model, params, idx_BxT.shape[1])
     e_BxTxD, s_BxTxD = p.start(idx_BxT)
 
     def step(s, i):
@@ -118,7 +115,7 @@ def answers_per_iteration(
     slot; the log-probability of the greedy answer (sum over answer slots of the max log-softmax); and, for a
     model with an exit gate, the smallest cumulative halting probability 1 - prod_j (1 - lambda_j) over the
     answer slots (a problem stops once every answer slot would; zeros without a gate)."""
-    p = Pieces(model, params, idx_BxT.shape[1])
+    p = _Forward(model, params, idx_BxT.shape[1])
     e_BxTxD, s_BxTxD = p.start(idx_BxT)
     answer_BxT = y_BxT >= 0
     gated = model.config.exit_gate
