@@ -36,6 +36,23 @@ flags.register_validator(
 flags.DEFINE_integer("max_new_tokens", 256, "Sample mode: tokens generated per sequence.")
 flags.DEFINE_integer("naive_steps", 20, "Sample mode: context windows the naive decoder is timed on.")
 flags.DEFINE_integer("repeats", 3, "Sample mode: timed runs of each decoder (the median is reported).")
+flags.DEFINE_string(
+    "out_dir", None, "Sample mode: time a trained run's params (a nanoloop-jax out_dir) instead of --config's at init."
+)
+flags.DEFINE_string("ckpt", None, "Sample mode: time a nanoLOOP ckpt.pt's params.")
+flags.DEFINE_list(
+    "exits", [], "Sample mode: exit rules for the table, CRITERION:THRESHOLD (argmax:PATIENCE), e.g. kl:0.001."
+)
+flags.DEFINE_list(
+    "draft", [], "Sample mode: self-speculative drafts for the table, DRAFT_N_LOOP:DRAFT_TOKENS, e.g. 4:8."
+)
+flags.DEFINE_integer("n_loop", None, "Sample mode: verifying depth of the table (default: the model's n_loop).")
+flags.DEFINE_integer("min_loops", 1, "Sample mode: iterations every token computes before an exit rule may stop it.")
+flags.DEFINE_enum("window", "slide", ["slide", "restart"], "Sample mode: past block_size, as sample.py --window.")
+flags.DEFINE_float("temperature", 0.0, "Sample mode table: 0 = greedy (speculative text equals plain), else sampled.")
+flags.DEFINE_bool(
+    "profile", False, "Sample mode: where a decode step's time goes (fixed part, per iteration, exit test)."
+)
 flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
 flags.DEFINE_list(
     "lower_for", [], "Lower train/eval/decode steps for these platforms (cpu, cuda, rocm, tpu); no device."
@@ -69,10 +86,47 @@ def lower_for(benchmark) -> int:
     return 0 if ok else 1
 
 
+def sample_table(model) -> dict:
+    """Time --exits and --draft against no exit on `model` (decode_bench.BenchModel) and print the table."""
+    from nanoloop_jax.tools import decode_bench
+    from nanoloop_jax.tools.frontier import parse_exit
+
+    n_loop = FLAGS.n_loop or model.config.n_loop
+    vs = decode_bench.variants(
+        n_loop,
+        [parse_exit(e) for e in FLAGS.exits],
+        [decode_bench.parse_draft(d, n_loop) for d in FLAGS.draft],
+        FLAGS.min_loops,
+        FLAGS.all_rows_too,
+    )
+    print(model.description, flush=True)
+    batch_sizes = [int(b) for b in FLAGS.sample_batch_size]
+    prof = None
+    if FLAGS.profile:
+        prof = decode_bench.profile(
+            model, batch_sizes, n_loop, max_new_tokens=FLAGS.max_new_tokens, repeats=FLAGS.repeats, window=FLAGS.window
+        )
+        print(decode_bench.format_profile(prof, n_loop), flush=True)
+    rows = decode_bench.time_table(
+        model.config,
+        model.params,
+        model.sample_config(FLAGS.temperature),
+        vs,
+        batch_sizes,
+        prompt=model.prompt,
+        max_new_tokens=FLAGS.max_new_tokens,
+        repeats=FLAGS.repeats,
+        window=FLAGS.window,
+    )
+    print(decode_bench.format_table(rows, n_loop), flush=True)
+    return {"mode": "sample_table", "model": model.description, "window": FLAGS.window, "rows": rows, "profile": prof}
+
+
 def main(argv: list[str]) -> int:
     from nanoloop_jax.cli import entry_point_error
 
-    if error := entry_point_error(argv, FLAGS.config):
+    trained = FLAGS.mode == "sample" and (FLAGS.out_dir or FLAGS.ckpt)
+    if error := entry_point_error(argv, FLAGS.config or ("trained" if trained else None)):
         print(f"error: {error}", file=sys.stderr)
         return 1
     if FLAGS.lower_for and "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
@@ -81,7 +135,7 @@ def main(argv: list[str]) -> int:
             os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
         ).strip()
     from nanoloop_jax import cpu_defaults, log
-    from nanoloop_jax.tools import benchmark
+    from nanoloop_jax.tools import benchmark, decode_bench
 
     cpu_defaults.apply_if_cpu()
     log.quiet_libraries()
@@ -92,6 +146,12 @@ def main(argv: list[str]) -> int:
 
         return device_check.main(FLAGS.config, json_path=FLAGS.json)
     try:
+        if trained:
+            result = sample_table(decode_bench.load_trained(FLAGS.out_dir, FLAGS.ckpt))
+            if FLAGS.json:
+                with open(FLAGS.json, "w") as f:
+                    json.dump(result, f, indent=2)
+            return 0
         print(benchmark.vocab_note(FLAGS.config))
         if FLAGS.mode == "train":
             result = benchmark.run_train_benchmark(FLAGS.config, steps=FLAGS.steps, warmup=FLAGS.warmup)
@@ -108,6 +168,8 @@ def main(argv: list[str]) -> int:
                     )
                 )
                 print(benchmark.format_result(results[-1]), flush=True)
+            if FLAGS.exits or FLAGS.draft:
+                results.append(sample_table(decode_bench.init_model(FLAGS.config)))
             result = results[0] if len(results) == 1 else results  # JSON: one dict, or a list for several batches
     except UserError as err:  # anything else is a bug: its traceback stays
         print(f"error: {err}", file=sys.stderr)

@@ -96,6 +96,27 @@ def test_batch_of_8_equals_each_sequence_alone(criterion):
         assert len(np.unique(batch.iters_BxN)) > 1  # rows really exit at different depths
 
 
+@pytest.mark.parametrize(
+    "criterion, kv_share, warm", [("latent_diff", 0, False), ("kl", 2, False), ("argmax", 0, False), ("gate", 0, True)]
+)
+def test_compacted_rows_equal_the_full_batch(criterion, kv_share, warm):
+    """Running each iteration on the active rows alone (gathered, scattered back) changes no token, iteration
+    count or logit against running every row, with rows that exit at different depths."""
+    kw = dict(min_loops=1, kv_share=kv_share, warm_start=warm)
+    cfg, params, prompts = _cfg(criterion), _params(_cfg(criterion)), _tokens((8, 4), seed=5)
+    out = [
+        _decoder(DecodeConfig(6, criterion, compact_rows=compact, **kw), cfg=cfg).generate(
+            params, prompts, 16, jax.random.PRNGKey(3), jax.random.PRNGKey(7), EPS[criterion]
+        )
+        for compact in (True, False)
+    ]
+    np.testing.assert_array_equal(out[0].tokens_BxN, out[1].tokens_BxN)
+    np.testing.assert_array_equal(out[0].iters_BxN, out[1].iters_BxN)
+    np.testing.assert_allclose(out[0].logits_BxNxV, out[1].logits_BxNxV, atol=1e-5)
+    # some iterations ran with fewer than half the rows active: the compacted path really ran
+    assert (np.sum(out[0].iters_BxN[:, :, None] > np.arange(6), axis=0) <= 4).any()
+
+
 def test_kv_share_fixes_the_cache_size_and_changes_only_what_sharing_implies():
     plain, shared = _decoder(DecodeConfig(6)), _decoder(DecodeConfig(6, kv_share=2))
     assert plain.n_layers == 1 + 6 * 2 + 1 and shared.n_layers == 1 + 2 * 2 + 1

@@ -20,9 +20,16 @@ computed at least min_loops iterations stops after iteration i when
 with s_{−1} the initial state. A skipped iteration runs no compute for that position; the cache slot of
 a skipped iteration receives the K/V the position's last computed iteration wrote (the Huginn fill):
 before iteration i runs, slot (i−1) mod n_slots is copied into slot i mod n_slots at these positions,
-and the iteration overwrites the entries of the positions still active. Each iteration is a
-lax.while_loop of at most one trip that runs while any position is active, so a batch whose every
-position has exited skips the rest of the loop.
+and the iteration overwrites the entries of the positions still active.
+
+Exited rows cost nothing (compact_rows, with an exit rule at batch B > 1, one position per row: decode
+steps and the position-by-position loop of kv_share / warm_start). Each iteration gathers the rows
+with a position still active into the smallest of the capacities B, ceil(B/2), ..., 1 that holds them
+(their states, injections and this slot's caches), runs on those alone and scatters the new states and
+the written cache entries back; padding rows (index B) are dropped by the scatter. Each capacity is a
+lax.while_loop of at most one trip (a lax.cond would copy the caches), so one of them runs, and none once
+every position has exited: the rest of the loop is skipped. Rows are independent in every layer, so this
+changes no number: batch == alone holds as before (tested, and compacted == not compacted).
 
 Prefill == decode. With per-iteration slots and a cold start, position p's iteration i reads earlier
 positions' iteration-i entries whether they were computed in this call or an earlier one, so a window
@@ -38,13 +45,14 @@ Dimension legend: B batch, T positions in this call, S cache slots, D n_embd, V 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from nanoloop_jax.errors import ConfigError
-from nanoloop_jax.model.cache import CacheWrite, DecodeCache
+from nanoloop_jax.model.cache import CacheWrite, DecodeCache, gather_rows, scatter_entries
 from nanoloop_jax.model.config import ModelConfig
 from nanoloop_jax.model.looped import LoopedGPT
 
@@ -61,6 +69,7 @@ class DecodeConfig:
     exit_patience: int = 2  # argmax: iterations in a row with an unchanged argmax
     kv_share: int = 0  # K > 0: iteration i uses cache slot i mod K (0: one slot per iteration)
     warm_start: bool = False  # a position's state starts from the previous position's final state
+    compact_rows: bool = True  # with an exit rule, each iteration runs only the rows still active (see above)
     draft_n_loop: int = 0  # self-speculative decoding: draft with this many iterations (0: off)
     draft_tokens: int = 4  # tokens drafted per speculative round
 
@@ -96,6 +105,14 @@ class DecodeConfig:
     def parallel(self) -> bool:
         """Whether a window can be processed in one pass (see the module docstring)."""
         return self.n_slots == self.n_loop and not self.warm_start
+
+
+def _capacities(b: int) -> tuple[int, ...]:
+    """Row capacities an iteration can run at, largest first: b, ceil(b/2), ..., 1 (wasting < half a run)."""
+    caps = [b]
+    while caps[-1] > 1:
+        caps.append((caps[-1] + 1) // 2)
+    return tuple(caps)
 
 
 class Pass(NamedTuple):
@@ -156,9 +173,7 @@ class Recurrence:
             return jnp.zeros(s_BxTxD.shape[:2], jnp.float32)
         if crit == "gate":  # this iteration's log(1 − λ); iteration() accumulates it
             return jax.nn.log_sigmoid(-self._m(params, LoopedGPT.halt_logit, s_BxTxD))
-        logits_BxTxV = self._m(params, LoopedGPT.head, s_BxTxD)
-        if self.vocab_limit is not None and self.vocab_limit < logits_BxTxV.shape[-1]:
-            logits_BxTxV = jnp.where(jnp.arange(logits_BxTxV.shape[-1]) < self.vocab_limit, logits_BxTxV, -jnp.inf)
+        logits_BxTxV = self._m(params, LoopedGPT.head, s_BxTxD, self.vocab_limit)  # ids < vocab_limit only
         if crit == "argmax":
             return jnp.argmax(logits_BxTxV, axis=-1).astype(jnp.float32)
         logp_BxTxV = jax.nn.log_softmax(logits_BxTxV, axis=-1)
@@ -199,7 +214,7 @@ class Recurrence:
         # position writes its K/V and no fill is needed (the plain decoder pays for neither).
         exits = dc.exit_criterion != "none"
 
-        def iteration(c: _Iter, layers):
+        def iteration(c: _Iter, layers, e_BxTxD):
             s_new, layers = self._m(
                 params, LoopedGPT.iterate, c.s_BxTxD, e_BxTxD, pos_T, None, layers,
                 at._replace(write_BxT=c.active_BxT) if exits else at,
@@ -220,16 +235,34 @@ class Recurrence:
             )
             return new, layers
 
+        def compacted(c: _Iter, layers, cap: int):
+            """The iteration over the `cap` rows still active, gathered (rows >= b pad), scattered back."""
+            rows_R = jnp.nonzero(jnp.any(c.active_BxT, axis=1), size=cap, fill_value=b)[0]
+            sub = jax.tree_util.tree_map(lambda x: jnp.take(x, rows_R, axis=0, mode="clip"), c)
+            sub_layers = gather_rows(layers, rows_R, self.cfg.n_head)
+            sub, sub_layers = iteration(sub, sub_layers, jnp.take(e_BxTxD, rows_R, axis=0, mode="clip"))
+            c = jax.tree_util.tree_map(lambda x, y: x.at[rows_R].set(y, mode="drop"), c, sub)
+            return c, scatter_entries(layers, rows_R, sub_layers, self.cfg.n_head, at.slot0, t)
+
+        # one position per row (decoding, or a kv_share / warm_start window's position-by-position loop): a
+        # window's rows rarely all exit early, and every capacity is one more compiled iteration
+        caps = _capacities(b) if exits and dc.compact_rows and t == 1 else (b,)
         for i in range(dc.n_loop):
             slot, prev = i % dc.n_slots, (i - 1) % dc.n_slots
             if exits and i > 0 and slot != prev:  # the Huginn fill, overwritten below for the positions still active
                 cache = cache.fill_slot(slot, prev, at.slot0, t)
-            # at most one trip: skipped once every position has exited (lax.cond would copy the caches)
-            _, carry, layers = jax.lax.while_loop(
-                lambda st: st[0] & jnp.any(st[1].active_BxT),
-                lambda st: (jnp.array(False), *iteration(st[1], st[2])),
-                (jnp.array(True), carry, cache.slot(slot)),
-            )
+            rows = jnp.sum(jnp.any(carry.active_BxT, axis=1))  # rows with a position still iterating
+            layers = cache.slot(slot)
+            for j, cap in enumerate(caps):
+                # runs at most once, for the smallest capacity that holds the active rows; none once every
+                # position has exited (a while_loop of at most one trip: lax.cond would copy the caches)
+                fits = (rows > (caps[j + 1] if j + 1 < len(caps) else 0)) & (rows <= cap)
+                step = (lambda c, ly: iteration(c, ly, e_BxTxD)) if cap == b else functools.partial(compacted, cap=cap)
+                _, carry, layers = jax.lax.while_loop(
+                    lambda st: st[0],
+                    lambda st, step=step: (jnp.array(False), *step(st[1], st[2])),
+                    (fits, carry, layers),
+                )
             cache = cache.with_slot(slot, layers)
         return carry.s_BxTxD, carry.iters_BxT, cache
 

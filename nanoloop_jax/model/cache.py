@@ -78,6 +78,31 @@ def _copy_entries(src: jax.Array, dst: jax.Array, slot0, t: int) -> jax.Array:
 Layers = tuple[LayerCache, ...]
 
 
+def _row_entries(rows_R: jax.Array, n_head: int) -> jax.Array:
+    """(R·H,) indices into N = B·H of the heads of batch rows `rows_R`."""
+    return (rows_R[:, None] * n_head + jnp.arange(n_head)[None]).reshape(-1)
+
+
+def gather_rows(layers: Layers, rows_R: jax.Array, n_head: int) -> Layers:
+    """The caches of batch rows `rows_R` (R, H·R entries of N; rows >= B read the last row, a placeholder)."""
+    n = _row_entries(rows_R, n_head)
+    return jax.tree_util.tree_map(lambda x: jnp.take(x, n, axis=0, mode="clip"), layers)
+
+
+def scatter_entries(layers: Layers, rows_R: jax.Array, sub: Layers, n_head: int, slot0, t: int) -> Layers:
+    """`layers` with entries slot0..slot0+t of batch rows `rows_R` taken from `sub` (a gather_rows view the
+    rows wrote into); rows >= B are dropped. Only the T written entries move, not the rows' whole caches."""
+    n = _row_entries(rows_R, n_head)
+
+    def put(full_NxKxS, part_RxKxS):
+        new_RxKxT = jax.lax.dynamic_slice_in_dim(part_RxKxS, slot0, t, axis=2)
+        entries_T = slot0 + jnp.arange(t)
+        k = jnp.arange(full_NxKxS.shape[1])
+        return full_NxKxS.at[n[:, None, None], k[None, :, None], entries_T[None, None, :]].set(new_RxKxT, mode="drop")
+
+    return jax.tree_util.tree_map(put, layers, sub)
+
+
 class DecodeCache(NamedTuple):
     """Every cache the decoder runs: prelude blocks, loop slots × recurrent blocks, coda blocks."""
 

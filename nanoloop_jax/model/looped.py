@@ -198,13 +198,15 @@ class LoopedGPT(nn.Module):
             x_BxTxD = x_BxTxD + self.wpe(pos_T)[None]
         return apply_dropout(x_BxTxD, self.config.dropout, rng)
 
-    def head(self, x_BxTxD: jax.Array) -> jax.Array:
-        """Final RMSNorm and the output head tied to wte; logits in float32."""
+    def head(self, x_BxTxD: jax.Array, n_vocab: int | None = None) -> jax.Array:
+        """Final RMSNorm and the output head tied to wte; logits in float32. n_vocab: only the logits of ids
+        < n_vocab (the tokenizer's; the rest of a padded vocabulary is never drawn, so the decoder's exit
+        tests skip its rows of the matmul, 65 of 50,304 for a character model)."""
         x_BxTxD = self.ln_f(x_BxTxD)
         b, t, d = x_BxTxD.shape
         logits_NxV = jnp.dot(
             x_BxTxD.reshape(b * t, d),
-            self.wte.embedding.T.astype(x_BxTxD.dtype),
+            self.wte.embedding[:n_vocab].T.astype(x_BxTxD.dtype),
             preferred_element_type=jnp.float32,
         )
         return logits_NxV.reshape(b, t, -1)

@@ -16,6 +16,7 @@ are right-padded to a multiple of 32 so a handful of compilations cover every le
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from typing import Any
@@ -32,7 +33,7 @@ from nanoloop_jax.decode.sampling import KVDecoder, SampleConfig, padded_length
 from nanoloop_jax.errors import UserError
 from nanoloop_jax.model import flops
 from nanoloop_jax.model.config import ModelConfig
-from nanoloop_jax.model.looped import LoopedGPT
+from nanoloop_jax.model.looped import LoopedGPT, init_params
 from nanoloop_jax.tasks.lm import lm_train_step
 from nanoloop_jax.tools import roofline
 from nanoloop_jax.train.optim import make_optimizer
@@ -302,9 +303,7 @@ def run_sample_benchmark(
 ) -> dict[str, Any]:
     """Decode speed of the sampler (time_decoders) for config's model at fresh init: speed needs no training."""
     mcfg = bench_model_config(config)
-    params = jax.jit(lambda k: init_train_state(LoopedGPT(mcfg), make_optimizer(config.opt), k).params)(
-        jax.random.PRNGKey(config.seed)
-    )
+    params = jax.jit(functools.partial(init_params, mcfg))(jax.random.PRNGKey(config.seed))  # params only
     result = time_decoders(
         mcfg,
         params,
