@@ -50,6 +50,7 @@ flags.DEFINE_integer("n_loop", None, "Sample mode: verifying depth of the table 
 flags.DEFINE_integer("min_loops", 1, "Sample mode: iterations every token computes before an exit rule may stop it.")
 flags.DEFINE_enum("window", "slide", ["slide", "restart"], "Sample mode: past block_size, as sample.py --window.")
 flags.DEFINE_float("temperature", 0.0, "Sample mode table: 0 = greedy (speculative text equals plain), else sampled.")
+flags.DEFINE_bool("all_rows_too", False, "Sample mode table: each exit rule also without row compaction.")
 flags.DEFINE_bool(
     "profile", False, "Sample mode: where a decode step's time goes (fixed part, per iteration, exit test)."
 )

@@ -179,12 +179,12 @@ def format_table(rows: list[dict], n_loop: int) -> str:
 def profile(model: BenchModel, batch_sizes: list[int], n_loop: int, *, max_new_tokens: int, repeats: int, window: str):
     """Where a decode step's time goes, by differences of timed decoders (one process, alternating):
     n_loop 1 and n_loop without exit give the fixed part (embed, prelude, coda, head, sampling, dispatch) and
-    the cost of one iteration; kl with a threshold that never fires (-1) adds the exit test to every
-    iteration (ln_f + head over the tokenizer's vocabulary + KL, and the per-row masking)."""
+    the cost of one iteration; the entropy rule at threshold 0 (|dH| < 0 never holds) adds an exit test to every
+    iteration (ln_f + head over the tokenizer's vocabulary + log-softmax, as kl's, and the per-row masking)."""
     vs = [
         Variant("n_loop 1", DecodeConfig(1), None),
         Variant(f"n_loop {n_loop}", DecodeConfig(n_loop), None),
-        Variant("kl never fires", DecodeConfig(n_loop, "kl"), -1.0),
+        Variant("test never fires", DecodeConfig(n_loop, "entropy"), 0.0),
     ]
     rows = time_table(
         model.config, model.params, model.sample_config(0.0), vs, batch_sizes,
@@ -193,7 +193,7 @@ def profile(model: BenchModel, batch_sizes: list[int], n_loop: int, *, max_new_t
     out = []
     for b in batch_sizes:
         ms = {r["variant"]: 1e3 * r["seconds"] / max_new_tokens for r in rows if r["batch_size"] == b}
-        one, full, kl = ms["n_loop 1"], ms[f"n_loop {n_loop}"], ms["kl never fires"]
+        one, full, kl = ms["n_loop 1"], ms[f"n_loop {n_loop}"], ms["test never fires"]
         per_iter = (full - one) / (n_loop - 1)
         out.append(
             {"batch_size": b, "step_ms": full, "fixed_ms": one - per_iter, "iteration_ms": per_iter,
@@ -205,12 +205,12 @@ def profile(model: BenchModel, batch_sizes: list[int], n_loop: int, *, max_new_t
 def format_profile(prof: list[dict], n_loop: int) -> str:
     lines = [
         f"decode step profile (ms per token step, all rows together), n_loop {n_loop}:",
-        f"{'batch':>5} {'step':>8} {'fixed':>14} {'per iteration':>14} {'loop share':>10} {'kl test/iter':>13}",
+        f"{'batch':>5} {'step':>8} {'fixed':>14} {'per iteration':>14} {'loop share':>10} {'exit test/iter':>15}",
     ]
     for p in prof:
         loop = p["iteration_ms"] * n_loop
         lines.append(
             f"{p['batch_size']:>5} {p['step_ms']:8.3f} {p['fixed_ms']:8.3f} ({p['fixed_ms'] / p['step_ms']:4.0%})"
-            f" {p['iteration_ms']:14.3f} {loop / p['step_ms']:10.0%} {p['exit_test_ms']:13.3f}"
+            f" {p['iteration_ms']:14.3f} {loop / p['step_ms']:10.0%} {p['exit_test_ms']:15.3f}"
         )
     return "\n".join(lines)
