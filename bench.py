@@ -50,7 +50,7 @@ flags.DEFINE_integer("n_loop", None, "Sample mode: verifying depth of the table 
 flags.DEFINE_integer("min_loops", 1, "Sample mode: iterations every token computes before an exit rule may stop it.")
 flags.DEFINE_enum("window", "slide", ["slide", "restart"], "Sample mode: past block_size, as sample.py --window.")
 flags.DEFINE_float("temperature", 0.0, "Sample mode table: 0 = greedy (speculative text equals plain), else sampled.")
-flags.DEFINE_bool("all_rows_too", False, "Sample mode table: each exit rule also without row compaction.")
+flags.DEFINE_bool("compacted_too", False, "Sample mode table: each exit rule also with row compaction.")
 flags.DEFINE_bool(
     "profile", False, "Sample mode: where a decode step's time goes (fixed part, per iteration, exit test)."
 )
@@ -98,7 +98,7 @@ def sample_table(model) -> dict:
         [parse_exit(e) for e in FLAGS.exits],
         [decode_bench.parse_draft(d, n_loop) for d in FLAGS.draft],
         FLAGS.min_loops,
-        FLAGS.all_rows_too,
+        FLAGS.compacted_too,
     )
     print(model.description, flush=True)
     batch_sizes = [int(b) for b in FLAGS.sample_batch_size]

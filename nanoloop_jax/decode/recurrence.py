@@ -22,7 +22,8 @@ a skipped iteration receives the K/V the position's last computed iteration wrot
 before iteration i runs, slot (i−1) mod n_slots is copied into slot i mod n_slots at these positions,
 and the iteration overwrites the entries of the positions still active.
 
-Exited rows cost nothing (compact_rows, with an exit rule at batch B > 1, one position per row: decode
+Exited rows cost nothing (compact_rows, off by default: it costs log2(B) more compiled iterations and gained
+nothing on the trained models measured, BENCHMARKS.md; with an exit rule at batch B > 1, one position per row: decode
 steps and the position-by-position loop of kv_share / warm_start). Each iteration gathers the rows
 with a position still active into the smallest of the capacities B, ceil(B/2), ..., 1 that holds them
 (their states, injections and this slot's caches), runs on those alone and scatters the new states and
@@ -69,7 +70,7 @@ class DecodeConfig:
     exit_patience: int = 2  # argmax: iterations in a row with an unchanged argmax
     kv_share: int = 0  # K > 0: iteration i uses cache slot i mod K (0: one slot per iteration)
     warm_start: bool = False  # a position's state starts from the previous position's final state
-    compact_rows: bool = True  # with an exit rule, each iteration runs only the rows still active (see above)
+    compact_rows: bool = False  # with an exit rule, each iteration runs only the rows still active (see above)
     draft_n_loop: int = 0  # self-speculative decoding: draft with this many iterations (0: off)
     draft_tokens: int = 4  # tokens drafted per speculative round
 

@@ -97,17 +97,17 @@ def variants(
     exits: list[tuple[str, float]],
     drafts: list[tuple[int, int]],
     min_loops: int = 1,
-    all_rows_too: bool = False,
+    compacted_too: bool = False,
 ) -> list[Variant]:
-    """No exit first (the reference of the ratios), then each exit rule (all_rows_too: also without row
-    compaction, every row running every iteration any row runs: "... all rows"), then each speculative draft."""
+    """No exit first (the reference of the ratios), then each exit rule (compacted_too: also with row compaction,
+    each iteration run on the rows still active alone: "... compacted"), then each speculative draft."""
     out = [Variant("no exit", DecodeConfig(n_loop), None)]
     for crit, eps in exits:
         if crit != "none":
             patience = int(eps) if crit == "argmax" else 2
-            for compact in (True, False) if all_rows_too else (True,):
+            for compact in (False, True) if compacted_too else (False,):
                 dc = DecodeConfig(n_loop, crit, min_loops=min_loops, exit_patience=patience, compact_rows=compact)
-                name = f"{crit}:{eps:g}" + ("" if compact else " all rows")
+                name = f"{crit}:{eps:g}" + (" compacted" if compact else "")
                 out.append(Variant(name, dc, None if crit == "argmax" else eps))
     for d_loop, n_tok in drafts:
         out.append(
