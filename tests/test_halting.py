@@ -35,6 +35,7 @@ def tcfg(**kw) -> ConfigDict:
         halting_start=0,
         halting_extra=0,
         halting_stable=False,
+        halting_bce_trunk=False,
     )
     c.update(kw)
     return ConfigDict(c)
@@ -242,6 +243,39 @@ def test_stable_loss_traced_depth_equals_static_depth(params):
     assert float(jnp.abs(gg["loop"]["recur_0"]["ln_1"]["scale"]).sum()) > 0  # the stable loss trains the trunk
 
 
+def reference_gate_bce(params, x, y, task_depth, extra):
+    """Differentiable written-out 'depth' BCE of the gate over iterations 1..task_depth + extra (a Python loop)."""
+    m, pos, valid = LoopedGPT(TINY), jnp.arange(x.shape[1]), (y >= 0).astype(jnp.float32)
+
+    def ap(method, *a):
+        return m.apply({"params": params}, *a, method=method)
+
+    e, _ = ap(LoopedGPT.prelude_blocks, ap(LoopedGPT.embed, x, pos), pos)
+    s, total = ap(LoopedGPT.initial_state, e, pos), 0.0
+    for i in range(task_depth + extra):
+        s = LoopBody(TINY).apply({"params": params["loop"]}, s, e, pos, method=LoopBody.iterate)[0]
+        h = ap(LoopedGPT.halt_logit, s)
+        bce = -jax.nn.log_sigmoid(h) if i >= task_depth - 1 else -jax.nn.log_sigmoid(-h)
+        total = total + jnp.sum(bce * valid)
+    return total / (jnp.sum(valid) * (task_depth + extra))
+
+
+def test_bce_trunk_adds_the_gate_loss_gradient_to_the_loop(params):
+    x, y = batch()
+    key, step, beta = jax.random.PRNGKey(3), jnp.int32(0), 0.7
+    grads = {}
+    for on in (False, True):
+        fn = stable_loss_fn(TINY, 2, 2, halting_beta=beta, halting_stable=True, halting_bce_trunk=on)
+        grads[on] = jax.grad(lambda p, f=fn: f(p, x, y, None, key, 2, step)[0])(params)
+    bce = jax.grad(lambda p: beta * reference_gate_bce(p, x, y, 2, 2))(params)
+    for name in params:  # on - off: the gate's loss through the states; the gate's own gradient is the same
+        want = bce[name] if name != "exit_gate" else jax.tree_util.tree_map(jnp.zeros_like, bce[name])
+        diff = jax.tree_util.tree_map(lambda a, b: a - b, grads[True][name], grads[False][name])
+        for d, w in zip(jax.tree_util.tree_leaves(diff), jax.tree_util.tree_leaves(want), strict=True):
+            np.testing.assert_allclose(np.asarray(d), np.asarray(w), atol=1e-5)
+    assert float(jnp.abs(bce["loop"]["recur_0"]["ln_1"]["scale"]).sum()) > 0
+
+
 @pytest.mark.parametrize(
     "kw",
     [
@@ -254,6 +288,12 @@ def test_stable_loss_traced_depth_equals_static_depth(params):
 def test_stable_loss_refuses_settings_it_cannot_serve(kw):
     with pytest.raises(ConfigError, match="halting_stable"):
         halting.check_halting(tcfg(**{"halting_stable": True, **kw}), TINY)
+
+
+@pytest.mark.parametrize("kw", [dict(halting_stage=1), dict(halting_stage=2, halting_freeze=True)])
+def test_bce_trunk_refuses_settings_it_cannot_serve(kw):
+    with pytest.raises(ConfigError, match="halting_bce_trunk"):
+        halting.check_halting(tcfg(**{"halting_bce_trunk": True, "halting_freeze": False, **kw}), TINY)
 
 
 @pytest.mark.slow

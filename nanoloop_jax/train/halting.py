@@ -23,6 +23,9 @@ train.halting_stable (stage II beside the rest's training, halting_freeze=False)
 mean of L_i over the iterations from the task's depth to the last read out (lengthgen: T(n) .. T(n) +
 halting_extra) instead of L at the task's depth alone, so the answer stays right after it (a fixed point):
 a gate that stops late then costs nothing, and the gate only has to learn not to stop early.
+train.halting_bce_trunk (stage II, halting_freeze=False): the gate's cross-entropy also reaches the states (the
+gate is not detached), so the loop learns a "done" signal the gate's linear read can find; without it the gate
+can only read what the task loss alone put in the state.
 
 When: from step train.halting_start on (before it the task's plain loss); stage II also freezes every
 parameter but the gate from then on (gate_only_updates).
@@ -195,8 +198,14 @@ def check_halting(tcfg, model_config) -> None:
             "train.halting_prior must be in (0, 1) and halting_beta, halting_start, halting_extra >= 0, got "
             f"{tcfg.halting_prior}, {tcfg.halting_beta}, {tcfg.halting_start}, {tcfg.halting_extra}"
         )
-    if tcfg.halting_stable not in (True, False):
-        raise ConfigError(f"train.halting_stable must be True or False, got {tcfg.halting_stable!r}")
+    for name in ("halting_stable", "halting_bce_trunk"):
+        if tcfg[name] not in (True, False):
+            raise ConfigError(f"train.{name} must be True or False, got {tcfg[name]!r}")
+    if tcfg.halting_bce_trunk and (tcfg.halting_stage != 2 or tcfg.halting_freeze):
+        raise ConfigError(
+            "train.halting_bce_trunk lets stage II's gate loss train the loop beside the task loss: it needs "
+            f"halting_stage=2, halting_freeze=False (got {tcfg.halting_stage}, {tcfg.halting_freeze})"
+        )
     if tcfg.halting_stable and (tcfg.halting_stage != 2 or tcfg.halting_freeze or not tcfg.halting_extra):
         raise ConfigError(
             "train.halting_stable trains the rest on iterations T(n)..T(n)+halting_extra beside the gate: it needs "
@@ -225,7 +234,7 @@ def make_halting_loss(model: LoopedGPT, tcfg, plan_of: Callable[[Any], DepthPlan
             n_tracked=plan.n_tracked,
             max_tracked=plan.max_tracked,
             train=True,
-            detach_gate=stage == 2,
+            detach_gate=stage == 2 and not tcfg.halting_bce_trunk,
             method=iteration_outputs,
             rngs=train_rngs(key),
         )
