@@ -194,7 +194,8 @@ def test_halting_needs_a_gate():
 
 def reference_stage2_stable(losses, halts, valid, task_depth, extra, beta):
     """beta · BCE of the gate against the 'depth' target (stop from task_depth on) over iterations 1..task_depth
-    + extra (every one has a target), plus the mean over iterations task_depth..task_depth + extra of the mean loss over valid positions."""
+    + extra (every one has a target), plus the mean over iterations task_depth..task_depth + extra of the mean
+    loss over valid positions."""
     bce, count = 0.0, 0
     for i in range(task_depth + extra):
         target = 1.0 if i >= task_depth - 1 else 0.0
