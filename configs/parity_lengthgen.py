@@ -28,6 +28,26 @@ gives chance, so the confidence stop (adaptive) picks confident wrong iterations
 What did not learn (chance at lengths 4-9 after 400-600 steps): nanoLOOP's inject init [I; 0] (the state is
 ignored at init) with NoPE or RoPE at lr 1e-3 or 3e-3, batch 64 or 32. RoPE with additive injection (2,000 steps):
 0.994 at 20, 0.726 at 25, 0.576 at 35, 0.460 at 40.
+
+Toward the gate's own stop (issue 23's target: >= 0.95 at 40 bits at the model's own stop). Seed 0, 3,000 steps,
+2 shared CPU cores, each run pinned to one (taskset -c 1), 12-18 min with evaluation; each cell is
+acc@T(n) / own-stop accuracy (mean own-stop iterations), 500 problems per length:
+  run (overrides of this config)                 20 bits          30 bits          40 bits          50 bits
+  halting_stable=True                            .482/.510 (2.8)  .504/.486 (2.7)  .506/.504 (2.7)  .492/.484 (2.7)
+  halting_stable + halting_bce_trunk, beta 0.1   .460/.656 (13.4)  .494/.564 (11.8)  .516/.498 (10.8)  .492/.484 (9.6)
+  halting_bce_trunk=True, halting_beta=0.1       1.000/.070 (18.6)  .906/.378 (25.5)  .734/.566 (33.0)  .580/.400 (42.3)
+  halting_bce_trunk=True, halting_beta=0.2       .514/.498 (18.2)  .494/.406 (22.4)  .488/.492 (25.2)  .500/.486 (27.1)
+  halting_bce_trunk=True, halting_beta=0.5       .996/.694 (20.4)  .732/.412 (30.2)  .500/.464 (44.4)  .410/.474 (58.7)
+  ... and halting_start=1500 (plain loss before)  .994/.250 (19.2)  .618/.558 (25.4)  .214/.470 (29.0)  .476/.498 (31.2)
+halting_stable (the task loss on every iteration T(n)..T(n)+3) does not learn parity past 5 bits in 3,000 steps
+(0.930 at 5 bits, chance from 10), with or without the gate's loss in the loop; fine-tuning this config's
+trained run with it for 1,000 more steps loses the trunk (T(n) 0.830 at 20 bits, 0.548 at 40). The gate's loss
+through the loop (halting_bce_trunk) gives the state a "done" signal the gate reads: at beta 0.5 the own stop is
+exact on the trained lengths (0.998 at 10 and 15 bits, 11.0 and 16.0 iterations; 0.694 at 20) but it and T(n)
+no longer extrapolate (T(n) 0.732 at 30, 0.500 at 40); at beta 0.1 T(n) holds better (0.906 at 30) and the gate
+fires a few iterations early (its lambda peaks about 3 iterations before T(n) at 20 bits, 6 before at 40).
+Starting the gate's loss only after the trunk learned parity (halting_start=1500) is worse on both counts; at
+beta 0.2 parity was not learned past 10 bits in 3,000 steps (0.982 at 10, 0.758 at 15): one seed per row.
 """
 
 from ml_collections import ConfigDict
@@ -69,6 +89,8 @@ def get_config():
     c.train.halting_freeze = False  # ... while the rest keeps its T(n) training, unchanged, in the same steps
     c.train.halting_lookahead = "depth"  # stop at T(n): loss-based targets ('next', 'all') stop at lucky guesses
     c.train.halting_extra = 3  # read out 3 iterations past T(n), so the gate sees that stopping at T(n) is best
+    c.train.halting_stable = False  # True (the answer held over T(n)..T(n)+3): parity not learned past 5 bits
+    c.train.halting_bce_trunk = False  # True: an exact own stop on the trained lengths, but T(n) no longer extrapolates
 
     # c.lengthgen: the task's defaults are this run's (parity, lengths 1..20, T(n) = n + 1, tested on 5..50;
     # every field commented in nanoloop_jax/tasks/lengthgen/config.py)

@@ -13,6 +13,7 @@ import pytest
 from helpers import REPO_ROOT, run, tiny_data_dir, tiny_overrides
 from ml_collections import ConfigDict
 
+from nanoloop_jax.errors import ConfigError
 from nanoloop_jax.model.config import ModelConfig
 from nanoloop_jax.model.looped import LoopBody, LoopedGPT, init_params
 from nanoloop_jax.train import halting
@@ -33,6 +34,8 @@ def tcfg(**kw) -> ConfigDict:
         halting_lookahead="next",
         halting_start=0,
         halting_extra=0,
+        halting_stable=False,
+        halting_bce_trunk=False,
     )
     c.update(kw)
     return ConfigDict(c)
@@ -187,6 +190,111 @@ def test_stage2_trains_the_gate_alone_from_halting_start(params):
 def test_halting_needs_a_gate():
     with pytest.raises(ValueError, match="exit_gate=True"):
         halting.check_halting(tcfg(), ModelConfig(**{**TINY.__dict__, "exit_gate": False}))
+
+
+def reference_stage2_stable(losses, halts, valid, task_depth, extra, beta):
+    """beta · BCE of the gate against the 'depth' target (stop from task_depth on) over iterations 1..task_depth
+    + extra (every one has a target), plus the mean over iterations task_depth..task_depth + extra of the mean
+    loss over valid positions."""
+    bce, count = 0.0, 0
+    for i in range(task_depth + extra):
+        target = 1.0 if i >= task_depth - 1 else 0.0
+        for b, t in zip(*np.nonzero(valid), strict=True):
+            lam = 1 / (1 + math.exp(-halts[i, b, t]))
+            bce, count = bce - (target * math.log(lam) + (1 - target) * math.log(1 - lam)), count + 1
+    per_iter = [losses[i][valid].mean() for i in range(task_depth - 1, task_depth + extra)]
+    return beta * bce / count + sum(per_iter) / len(per_iter)
+
+
+def stable_loss_fn(model_config, max_depth, extra, **kw):
+    """The lengthgen plan (tasks/lengthgen/forward.py): T(n) + extra iterations tracked, the task's loss at T(n)."""
+    cfg = tcfg(halting="ouro", halting_stage=2, halting_freeze=False, halting_lookahead="depth", **kw)
+    cfg.halting_extra = extra
+
+    def plan(depth):
+        return halting.DepthPlan(0, 0, depth + extra, max_depth + extra, depth)
+
+    return halting.make_halting_loss(LoopedGPT(model_config), cfg, plan, None)
+
+
+@pytest.mark.parametrize("task_depth,extra", [(2, 2), (3, 1)])
+def test_stable_loss_equals_written_out_reference(params, task_depth, extra):
+    x, y = batch()
+    loss_fn = stable_loss_fn(TINY, task_depth, extra, halting_beta=0.3, halting_stable=True)
+    got = loss_fn(params, x, y, None, jax.random.PRNGKey(3), task_depth, jnp.int32(0))[0]
+    losses, halts = reference_outputs(params, x, y, task_depth + extra)
+    want = reference_stage2_stable(losses, halts, np.asarray(y) >= 0, task_depth, extra, 0.3)
+    np.testing.assert_allclose(float(got), want, rtol=1e-5)
+    plain = stable_loss_fn(TINY, task_depth, extra, halting_beta=0.3)  # halting_stable off: the loss at T(n) alone
+    got_plain = plain(params, x, y, None, jax.random.PRNGKey(3), task_depth, jnp.int32(0))[0]
+    want_plain = want - reference_stage2_stable(losses, halts, np.asarray(y) >= 0, task_depth, extra, 0.0)
+    want_plain += losses[task_depth - 1][np.asarray(y) >= 0].mean()
+    np.testing.assert_allclose(float(got_plain), want_plain, rtol=1e-5)
+
+
+def test_stable_loss_traced_depth_equals_static_depth(params):
+    x, y = batch()
+    loss_fn = stable_loss_fn(TINY, 4, 2, halting_stable=True)
+    key, step = jax.random.PRNGKey(4), jnp.int32(0)
+    want, gw = jax.value_and_grad(lambda p: loss_fn(p, x, y, None, key, 3, step)[0])(params)
+    got, gg = jax.jit(jax.value_and_grad(lambda p, d: loss_fn(p, x, y, None, key, d, step)[0]))(params, jnp.int32(3))
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(gg), jax.tree_util.tree_leaves(gw), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    assert float(jnp.abs(gg["loop"]["recur_0"]["ln_1"]["scale"]).sum()) > 0  # the stable loss trains the trunk
+
+
+def reference_gate_bce(params, x, y, task_depth, extra):
+    """Differentiable written-out 'depth' BCE of the gate over iterations 1..task_depth + extra (a Python loop)."""
+    m, pos, valid = LoopedGPT(TINY), jnp.arange(x.shape[1]), (y >= 0).astype(jnp.float32)
+
+    def ap(method, *a):
+        return m.apply({"params": params}, *a, method=method)
+
+    e, _ = ap(LoopedGPT.prelude_blocks, ap(LoopedGPT.embed, x, pos), pos)
+    s, total = ap(LoopedGPT.initial_state, e, pos), 0.0
+    for i in range(task_depth + extra):
+        s = LoopBody(TINY).apply({"params": params["loop"]}, s, e, pos, method=LoopBody.iterate)[0]
+        h = ap(LoopedGPT.halt_logit, s)
+        bce = -jax.nn.log_sigmoid(h) if i >= task_depth - 1 else -jax.nn.log_sigmoid(-h)
+        total = total + jnp.sum(bce * valid)
+    return total / (jnp.sum(valid) * (task_depth + extra))
+
+
+def test_bce_trunk_adds_the_gate_loss_gradient_to_the_loop(params):
+    x, y = batch()
+    key, step, beta = jax.random.PRNGKey(3), jnp.int32(0), 0.7
+    grads = {}
+    for on in (False, True):
+        fn = stable_loss_fn(TINY, 2, 2, halting_beta=beta, halting_stable=True, halting_bce_trunk=on)
+        grads[on] = jax.grad(lambda p, f=fn: f(p, x, y, None, key, 2, step)[0])(params)
+    bce = jax.grad(lambda p: beta * reference_gate_bce(p, x, y, 2, 2))(params)
+    for name in params:  # on - off: the gate's loss through the states; the gate's own gradient is the same
+        want = bce[name] if name != "exit_gate" else jax.tree_util.tree_map(jnp.zeros_like, bce[name])
+        diff = jax.tree_util.tree_map(lambda a, b: a - b, grads[True][name], grads[False][name])
+        for d, w in zip(jax.tree_util.tree_leaves(diff), jax.tree_util.tree_leaves(want), strict=True):
+            np.testing.assert_allclose(np.asarray(d), np.asarray(w), atol=1e-5)
+    assert float(jnp.abs(bce["loop"]["recur_0"]["ln_1"]["scale"]).sum()) > 0
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(halting_stage=1, halting_freeze=False, halting_extra=2),
+        dict(halting_stage=2, halting_freeze=True, halting_extra=2),
+        dict(halting_stage=2, halting_freeze=False, halting_extra=0),
+        dict(halting_stage=2, halting_freeze=False, halting_extra=2, halting_stable="yes"),
+    ],
+)
+def test_stable_loss_refuses_settings_it_cannot_serve(kw):
+    with pytest.raises(ConfigError, match="halting_stable"):
+        halting.check_halting(tcfg(**{"halting_stable": True, **kw}), TINY)
+
+
+@pytest.mark.parametrize("kw", [dict(halting_stage=1), dict(halting_stage=2, halting_freeze=True)])
+def test_bce_trunk_refuses_settings_it_cannot_serve(kw):
+    with pytest.raises(ConfigError, match="halting_bce_trunk"):
+        halting.check_halting(tcfg(**{"halting_bce_trunk": True, "halting_freeze": False, **kw}), TINY)
 
 
 @pytest.mark.slow

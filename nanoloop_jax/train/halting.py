@@ -19,6 +19,14 @@ with loss ~0), any loss-based target says "stop" at random; 'depth' instead supe
 task's own training depth (lengthgen's T(n)): stop from it on, continue before it. Nothing of it is used at
 test time: the gate reads only the state. The last iteration has no loss-based target (it cannot continue).
 
+train.halting_stable (stage II beside the rest's training, halting_freeze=False): the rest's task loss is the
+mean of L_i over the iterations from the task's depth to the last read out (lengthgen: T(n) .. T(n) +
+halting_extra) instead of L at the task's depth alone, so the answer stays right after it (a fixed point):
+a gate that stops late then costs nothing, and the gate only has to learn not to stop early.
+train.halting_bce_trunk (stage II, halting_freeze=False): the gate's cross-entropy also reaches the states (the
+gate is not detached), so the loop learns a "done" signal the gate's linear read can find; without it the gate
+can only read what the task loss alone put in the state.
+
 When: from step train.halting_start on (before it the task's plain loss); stage II also freezes every
 parameter but the gate from then on (gate_only_updates).
 
@@ -105,6 +113,14 @@ def stage1_loss(
     return loss, {"expected_loss": expected, "halt_iters": expected_iterations(p, mask_N)}
 
 
+def stable_loss(losses_LxN: jax.Array, mask_N: jax.Array, first, end) -> jax.Array:
+    """Mean over iterations first..end (1-based, may be traced) of the mean loss over valid positions."""
+    i = jnp.arange(1, losses_LxN.shape[0] + 1)
+    window_L = ((i >= first) & (i <= end)).astype(jnp.float32)
+    per_iter_L = jax.vmap(lambda loss: _mean(loss, mask_N))(losses_LxN.astype(jnp.float32))
+    return jnp.sum(window_L * per_iter_L) / jnp.maximum(jnp.sum(window_L), 1.0)
+
+
 def stage2_targets(losses_LxN: jax.Array, depth, lookahead: str, task_depth=None) -> tuple[jax.Array, jax.Array]:
     """(stop target 1 - w_i, has-target mask) per iteration from detached per-iteration losses; 'depth': 1 from
     the task's own depth on, 0 before it."""
@@ -182,6 +198,20 @@ def check_halting(tcfg, model_config) -> None:
             "train.halting_prior must be in (0, 1) and halting_beta, halting_start, halting_extra >= 0, got "
             f"{tcfg.halting_prior}, {tcfg.halting_beta}, {tcfg.halting_start}, {tcfg.halting_extra}"
         )
+    for name in ("halting_stable", "halting_bce_trunk"):
+        if tcfg[name] not in (True, False):
+            raise ConfigError(f"train.{name} must be True or False, got {tcfg[name]!r}")
+    if tcfg.halting_bce_trunk and (tcfg.halting_stage != 2 or tcfg.halting_freeze):
+        raise ConfigError(
+            "train.halting_bce_trunk lets stage II's gate loss train the loop beside the task loss: it needs "
+            f"halting_stage=2, halting_freeze=False (got {tcfg.halting_stage}, {tcfg.halting_freeze})"
+        )
+    if tcfg.halting_stable and (tcfg.halting_stage != 2 or tcfg.halting_freeze or not tcfg.halting_extra):
+        raise ConfigError(
+            "train.halting_stable trains the rest on iterations T(n)..T(n)+halting_extra beside the gate: it needs "
+            f"halting_stage=2, halting_freeze=False, halting_extra > 0 (got {tcfg.halting_stage}, "
+            f"{tcfg.halting_freeze}, {tcfg.halting_extra})"
+        )
 
 
 def make_halting_loss(model: LoopedGPT, tcfg, plan_of: Callable[[Any], DepthPlan], plain_loss) -> Callable:
@@ -204,7 +234,7 @@ def make_halting_loss(model: LoopedGPT, tcfg, plan_of: Callable[[Any], DepthPlan
             n_tracked=plan.n_tracked,
             max_tracked=plan.max_tracked,
             train=True,
-            detach_gate=stage == 2,
+            detach_gate=stage == 2 and not tcfg.halting_bce_trunk,
             method=iteration_outputs,
             rngs=train_rngs(key),
         )
@@ -218,7 +248,9 @@ def make_halting_loss(model: LoopedGPT, tcfg, plan_of: Callable[[Any], DepthPlan
             # Adam's step does not depend on the loss's scale, but grad_clip's global norm does: beta keeps
             # the gate's gradient from shrinking the rest's when they train together (halting_freeze=False)
             loss = tcfg.halting_beta * gate
-            if not tcfg.halting_freeze:  # the rest keeps training on the task's plain loss meanwhile
+            if tcfg.halting_stable:  # the answer must hold from the task's depth to the last iteration read out
+                loss = loss + stable_loss(losses, valid, task_depth, plan.depth)
+            elif not tcfg.halting_freeze:  # the rest keeps training on the task's plain loss meanwhile
                 loss = loss + final
             p = jnp.exp(log_halting_probs(jax.lax.stop_gradient(halts), plan.depth))
             m = {**m, "halt_iters": expected_iterations(p, valid)}
