@@ -4,6 +4,7 @@
   python bench.py --config=configs/shakespeare_char.py:cpu --steps=50 --json=bench.json
   python bench.py --config=configs/gpt2_owt_looped.py --config.data.batch_size=16 --mode=sample
   python bench.py --config=configs/shakespeare_char_looped.py --mode=sample --sample_batch_size=1,8 --max_new_tokens=500
+  python bench.py --mode=sample --out_dir=RUN --exits=kl:0.001,gate:0.5 --draft=4:8 --sample_batch_size=1,8,64 --profile
   python bench.py --config=configs/shakespeare_char_looped.py:cpu --roofline=cpu   # bound vs the measured step
   python bench.py --config=configs/gpt2_owt_looped.py --lower_for=cuda,tpu --roofline=h100   # no device needed
   python bench.py --config=configs/gpt2_owt_looped.py --suite=device --json=device.json   # scripts/device_check.sh
@@ -11,7 +12,9 @@
 Random token batches (no dataset needed; vocab_size comes from meta.json when the dataset is prepared).
 On CPU it also reports the matmul-peak fraction: model FLOP/s / a numpy fp32 matmul's FLOP/s. Sample mode
 times the KV-cache decoder against naive full recomputation (nanoLOOP's generate) at random init, in one
-run per batch size. The code is nanoloop_jax/tools/benchmark.py. See BENCHMARKS.md.
+run per batch size; with --out_dir/--ckpt (a trained model) or --exits/--draft it prints one table of batch x
+{no exit, each exit rule, each speculative draft} -> tokens/s, iterations/token and the ratio to no exit
+(nanoloop_jax/tools/decode_bench.py). The code is nanoloop_jax/tools/benchmark.py. See BENCHMARKS.md.
 """
 
 import json
