@@ -298,12 +298,17 @@ def time_decoders(
     return result
 
 
+def init_bench_params(config) -> tuple[ModelConfig, Any]:
+    """(model config, params at config.seed's init): params only, no optimizer state (decoding needs none)."""
+    mcfg = bench_model_config(config)
+    return mcfg, jax.jit(functools.partial(init_params, mcfg))(jax.random.PRNGKey(config.seed))
+
+
 def run_sample_benchmark(
     config, batch_size: int, max_new_tokens: int, naive_steps: int = 20, repeats: int = 3
 ) -> dict[str, Any]:
     """Decode speed of the sampler (time_decoders) for config's model at fresh init: speed needs no training."""
-    mcfg = bench_model_config(config)
-    params = jax.jit(functools.partial(init_params, mcfg))(jax.random.PRNGKey(config.seed))  # params only
+    mcfg, params = init_bench_params(config)
     result = time_decoders(
         mcfg,
         params,

@@ -13,7 +13,6 @@ Tokens/s counts every sequence's tokens; iterations/token is the mean loop itera
 from __future__ import annotations
 
 import dataclasses
-import functools
 import statistics
 import time
 from typing import Any
@@ -28,8 +27,8 @@ from nanoloop_jax.decode.recurrence import DecodeConfig
 from nanoloop_jax.decode.sampling import KVDecoder, SampleConfig
 from nanoloop_jax.errors import UserError
 from nanoloop_jax.model.config import ModelConfig
-from nanoloop_jax.model.looped import init_params
-from nanoloop_jax.tools.benchmark import bench_model_config
+from nanoloop_jax.tools.benchmark import init_bench_params
+from nanoloop_jax.tools.frontier import exit_rule
 
 
 @dataclasses.dataclass
@@ -64,8 +63,7 @@ def load_trained(out_dir: str | None, ckpt: str | None) -> BenchModel:
 
 def init_model(config) -> BenchModel:
     """config's model at random init (params only): timing needs no training, exits do (see above)."""
-    mcfg = bench_model_config(config)
-    params = jax.jit(functools.partial(init_params, mcfg))(jax.random.PRNGKey(config.seed))
+    mcfg, params = init_bench_params(config)
     return _bench_model(
         mcfg, params, "random init (exit rules on an untrained model say little)", data_dir_of(config.data)
     )
@@ -104,11 +102,9 @@ def variants(
     out = [Variant("no exit", DecodeConfig(n_loop), None)]
     for crit, eps in exits:
         if crit != "none":
-            patience = int(eps) if crit == "argmax" else 2
             for compact in (False, True) if compacted_too else (False,):
-                dc = DecodeConfig(n_loop, crit, min_loops=min_loops, exit_patience=patience, compact_rows=compact)
-                name = f"{crit}:{eps:g}" + (" compacted" if compact else "")
-                out.append(Variant(name, dc, None if crit == "argmax" else eps))
+                dc, threshold = exit_rule(crit, eps, n_loop, min_loops=min_loops, compact_rows=compact)
+                out.append(Variant(f"{crit}:{eps:g}" + (" compacted" if compact else ""), dc, threshold))
     for d_loop, n_tok in drafts:
         out.append(
             Variant(f"spec D{d_loop} L{n_tok}", DecodeConfig(n_loop, draft_n_loop=d_loop, draft_tokens=n_tok), None)

@@ -73,6 +73,12 @@ def parse_exit(entry: str) -> tuple[str, float]:
     return name, number
 
 
+def exit_rule(name: str, value: float, n_loop: int, **kw) -> tuple[DecodeConfig, float]:
+    """(DecodeConfig, exit threshold) of a parse_exit entry: argmax's number is its patience, not a threshold."""
+    patience = int(value) if name == "argmax" else 2
+    return DecodeConfig(n_loop, name, exit_patience=patience, **kw), 0.0 if name == "argmax" else value
+
+
 def val_windows(data_dir: str, block_size: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     """(x, y) (N, block_size): the first n non-overlapping windows of val.bin, targets shifted by one."""
     path = os.path.join(data_dir, "val.bin")
@@ -104,10 +110,10 @@ def frontier(model, x, y, n_loops, exits, kv_shares, warm_starts, min_loops, bat
     sc = SampleConfig(temperature=0.0)
     noise_key = jax.random.PRNGKey(seed)
     for n_loop, kv_share, warm, (name, value) in itertools.product(n_loops, kv_shares, warm_starts, exits):
-        patience = int(value) if name == "argmax" else 2
-        dc = DecodeConfig(n_loop, name, min(min_loops, n_loop), patience, kv_share, warm)
+        dc, threshold = exit_rule(
+            name, value, n_loop, min_loops=min(min_loops, n_loop), kv_share=kv_share, warm_start=warm
+        )
         decoder = KVDecoder(cfg, sc, dc)
-        threshold = 0.0 if name == "argmax" else value
         loss, mean_iters = evaluate(model.params, decoder, x, y, threshold, batch_size, noise_key)
         row = dict(zip(COLUMNS, (n_loop, name, value, kv_share, warm, loss, mean_iters, 0.0), strict=True))
         row["kv_cache_mib"] = decoder.cache_bytes(1) / 2**20
