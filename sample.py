@@ -13,6 +13,7 @@ Informational lines go to stderr, samples to stdout; a bad input is one line on 
 
 import dataclasses
 import os
+import re
 import sys
 
 from absl import app, flags
@@ -68,14 +69,19 @@ class SampleError(UserError):
     """A bad flag or input, reported as one line."""
 
 
+def read_prompt(start: str) -> str:
+    """The prompt text of --start: the text itself, or the contents of FILE:path (read before the model loads)."""
+    if not start.startswith("FILE:"):
+        return start
+    try:
+        with open(start[5:], encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise SampleError(f"cannot read the prompt file {start[5:]!r}: {e.strerror}") from None
+
+
 def encode_prompt(tokenizer, start: str) -> list[int]:
     """Prompt ids; an empty prompt becomes a newline (char-level) or <|endoftext|> (GPT-2), as in nanoGPT."""
-    if start.startswith("FILE:"):
-        try:
-            with open(start[5:], encoding="utf-8") as f:
-                start = f.read()
-        except OSError as e:
-            raise SampleError(f"cannot read the prompt file {start[5:]!r}: {e.strerror}") from None
     if start:
         return tokenizer.encode(start)
     if tokenizer.eot_token is not None:
@@ -91,7 +97,7 @@ def check_flags() -> None:
     """Raise SampleError for the first bad flag that needs no model to judge."""
     if FLAGS.init_from != "resume":
         raise SampleError(f"--init_from={FLAGS.init_from!r} is not supported; only 'resume' (a trained checkpoint)")
-    if FLAGS.device is not None and FLAGS.device != "cpu" and not FLAGS.device.startswith(("cuda", "gpu")):
+    if FLAGS.device is not None and not re.fullmatch(r"cpu|(cuda|gpu)(:\d+)?", FLAGS.device):
         raise SampleError(f"--device={FLAGS.device!r} is not supported; use 'cpu' or 'cuda'")
     if FLAGS.max_new_tokens <= 0:
         raise SampleError(f"--max_new_tokens must be positive, got {FLAGS.max_new_tokens}")
@@ -178,7 +184,24 @@ def write_samples(
     return gen, timed, seconds
 
 
-def run() -> None:
+def check_device() -> None:
+    """--device=cuda[:N] needs a GPU that JAX sees (a CPU-only jax would otherwise run on the CPU unasked)."""
+    import jax
+
+    if FLAGS.device is None or FLAGS.device == "cpu":
+        return
+    backend = jax.default_backend()
+    if backend != "gpu":
+        raise SampleError(
+            f"--device={FLAGS.device} but JAX finds no GPU (its backend is {backend}); "
+            "use --device=cpu, or install CUDA JAX with `uv sync --extra cuda12`"
+        )
+    index = int(FLAGS.device.split(":", 1)[1]) if ":" in FLAGS.device else 0
+    if index >= jax.device_count():
+        raise SampleError(f"--device={FLAGS.device} but JAX finds {jax.device_count()} GPU(s)")
+
+
+def run(prompt: str) -> None:
     import jax
 
     from nanoloop_jax.ckpt import loading
@@ -197,7 +220,7 @@ def run() -> None:
         )
     top_k = effective_top_k(tokenizer.vocab_size)
     dc = decode_config(config.n_loop)
-    prompt_ids = encode_prompt(tokenizer, FLAGS.start)
+    prompt_ids = encode_prompt(tokenizer, prompt)
     # only now, so that a bad input leaves exactly one line on stderr
     print(f"loaded {loaded.description}; tokenizer: {tokenizer.name} ({tokenizer.vocab_size} tokens)", file=sys.stderr)
     sc = SampleConfig(FLAGS.temperature, top_k, FLAGS.top_p, vocab_limit=tokenizer.vocab_size)
@@ -241,6 +264,7 @@ def main(argv: list[str]) -> int:
     log.quiet_libraries()  # orbax logs every file it reads at INFO
     try:
         check_flags()
+        prompt = read_prompt(FLAGS.start)
     except SampleError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -250,7 +274,8 @@ def main(argv: list[str]) -> int:
 
     cpu_defaults.apply_if_cpu()
     try:
-        run()
+        check_device()
+        run(prompt)
     except UserError as err:  # anything else is a bug: its traceback stays
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1

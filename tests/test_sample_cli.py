@@ -170,6 +170,11 @@ def test_bad_inputs_are_one_line_and_exit_1(runs, tiny_run, tmp_path, capsys):
         "no checkpoint in": [f"--out_dir={tmp_path / 'missing'}"],
         "missing.pt does not exist": [f"--ckpt={tmp_path / 'missing.pt'}"],
         "cannot read the prompt file": [*common, f"--start=FILE:{tmp_path / 'nope.txt'}"],
+        # checked before the model loads: this out_dir has no checkpoint
+        "cannot read the prompt file 'missing.txt'": [f"--out_dir={tmp_path / 'missing'}", "--start=FILE:missing.txt"],
+        # this process's JAX has only the CPU (conftest): rc 1, not a run on the CPU
+        "--device=cuda but JAX finds no GPU (its backend is cpu)": [*common, "--device=cuda"],
+        "--device='cuda:x' is not supported": [*common, "--device=cuda:x"],
         "unexpected arguments": [*common, "positional"],
         "--device='mps' is not supported": [*common, "--device=mps"],
         "--init_from='gpt2' is not supported": [*common, "--init_from=gpt2"],
