@@ -205,14 +205,14 @@ def run(prompt: str) -> None:
     import jax
 
     from nanoloop_jax.ckpt import loading
-    from nanoloop_jax.data.tokenizer import load_tokenizer
+    from nanoloop_jax.data.tokenizer import model_tokenizer
     from nanoloop_jax.decode.sampling import KVDecoder, SampleConfig
 
     loaded = loading.load_model(FLAGS.out_dir, FLAGS.ckpt)
     config, params = loaded.model_config, loaded.params
     if FLAGS.dtype is not None:
         config = dataclasses.replace(config, dtype=FLAGS.dtype)
-    tokenizer = load_tokenizer(FLAGS.data_dir or loaded.data_dir)
+    tokenizer = model_tokenizer(FLAGS.data_dir or loaded.data_dir, config.vocab_size)
     if tokenizer.vocab_size > config.vocab_size:
         raise SampleError(
             f"the {tokenizer.name} tokenizer has {tokenizer.vocab_size} tokens but the model only "

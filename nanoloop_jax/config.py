@@ -116,12 +116,13 @@ def base_config(task: str = "lm") -> ConfigDict:
     return c
 
 
-def run_config_of(model: ModelConfig, dataset: str | None = None) -> ConfigDict:
+def run_config_of(model: ModelConfig, dataset: str | None = None, data_dir: str | None = None) -> ConfigDict:
     """A run config (base_config) describing `model`: what converted checkpoints record as their config."""
     c = base_config()
     for field in dataclasses.fields(ModelConfig):
         c.model[field.name] = getattr(model, field.name)
     c.data.dataset = dataset or ""  # '' = not known (data_dir_of gives None): tools then ask for --data_dir
+    c.data.data_dir = data_dir or ""  # '' = data/<dataset>
     return c
 
 

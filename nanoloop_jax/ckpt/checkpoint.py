@@ -264,13 +264,14 @@ def write_params_only(
     best_val_loss: float,
     source: dict | None = None,
     dataset: str | None = None,
+    data_dir: str | None = None,
 ) -> None:
     """A checkpoint without optimizer state (converted weights): sample.py reads it, train.py resumes from it.
 
-    Its run config (meta and config.json) is base_config with this model and dataset (run_config_of), so
+    Its run config (meta and config.json) is base_config with this model and data (run_config_of), so
     every checkpoint records the same schema; `source` records where the weights came from.
     """
-    run_config = run_config_of(model, dataset)
+    run_config = run_config_of(model, dataset, data_dir)
     meta = {
         "step": int(step),
         "best_val_loss": float(best_val_loss),
