@@ -150,10 +150,10 @@ def effective_top_k(vocab_size: int) -> int | None:
 def write_samples(
     decoder, params, tokenizer, prompt_ids: list[int], *, num_samples, max_new_tokens, key, exit_threshold, out
 ):
-    """Decode the batch, streaming sample 0 to `out` chunk by chunk; return (Generation, timed tokens, seconds).
+    """Decode the batch, streaming sample 0 to `out` chunk by chunk; return (Generation, seconds of decoding).
 
-    Parts whose call compiled something (the first prefill, the first decode chunk, ...) are left out
-    of the timed tokens and seconds, so the tokens/s of --stats excludes compilation.
+    The decoder compiles each program ahead of its first run (sampling.AheadOfTime): the seconds are the
+    decoding calls' alone, compile time left out, so the tokens/s of --stats exists however few tokens.
     """
     import time
 
@@ -163,11 +163,10 @@ def write_samples(
 
     prompt_BxP = np.tile(np.asarray(prompt_ids, np.int32), (num_samples, 1))
     parts: list[Generation] = []
-    shown, timed, seconds = "", 0, 0.0
-    compiles, t0 = decoder.compilations(), time.perf_counter()
+    shown, seconds = "", 0.0
+    compile_s, t0 = decoder.compile_seconds(), time.perf_counter()
     for part in decoder.stream(params, prompt_BxP, max_new_tokens, key, exit_threshold=exit_threshold):
-        if decoder.compilations() == compiles:
-            timed, seconds = timed + part.tokens_BxN.size, seconds + time.perf_counter() - t0
+        seconds += time.perf_counter() - t0 - (decoder.compile_seconds() - compile_s)
         parts.append(part)
         text = tokenizer.decode(prompt_ids + np.concatenate([p.tokens_BxN[0] for p in parts]).tolist())
         # hold back a trailing partial UTF-8 character (GPT-2 BPE can split one across tokens)
@@ -175,13 +174,13 @@ def write_samples(
         out.write(text[len(shown) :])
         out.flush()
         shown = text
-        compiles, t0 = decoder.compilations(), time.perf_counter()
+        compile_s, t0 = decoder.compile_seconds(), time.perf_counter()
     gen = concat_generations(parts)
     out.write(tokenizer.decode(prompt_ids + gen.tokens_BxN[0].tolist())[len(shown) :] + "\n" + SEPARATOR + "\n")
     for b in range(1, num_samples):
         out.write(tokenizer.decode(prompt_ids + gen.tokens_BxN[b].tolist()) + "\n" + SEPARATOR + "\n")
     out.flush()
-    return gen, timed, seconds
+    return gen, seconds
 
 
 def check_device() -> None:
@@ -225,7 +224,7 @@ def run(prompt: str) -> None:
     print(f"loaded {loaded.description}; tokenizer: {tokenizer.name} ({tokenizer.vocab_size} tokens)", file=sys.stderr)
     sc = SampleConfig(FLAGS.temperature, top_k, FLAGS.top_p, vocab_limit=tokenizer.vocab_size)
     decoder = KVDecoder(config, sc, dc, chunk_size=CHUNK, window=FLAGS.window)
-    gen, timed, seconds = write_samples(
+    gen, seconds = write_samples(
         decoder,
         params,
         tokenizer,
@@ -239,16 +238,17 @@ def run(prompt: str) -> None:
     if decoder.dc.exit_criterion != "none":
         print(f"mean loop iterations per token: {gen.iters_BxN.mean():.2f} of n_loop {decoder.n_loop}")
     if FLAGS.stats:
-        print(format_stats(gen, timed, seconds, decoder.cache_bytes(FLAGS.num_samples)))
+        print(format_stats(gen, seconds, decoder.cache_bytes(FLAGS.num_samples)))
         if decoder.dc.draft_n_loop:
             st = decoder.stats
             print(f"speculative: {st['rounds']} rounds, {st['accepted']} of {st['drafted']} drafted tokens accepted")
 
 
-def format_stats(gen, timed: int, seconds: float, kv_bytes: int) -> str:
-    """The --stats line: tokens/s of the calls that compiled nothing (all samples' tokens), iterations, cache MiB."""
+def format_stats(gen, seconds: float, kv_bytes: int) -> str:
+    """The --stats line: tokens/s (all samples' tokens over the decoding seconds, compile time left out),
+    iterations per token, cache MiB."""
     it = gen.iters_BxN
-    rate = timed / seconds if seconds > 0 else float("nan")
+    rate = gen.tokens_BxN.size / seconds
     return (
         f"stats: tokens/s {rate:,.1f}, iterations/token mean {it.mean():.2f} min {it.min()} max {it.max()}, "
         f"kv cache {kv_bytes / 2**20:.2f} MiB"
