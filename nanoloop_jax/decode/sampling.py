@@ -38,11 +38,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nanoloop_jax import log
 from nanoloop_jax.decode.recurrence import DecodeConfig, Recurrence
 from nanoloop_jax.decode.speculation import accept_greedy, accept_sampled, emitted_tokens
 from nanoloop_jax.model.cache import DecodeCache
 from nanoloop_jax.model.config import ModelConfig
 
+logger = log.get(__name__)
 WINDOWS = ("slide", "restart")  # past block_size with learned positions (rope/none always slide, cached)
 
 
@@ -184,6 +186,7 @@ class KVDecoder:
         self.ring = config.block_size + (self.dc.draft_tokens + 1 if self.dc.draft_n_loop and self.rolling else 0)
         self.n_layers = jax.eval_shape(lambda: self.rec.init_cache(1, self.ring)).n_layers
         self.stats = {"rounds": 0, "drafted": 0, "accepted": 0}
+        self._slide_noted = False
         self._prefill = AheadOfTime(self._prefill_fn)
         # the state (its caches) is donated: updated in place instead of copied every call
         self._decode = AheadOfTime(self._decode_fn, donate_argnums=1)
@@ -302,6 +305,18 @@ class KVDecoder:
         state, done, toks, iters, logits, n_acc = carry
         return state, done, toks, iters, logits, rounds, n_acc
 
+    def _note_slide(self) -> None:
+        """Say once per decoder that the slide window re-prefills from here on (the decoding slows down)."""
+        if self._slide_noted:
+            return
+        self._slide_noted = True
+        spec = "; speculative decoding stops there" if self.dc.draft_n_loop else ""
+        logger.warning(
+            f"note: past block_size ({self.cfg.block_size}) --window=slide re-prefills the last {self.cfg.block_size} "
+            f"tokens for every new token (nanoLOOP's crop: exact, one full forward per token){spec}; "
+            "--window=restart keeps KV-cache speed"
+        )
+
     def _room(self, n_ctx):
         """Positions that fit before the window must restart (learned) or the ring wraps (rope/none)."""
         return self.ring - n_ctx % self.ring if self.rolling else self.cfg.block_size - n_ctx
@@ -343,6 +358,8 @@ class KVDecoder:
         n_draft = self.dc.draft_tokens if self.dc.draft_n_loop else None
         while done < max_new_tokens:
             if n_ctx == 0 or (n_ctx == s_max and not self.rolling):
+                if n_ctx and self.window == "slide":
+                    self._note_slide()
                 state = None  # free the old caches before the new ones are made
                 # pad to a multiple of 16 so that windows of many lengths share a few compilations
                 window_BxT = np.zeros((seq_BxL.shape[0], padded_length(n_window, 16, s_max)), np.int32)
