@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 
 import jax
 import numpy as np
-from tqdm import tqdm
 
-from nanoloop_jax import log, sharding
+from nanoloop_jax import log, progress, sharding
 from nanoloop_jax.ckpt import checkpoint
 from nanoloop_jax.data.batches import Prefetcher
 from nanoloop_jax.errors import UserError
@@ -111,13 +109,12 @@ class Trainer:
         """Mean loss over eval_iters batches of each of the task's eval jobs; a progress bar if it is slow."""
         n_iters, jobs, out = self.config.train.eval_iters, self.task.eval_jobs(), {}
         eval_key = jax.random.fold_in(self.key, EVAL_KEY_INDEX)
-        with tqdm(
+        with progress.bar(
             total=len(jobs) * n_iters,
             desc="eval",
             unit="batch",
             delay=metrics.PROGRESS_DELAY_S,
             leave=False,
-            file=sys.stderr,
             disable=jax.process_index() != 0,
         ) as bar:
             for job in jobs:
