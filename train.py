@@ -25,18 +25,22 @@ def train(config, preemption) -> dict:
     from nanoloop_jax.tasks import task_class
     from nanoloop_jax.train.metrics import MetricsLogger
     from nanoloop_jax.train.optim import make_optimizer
+    from nanoloop_jax.train.runlock import lock_run
     from nanoloop_jax.train.state import start_state
     from nanoloop_jax.train.trainer import Trainer
 
     sharding.maybe_initialize_distributed(config.distributed)
     os.makedirs(config.out_dir, exist_ok=True)
+    lock = lock_run(config.out_dir)  # one run per out_dir; released when the process ends, however it ends
     logger = MetricsLogger(config.out_dir, config, config.wandb)
     task_cls = task_class(config.task)
     data_meta = task_cls.prepare(config)  # the task's data, made if missing; its vocabulary
     mesh, rules = sharding.make_mesh(config.mesh), sharding.logical_rules(config.mesh)
     start = start_state(config, data_meta, make_optimizer(config.opt), mesh, rules)
     task = task_cls(config, start.model_config)
-    return Trainer(config, start, task, mesh, rules, logger, preemption).run()
+    summary = Trainer(config, start, task, mesh, rules, logger, preemption).run()
+    del lock  # held to here
+    return summary
 
 
 def main(argv: list[str]) -> int:
