@@ -32,7 +32,7 @@ def train(config, preemption) -> dict:
     sharding.maybe_initialize_distributed(config.distributed)
     os.makedirs(config.out_dir, exist_ok=True)
     lock = lock_run(config.out_dir)  # one run per out_dir; released when the process ends, however it ends
-    logger = MetricsLogger(config.out_dir, config, config.wandb)
+    logger = MetricsLogger(config.out_dir, config, config.wandb, config.train.tensorboard)
     task_cls = task_class(config.task)
     data_meta = task_cls.prepare(config)  # the task's data, made if missing; its vocabulary
     mesh, rules = sharding.make_mesh(config.mesh), sharding.logical_rules(config.mesh)

@@ -81,6 +81,7 @@ def base_config(task: str = "lm") -> ConfigDict:
     c.train.keep_checkpoints = 3  # newest checkpoints kept on disk
     c.train.async_checkpointing = True  # write checkpoints in the background while training continues
     c.train.eval_n_loops = ()  # e.g. (1, 2, 4, 8), on the command line 1,2,4,8: also val loss at these depths
+    c.train.tensorboard = False  # also write metrics.jsonl's numbers as TensorBoard files to OUT_DIR/tensorboard/
     # learned halting (model.exit_gate=True; nanoloop_jax/train/halting.py)
     c.train.halting = "none"  # 'none' | 'ponder' (PonderNet) | 'ouro' (Ouro stage I): sum_i p_i·L_i + beta·reg
     c.train.halting_beta = 0.01  # stage 1: regularizer weight (ponder: KL to the prior; ouro: -entropy); stage 2:
