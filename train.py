@@ -11,6 +11,7 @@ last trained step if it is not saved yet and exits 0 (nanoloop_jax/train/preempt
 
 import os
 import sys
+import time
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -29,6 +30,7 @@ def train(config, preemption) -> dict:
     from nanoloop_jax.train.state import start_state
     from nanoloop_jax.train.trainer import Trainer
 
+    started = time.perf_counter()
     sharding.maybe_initialize_distributed(config.distributed)
     os.makedirs(config.out_dir, exist_ok=True)
     lock = lock_run(config.out_dir)  # one run per out_dir; released when the process ends, however it ends
@@ -38,7 +40,7 @@ def train(config, preemption) -> dict:
     mesh, rules = sharding.make_mesh(config.mesh), sharding.logical_rules(config.mesh)
     start = start_state(config, data_meta, make_optimizer(config.opt), mesh, rules)
     task = task_cls(config, start.model_config)
-    summary = Trainer(config, start, task, mesh, rules, logger, preemption).run()
+    summary = Trainer(config, start, task, mesh, rules, logger, preemption).run(started)
     del lock  # held to here
     return summary
 

@@ -80,6 +80,15 @@ def run_flops(config, model_config: ModelConfig, remaining_steps: int, eval_dept
     return train + n_evals * per_eval
 
 
+def wall_time(seconds: float) -> str:
+    """A run's wall time, readable: 42.1 s, 13.8 min, 2.3 h."""
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def _duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds / 60:.0f} minutes"
