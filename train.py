@@ -4,6 +4,7 @@
   python train.py --config=configs/shakespeare_char_looped.py --config.model.n_loop=8 --config.out_dir=out-8
 
 Every field of the config can be overridden as --config.<section>.<field>=value; a typo is an error.
+--help_config lists every field with its value and comment.
 The same command runs on one CPU, an 8-GPU node and every host of a TPU pod (see README.md).
 Run it again to resume (from the newest checkpoint that restores). SIGTERM at any moment saves the
 last trained step if it is not saved yet and exits 0 (nanoloop_jax/train/preemption.py).
@@ -17,6 +18,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
+flags.DEFINE_bool("help_config", False, "Print every field of --config with its value and comment, then exit.")
 FLAGS = flags.FLAGS
 
 
@@ -51,6 +53,11 @@ def main(argv: list[str]) -> int:
     if error := entry_point_error(argv, FLAGS.config):
         print(f"error: {error}", file=sys.stderr)
         return 1
+    if FLAGS.help_config:
+        from nanoloop_jax.config_help import help_text
+
+        print(help_text(FLAGS.config, config_flags.get_config_filename(FLAGS["config"])))
+        return 0
     from nanoloop_jax import log
 
     log.quiet_libraries()  # orbax logs every file it writes at INFO
