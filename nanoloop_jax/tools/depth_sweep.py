@@ -35,7 +35,7 @@ def define_flags(fv: flags.FlagValues) -> None:
         "out_dir", None, "Checkpoint dir(s), comma-separated to compare runs in one plot.", flag_values=fv
     )
     flags.DEFINE_string(
-        "ckpt", None, "A nanoLOOP ckpt.pt instead of --out_dir (needs the [torch] extra).", flag_values=fv
+        "ckpt", None, "A nanoLOOP ckpt.pt instead of --out_dir (read without PyTorch).", flag_values=fv
     )
     flags.DEFINE_list("n_loops", ["1", "2", "4", "8", "16", "32"], "Recurrence depths.", flag_values=fv)
     flags.DEFINE_string(
