@@ -52,6 +52,7 @@ def test_changed_training_settings_are_one_line_applied_from_the_resumed_step():
     assert resume.changed_settings_line(_config(), meta) is None
     moved = _config()
     moved.out_dir, moved.init_from = "elsewhere", "resume"  # where the run lives is not a setting
+    moved.distributed.coordinator_address = "10.0.0.1:1234"  # nor how a pod's processes meet
     assert resume.changed_settings_line(moved, meta) is None
     asked = _config()
     asked.opt.learning_rate, asked.train.max_iters, asked.model.dropout = 1e-3, 900000, 0.1

@@ -16,8 +16,8 @@ from nanoloop_jax.model.config import ARCH_FIELDS, EXTRA_ARCH_FIELDS, ModelConfi
 
 # config.model fields that define the function the weights compute (the parameter shapes and what they mean)
 ARCHITECTURE = (*ARCH_FIELDS, *EXTRA_ARCH_FIELDS, "pos_encoding", "rope_theta", "norm_eps")
-# where the run lives and how it first started: not settings of the training
-NOT_SETTINGS = ("out_dir", "init_from")
+# where the run lives, how it first started and how its processes find each other: not settings of the training
+NOT_SETTINGS = ("out_dir", "init_from", "distributed.")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
 
 
@@ -71,7 +71,10 @@ def changed_settings_line(config, meta: dict) -> str | None:
         f"{k} {before[k]!r} -> {v!r}"
         for k, v in now.items()
         # a field the checkpoint's config lacks is newer than the run: its default, not a change
-        if k in before and before[k] != v and k not in NOT_SETTINGS and k not in (f"model.{a}" for a in ARCHITECTURE)
+        if k in before
+        and before[k] != v
+        and not k.startswith(NOT_SETTINGS)
+        and k not in (f"model.{a}" for a in ARCHITECTURE)
     ]
     if not changed:
         return None
