@@ -103,7 +103,7 @@ def sample_table(model) -> dict:
         FLAGS.min_loops,
         FLAGS.compacted_too,
     )
-    print(model.description, flush=True)
+    print(f"{model.description}; --window={FLAGS.window} past block_size {model.config.block_size}", flush=True)
     batch_sizes = [int(b) for b in FLAGS.sample_batch_size]
     prof = None
     if FLAGS.profile:
@@ -169,6 +169,7 @@ def main(argv: list[str]) -> int:
                         max_new_tokens=FLAGS.max_new_tokens,
                         naive_steps=FLAGS.naive_steps,
                         repeats=FLAGS.repeats,
+                        window=FLAGS.window,
                     )
                 )
                 print(benchmark.format_result(results[-1]), flush=True)

@@ -13,6 +13,7 @@ Informational lines go to stderr, samples to stdout; a bad input is one line on 
 
 import dataclasses
 import os
+import re
 import sys
 
 from absl import app, flags
@@ -68,14 +69,19 @@ class SampleError(UserError):
     """A bad flag or input, reported as one line."""
 
 
+def read_prompt(start: str) -> str:
+    """The prompt text of --start: the text itself, or the contents of FILE:path (read before the model loads)."""
+    if not start.startswith("FILE:"):
+        return start
+    try:
+        with open(start[5:], encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise SampleError(f"cannot read the prompt file {start[5:]!r}: {e.strerror}") from None
+
+
 def encode_prompt(tokenizer, start: str) -> list[int]:
     """Prompt ids; an empty prompt becomes a newline (char-level) or <|endoftext|> (GPT-2), as in nanoGPT."""
-    if start.startswith("FILE:"):
-        try:
-            with open(start[5:], encoding="utf-8") as f:
-                start = f.read()
-        except OSError as e:
-            raise SampleError(f"cannot read the prompt file {start[5:]!r}: {e.strerror}") from None
     if start:
         return tokenizer.encode(start)
     if tokenizer.eot_token is not None:
@@ -91,7 +97,7 @@ def check_flags() -> None:
     """Raise SampleError for the first bad flag that needs no model to judge."""
     if FLAGS.init_from != "resume":
         raise SampleError(f"--init_from={FLAGS.init_from!r} is not supported; only 'resume' (a trained checkpoint)")
-    if FLAGS.device is not None and FLAGS.device != "cpu" and not FLAGS.device.startswith(("cuda", "gpu")):
+    if FLAGS.device is not None and not re.fullmatch(r"cpu|(cuda|gpu)(:\d+)?", FLAGS.device):
         raise SampleError(f"--device={FLAGS.device!r} is not supported; use 'cpu' or 'cuda'")
     if FLAGS.max_new_tokens <= 0:
         raise SampleError(f"--max_new_tokens must be positive, got {FLAGS.max_new_tokens}")
@@ -144,10 +150,10 @@ def effective_top_k(vocab_size: int) -> int | None:
 def write_samples(
     decoder, params, tokenizer, prompt_ids: list[int], *, num_samples, max_new_tokens, key, exit_threshold, out
 ):
-    """Decode the batch, streaming sample 0 to `out` chunk by chunk; return (Generation, timed tokens, seconds).
+    """Decode the batch, streaming sample 0 to `out` chunk by chunk; return (Generation, seconds of decoding).
 
-    Parts whose call compiled something (the first prefill, the first decode chunk, ...) are left out
-    of the timed tokens and seconds, so the tokens/s of --stats excludes compilation.
+    The decoder compiles each program ahead of its first run (sampling.AheadOfTime): the seconds are the
+    decoding calls' alone, compile time left out, so the tokens/s of --stats exists however few tokens.
     """
     import time
 
@@ -157,11 +163,10 @@ def write_samples(
 
     prompt_BxP = np.tile(np.asarray(prompt_ids, np.int32), (num_samples, 1))
     parts: list[Generation] = []
-    shown, timed, seconds = "", 0, 0.0
-    compiles, t0 = decoder.compilations(), time.perf_counter()
+    shown, seconds = "", 0.0
+    compile_s, t0 = decoder.compile_seconds(), time.perf_counter()
     for part in decoder.stream(params, prompt_BxP, max_new_tokens, key, exit_threshold=exit_threshold):
-        if decoder.compilations() == compiles:
-            timed, seconds = timed + part.tokens_BxN.size, seconds + time.perf_counter() - t0
+        seconds += time.perf_counter() - t0 - (decoder.compile_seconds() - compile_s)
         parts.append(part)
         text = tokenizer.decode(prompt_ids + np.concatenate([p.tokens_BxN[0] for p in parts]).tolist())
         # hold back a trailing partial UTF-8 character (GPT-2 BPE can split one across tokens)
@@ -169,27 +174,44 @@ def write_samples(
         out.write(text[len(shown) :])
         out.flush()
         shown = text
-        compiles, t0 = decoder.compilations(), time.perf_counter()
+        compile_s, t0 = decoder.compile_seconds(), time.perf_counter()
     gen = concat_generations(parts)
     out.write(tokenizer.decode(prompt_ids + gen.tokens_BxN[0].tolist())[len(shown) :] + "\n" + SEPARATOR + "\n")
     for b in range(1, num_samples):
         out.write(tokenizer.decode(prompt_ids + gen.tokens_BxN[b].tolist()) + "\n" + SEPARATOR + "\n")
     out.flush()
-    return gen, timed, seconds
+    return gen, seconds
 
 
-def run() -> None:
+def check_device() -> None:
+    """--device=cuda[:N] needs a GPU that JAX sees (a CPU-only jax would otherwise run on the CPU unasked)."""
+    import jax
+
+    if FLAGS.device is None or FLAGS.device == "cpu":
+        return
+    backend = jax.default_backend()
+    if backend != "gpu":
+        raise SampleError(
+            f"--device={FLAGS.device} but JAX finds no GPU (its backend is {backend}); "
+            "use --device=cpu, or install CUDA JAX with `uv sync --extra cuda12`"
+        )
+    index = int(FLAGS.device.split(":", 1)[1]) if ":" in FLAGS.device else 0
+    if index >= jax.device_count():
+        raise SampleError(f"--device={FLAGS.device} but JAX finds {jax.device_count()} GPU(s)")
+
+
+def run(prompt: str) -> None:
     import jax
 
     from nanoloop_jax.ckpt import loading
-    from nanoloop_jax.data.tokenizer import load_tokenizer
+    from nanoloop_jax.data.tokenizer import model_tokenizer
     from nanoloop_jax.decode.sampling import KVDecoder, SampleConfig
 
     loaded = loading.load_model(FLAGS.out_dir, FLAGS.ckpt)
     config, params = loaded.model_config, loaded.params
     if FLAGS.dtype is not None:
         config = dataclasses.replace(config, dtype=FLAGS.dtype)
-    tokenizer = load_tokenizer(FLAGS.data_dir or loaded.data_dir)
+    tokenizer = model_tokenizer(FLAGS.data_dir or loaded.data_dir, config.vocab_size)
     if tokenizer.vocab_size > config.vocab_size:
         raise SampleError(
             f"the {tokenizer.name} tokenizer has {tokenizer.vocab_size} tokens but the model only "
@@ -197,12 +219,12 @@ def run() -> None:
         )
     top_k = effective_top_k(tokenizer.vocab_size)
     dc = decode_config(config.n_loop)
-    prompt_ids = encode_prompt(tokenizer, FLAGS.start)
+    prompt_ids = encode_prompt(tokenizer, prompt)
     # only now, so that a bad input leaves exactly one line on stderr
     print(f"loaded {loaded.description}; tokenizer: {tokenizer.name} ({tokenizer.vocab_size} tokens)", file=sys.stderr)
     sc = SampleConfig(FLAGS.temperature, top_k, FLAGS.top_p, vocab_limit=tokenizer.vocab_size)
     decoder = KVDecoder(config, sc, dc, chunk_size=CHUNK, window=FLAGS.window)
-    gen, timed, seconds = write_samples(
+    gen, seconds = write_samples(
         decoder,
         params,
         tokenizer,
@@ -216,16 +238,17 @@ def run() -> None:
     if decoder.dc.exit_criterion != "none":
         print(f"mean loop iterations per token: {gen.iters_BxN.mean():.2f} of n_loop {decoder.n_loop}")
     if FLAGS.stats:
-        print(format_stats(gen, timed, seconds, decoder.cache_bytes(FLAGS.num_samples)))
+        print(format_stats(gen, seconds, decoder.cache_bytes(FLAGS.num_samples)))
         if decoder.dc.draft_n_loop:
             st = decoder.stats
             print(f"speculative: {st['rounds']} rounds, {st['accepted']} of {st['drafted']} drafted tokens accepted")
 
 
-def format_stats(gen, timed: int, seconds: float, kv_bytes: int) -> str:
-    """The --stats line: tokens/s of the calls that compiled nothing (all samples' tokens), iterations, cache MiB."""
+def format_stats(gen, seconds: float, kv_bytes: int) -> str:
+    """The --stats line: tokens/s (all samples' tokens over the decoding seconds, compile time left out),
+    iterations per token, cache MiB."""
     it = gen.iters_BxN
-    rate = timed / seconds if seconds > 0 else float("nan")
+    rate = gen.tokens_BxN.size / seconds
     return (
         f"stats: tokens/s {rate:,.1f}, iterations/token mean {it.mean():.2f} min {it.min()} max {it.max()}, "
         f"kv cache {kv_bytes / 2**20:.2f} MiB"
@@ -241,6 +264,7 @@ def main(argv: list[str]) -> int:
     log.quiet_libraries()  # orbax logs every file it reads at INFO
     try:
         check_flags()
+        prompt = read_prompt(FLAGS.start)
     except SampleError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -250,7 +274,8 @@ def main(argv: list[str]) -> int:
 
     cpu_defaults.apply_if_cpu()
     try:
-        run()
+        check_device()
+        run(prompt)
     except UserError as err:  # anything else is a bug: its traceback stays
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1

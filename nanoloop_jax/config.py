@@ -81,6 +81,7 @@ def base_config(task: str = "lm") -> ConfigDict:
     c.train.keep_checkpoints = 3  # newest checkpoints kept on disk
     c.train.async_checkpointing = True  # write checkpoints in the background while training continues
     c.train.eval_n_loops = ()  # e.g. (1, 2, 4, 8), on the command line 1,2,4,8: also val loss at these depths
+    c.train.tensorboard = False  # also write metrics.jsonl's numbers as TensorBoard files to OUT_DIR/tensorboard/
     # learned halting (model.exit_gate=True; nanoloop_jax/train/halting.py)
     c.train.halting = "none"  # 'none' | 'ponder' (PonderNet) | 'ouro' (Ouro stage I): sum_i p_i·L_i + beta·reg
     c.train.halting_beta = 0.01  # stage 1: regularizer weight (ponder: KL to the prior; ouro: -entropy); stage 2:
@@ -116,12 +117,13 @@ def base_config(task: str = "lm") -> ConfigDict:
     return c
 
 
-def run_config_of(model: ModelConfig, dataset: str | None = None) -> ConfigDict:
+def run_config_of(model: ModelConfig, dataset: str | None = None, data_dir: str | None = None) -> ConfigDict:
     """A run config (base_config) describing `model`: what converted checkpoints record as their config."""
     c = base_config()
     for field in dataclasses.fields(ModelConfig):
         c.model[field.name] = getattr(model, field.name)
     c.data.dataset = dataset or ""  # '' = not known (data_dir_of gives None): tools then ask for --data_dir
+    c.data.data_dir = data_dir or ""  # '' = data/<dataset>
     return c
 
 

@@ -131,3 +131,24 @@ def tiny_checkpoint(tmp_path: pathlib.Path):
     out = tmp_path / "out"
     checkpoint.write_params_only(str(out), config, params, step=7, best_val_loss=9.0)
     return config, params, out
+
+
+def tensorboard_scalars(logdir) -> dict[str, dict[int, float]]:
+    """tag -> {step: value} of every scalar in the TensorBoard event files under logdir, read back from the
+    TFRecord framing (u64 length, u32 crc, the Event proto, u32 crc) with tensorboardX's own Event proto."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    scalars: dict[str, dict[int, float]] = {}
+    files = sorted(pathlib.Path(logdir).glob("events.out.tfevents.*"))
+    assert files, f"no event file in {logdir}"
+    for path in files:
+        data, pos = path.read_bytes(), 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos : pos + 8])
+            event = Event.FromString(data[pos + 12 : pos + 12 + length])
+            pos += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+    return scalars

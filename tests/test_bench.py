@@ -143,3 +143,15 @@ def test_bench_py_sample_table_on_a_trained_run(tmp_path):
     assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
         "error: --draft entry '4:2': need 1 <= DRAFT_N_LOOP < n_loop (4) and DRAFT_TOKENS >= 1"
     ]
+
+
+def test_sample_mode_times_the_window_asked_for_and_reports_it_once(capsys):
+    """--mode=sample: the library prints nothing (bench.py prints format_result once), the KV decoder and the
+    naive one use the --window asked for, and the line names it (slide is sample.py's default)."""
+    result = benchmark.run_sample_benchmark(
+        tiny_config(), batch_size=1, max_new_tokens=40, naive_steps=2, repeats=1, window="restart"
+    )
+    assert capsys.readouterr().out == ""
+    assert result["window"] == "restart" and result["kv_tokens_per_s"] > 0 and result["naive_steps_timed"] == 2
+    line = benchmark.format_result(result)
+    assert "\n" not in line and "window restart (past block_size 32: slide, sample.py's default" in line, line

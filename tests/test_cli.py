@@ -85,3 +85,29 @@ def test_good_flags_parse(monkeypatch):
 def test_entry_points_print_one_line(script, args, want):
     res = run([sys.executable, str(REPO_ROOT / script), *args], env={**os.environ}, timeout=120)
     assert res.returncode == 1 and res.stderr.splitlines() == [want], res.stderr
+
+
+def test_help_config_lists_every_field_with_its_value_and_comment():
+    """train.py --help_config: one line per field, its value in effect and a comment (base_config comments every
+    field; the config file's own comment follows in brackets where it sets the value shown)."""
+    from configs import parity_lengthgen, shakespeare_char_looped
+    from nanoloop_jax.config_help import help_text
+
+    config = shakespeare_char_looped.get_config("cpu")
+    config.model.n_loop = 8  # an override: its value is shown
+    lines = help_text(config, f"{CONFIG}:cpu").splitlines()
+    assert lines[0] == f"fields of {CONFIG}:cpu (override any with --config.<field>=value):"
+    fields = lines[1:]
+    assert len(fields) == sum(len(section) if hasattr(section, "keys") else 1 for section in config.values())
+    assert all("  # " in line for line in fields), [line for line in fields if "  # " not in line]
+    assert "model.n_loop = 8  # iterations of the recurrent block" in fields
+    assert (
+        "model.bptt_k = 2  # backprop through the last k iterations (None or 0 = all) "
+        "[shakespeare_char_looped.py: backprop through the last 2 of the 4 iterations]"
+    ) in fields
+    # a task's own section gets its defaults' comments; a file comment about a value not in effect is left out
+    lines = help_text(parity_lengthgen.get_config(), "configs/parity_lengthgen.py").splitlines()
+    assert (
+        "lengthgen.depth_rule = 'linear'  # 'linear': T(n) = depth_scale·n + depth_offset | 'fixed': model.n_loop"
+        in lines
+    )

@@ -200,3 +200,49 @@ def test_converted_checkpoint_records_a_run_config_naming_its_dataset(tmp_path):
     assert model.model_config == config and model.data_dir == os.path.join("data", "shakespeare_char")
     checkpoint.write_params_only(str(tmp_path / "unnamed"), config, params, step=5, best_val_loss=1.5)
     assert loading.load_model(str(tmp_path / "unnamed")).data_dir is None
+
+
+def test_to_nanoloop_writes_the_run_config_and_sampling_the_result_finds_the_dataset(tmp_path, monkeypatch):
+    """--to-nanoloop writes the run's config as nanoLOOP's flat ckpt['config'] (dataset, data_dir, batch_size, ...):
+    loading the ckpt.pt back finds the dataset, so sample.py needs no --data_dir. Torch is faked (pickle in its
+    place), so this runs without the [torch] extra."""
+    config = tiny_config()
+    src = tmp_path / "run"
+    checkpoint.write_params_only(
+        str(src), config, perturbed_params(config), step=5, best_val_loss=1.5, dataset="tiny", data_dir="/d/tiny"
+    )
+
+    class FakeTorch:
+        from_numpy = staticmethod(np.asarray)
+
+        @staticmethod
+        def save(obj, path):
+            with open(path, "wb") as f:
+                pickle.dump(obj, f)
+
+    monkeypatch.setattr(convert, "_import_torch", lambda: FakeTorch)
+    dst = tmp_path / "back.pt"
+    assert cli.call_tool(convert_tool.define_flags, convert_tool.run, [str(src), str(dst), "--to-nanoloop"], True) == 0
+    with open(dst, "rb") as f:
+        written = pickle.load(f)
+    run_cfg = checkpoint.read_meta(str(src))["config"]
+    assert written["config"]["dataset"] == "tiny" and written["config"]["data_dir"] == "/d/tiny"
+    for section, key in [("data", "batch_size"), ("opt", "learning_rate"), ("train", "max_iters"), ("model", "n_loop")]:
+        assert written["config"][key] == run_cfg[section][key], key
+    assert all(isinstance(v, int | float | str | bool) for v in written["config"].values())  # flat, as nanoLOOP's
+
+    monkeypatch.setattr(convert, "load_nanoloop_ckpt", lambda path: written)
+    assert loading.load_model(None, str(dst)).data_dir == "/d/tiny"
+    written["config"] = {"dataset": "shakespeare_char"}  # a ckpt.pt of nanoLOOP's own train.py: data/<dataset>
+    assert loading.load_model(None, str(dst)).data_dir == os.path.join("data", "shakespeare_char")
+
+
+def test_converting_into_a_directory_that_holds_a_checkpoint_is_one_line(tmp_path, capsys):
+    args = [str(FIXTURES / "standard" / "ckpt.pt"), str(tmp_path / "out")]
+    assert cli.call_tool(convert_tool.define_flags, convert_tool.run, args, True) == 0
+    capsys.readouterr()
+    assert cli.call_tool(convert_tool.define_flags, convert_tool.run, args, True) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        f"error: {tmp_path / 'out'} already holds a nanoloop-jax checkpoint (steps 0); convert into a new directory"
+    ], err

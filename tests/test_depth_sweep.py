@@ -48,3 +48,13 @@ def test_sweep_bad_flags_one_line(tmp_path):
     assert res.returncode == 1 and "--n_loops must be positive integers" in res.stderr
     res = run([sys.executable, "-m", "nanoloop_jax.tools.depth_sweep", f"--out_dir={tmp_path}"])
     assert res.returncode == 1 and "no checkpoint in" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_ckpt_flag_help_says_no_torch_is_needed():
+    from absl import flags
+
+    from nanoloop_jax.tools import depth_sweep
+
+    fv = flags.FlagValues()
+    depth_sweep.define_flags(fv)
+    assert "torch] extra" not in fv["ckpt"].help and "without PyTorch" in fv["ckpt"].help

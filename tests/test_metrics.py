@@ -1,5 +1,7 @@
 """Step timing that measures the step alone, and the up-front warning for a config far too large for a CPU."""
 
+import json
+
 import pytest
 
 from configs import shakespeare_char_looped
@@ -63,3 +65,27 @@ def test_run_flops_counts_the_evaluations():
     per_eval = config.train.eval_iters * config.data.batch_size * mc.block_size
     want = per_eval * (2 * flops.flops_per_token(mc, backward=False) + flops.flops_per_token(mc, 1, backward=False))
     assert with_evals - train_only == pytest.approx(want)  # 10 steps, eval_interval 250: the eval at the start
+
+
+def test_tensorboard_files_hold_the_metrics_jsonl_numbers(tmp_path):
+    """train.tensorboard: every numeric field of every record as a scalar <event>/<field> at its step, readable
+    back from the event files."""
+    from helpers import tensorboard_scalars
+
+    logger = metrics.MetricsLogger(str(tmp_path), tensorboard=True)
+    logger.write({"step": 0, "event": "eval", "train": 4.5, "val": 4.25, "val_n_loop_1": 4.75, "eval_s": 0.5})
+    for step in range(3):
+        rec = {"step": step, "event": "train", "loss": 4.0 - step, "lr": 1e-3 * (step + 1), "time_ms": 12.5}
+        logger.write({**rec, "tokens_per_s": 1000.0 + step, "mfu": None, "n_loop": 4})
+    logger.close()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    scalars = tensorboard_scalars(tmp_path / "tensorboard")
+    want = {}
+    for rec in records:
+        for key, value in rec.items():
+            if key not in ("step", "time", "event") and value is not None:
+                want.setdefault(f"{rec['event']}/{key}", {})[rec["step"]] = value
+    assert set(scalars) == set(want) and "train/mfu" not in scalars  # no peak on CPU: no mfu curve
+    for tag, by_step in want.items():
+        assert scalars[tag] == pytest.approx(by_step, rel=1e-6), tag
+    assert scalars["eval/val_n_loop_1"] == {0: 4.75} and scalars["train/n_loop"] == {0: 4, 1: 4, 2: 4}

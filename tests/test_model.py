@@ -220,6 +220,7 @@ def test_count_params_by_hand():
     [
         ("n_head", 3, "divisible by model.n_head"),
         ("bptt_k", 0, "bptt_k must be None"),
+        ("bptt_k", 9, r"model.bptt_k \(9\) must be <= model.n_loop \(3\)"),
         ("input_injection", "add", "input_injection must be one of"),
         ("n_embd", 0, "n_embd must be a positive integer"),
         ("n_loop", -1, "n_loop must be a positive integer"),

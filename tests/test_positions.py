@@ -40,14 +40,15 @@ def test_learned_positions_equal_full_recomputation_over_the_same_windows(window
     np.testing.assert_allclose(kv.logits_BxNxV, ref.logits_BxNxV, atol=1e-4)
 
 
-def test_slide_and_restart_differ_past_block_size_only():
+def test_slide_and_restart_differ_past_block_size_only(capsys):
     cfg, params = _params("learned")
-    a, b = (
-        KVDecoder(cfg, GREEDY, chunk_size=8, return_logits=True, window=w).generate(
-            params, _prompt(), NEW, jax.random.PRNGKey(3)
-        )
-        for w in ("slide", "restart")
-    )
+    decoders = {w: KVDecoder(cfg, GREEDY, chunk_size=8, return_logits=True, window=w) for w in ("slide", "restart")}
+    a, b = (dec.generate(params, _prompt(), NEW, jax.random.PRNGKey(3)) for dec in decoders.values())
+    # slide says once (of its many re-prefills past block_size) that it re-prefills, and what keeps the speed
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "--window=slide re-prefills" in notes[0] and "--window=restart keeps" in notes[0], notes
+    decoders["restart"].generate(params, _prompt(), NEW, jax.random.PRNGKey(3))
+    assert "note:" not in capsys.readouterr().err
     n_first = TINY.block_size - 5 + 1  # tokens predicted before the window first fills
     np.testing.assert_allclose(a.logits_BxNxV[:, :n_first], b.logits_BxNxV[:, :n_first], atol=1e-5)
     assert np.abs(a.logits_BxNxV[:, n_first:] - b.logits_BxNxV[:, n_first:]).max() > 1e-3

@@ -90,3 +90,16 @@ def test_unloadable_gpt2_files_give_one_line(monkeypatch):
         assert "\n" not in str(excinfo.value) and "Name or service not known" in str(excinfo.value)
     finally:
         tokenizer_lib.gpt2_encoding.cache_clear()  # later tests load the real encoding again
+
+
+def test_a_small_model_without_its_dataset_asks_for_data_dir_before_loading_gpt2(tmp_path, monkeypatch):
+    tokenizer = tokenizer_lib
+    monkeypatch.setattr(tokenizer, "gpt2_encoding", lambda: pytest.fail("tiktoken must not be loaded"))
+    with pytest.raises(
+        DataError, match=r"^this model has 65 tokens .* its checkpoint names no dataset; pass --data_dir"
+    ):
+        tokenizer.model_tokenizer(None, 65)
+    with pytest.raises(DataError, match=f"this model has 65 tokens .* and {tmp_path} has no meta.json"):
+        tokenizer.model_tokenizer(tmp_path, 65)
+    (tmp_path / "meta.json").write_text(json.dumps(char_meta("abc")))
+    assert tokenizer.model_tokenizer(tmp_path, 65).name == "char"

@@ -12,7 +12,16 @@ import jax
 import numpy as np
 import optax
 import pytest
-from helpers import REPO_ROOT, run, tiny_data_dir, tiny_overrides, train_cmd, train_losses, wait_for
+from helpers import (
+    REPO_ROOT,
+    run,
+    tensorboard_scalars,
+    tiny_data_dir,
+    tiny_overrides,
+    train_cmd,
+    train_losses,
+    wait_for,
+)
 
 from nanoloop_jax.ckpt import checkpoint
 from nanoloop_jax.config import model_config
@@ -117,6 +126,11 @@ def straight(tmp_path_factory):
     res = run(train_cmd("configs/shakespeare_char_looped.py", *tiny_overrides(data_dir, out)))
     assert res.returncode == 0, res.stderr
     assert "step 8: train loss" in res.stdout and checkpoint.all_steps(str(out)) == [8, 4]
+    # a parameter count, not the ModelConfig repr; and one summary line at the end
+    assert "ModelConfig(" not in res.stdout and "M parameters (" in res.stdout
+    last = res.stdout.strip().splitlines()[-1]
+    assert last.startswith("done: steps 0 -> 8 (8 trained) in ") and "; best val loss " in last, last
+    assert last.endswith(f"; checkpoint step 8 in {out / 'checkpoints'}"), last
     return data_dir, out
 
 
@@ -150,6 +164,19 @@ def test_train_checkpoint_and_exact_resume_after_kill(straight, tmp_path):
     got = train_losses(killed)
     for step in range(4, 8):
         assert got[step] == want[step], (step, got[step], want[step])
+
+    # the finished run run again: one line, before anything is compiled or evaluated
+    res = run(train_cmd("configs/shakespeare_char_looped.py", *tiny_overrides(data_dir, killed)))
+    assert res.returncode == 0, res.stderr
+    assert "compiled" not in res.stdout and "step 8: train loss" not in res.stdout
+    assert res.stdout.strip().splitlines()[-1].startswith("already at max_iters (8); nothing to train"), res.stdout
+    # another architecture asked of it: one error line naming the field, both values and the fix
+    res = run(train_cmd("configs/shakespeare_char_looped.py", *tiny_overrides(data_dir, killed, **{"model.n_loop": 0})))
+    assert res.returncode == 1 and res.stderr.strip().splitlines() == [
+        f"error: {killed} holds a checkpoint (step 8) of another architecture: model.n_loop is 3 there, 0 asked for. "
+        "A resumed run keeps its checkpoint's architecture: drop --config.model.n_loop (or change the config file "
+        "back), or use a new out_dir"
+    ], res.stderr
 
 
 def _truncate_step(out_dir, step: int) -> None:
@@ -198,16 +225,24 @@ def test_truncated_newest_checkpoint_resumes_from_the_previous_one(straight, tmp
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
     data_dir = tiny_data_dir(tmp_path)
     out = tmp_path / "out"
+    # 10^8 steps: far too large for a CPU, so the step-0 evaluation is skipped after the warning
     cmd = train_cmd(
         "configs/shakespeare_char_looped.py",
-        *tiny_overrides(data_dir, out, **{"train.max_iters": 100000, "train.eval_interval": 100000}),
+        *tiny_overrides(data_dir, out, **{"train.max_iters": 10**8, "train.eval_interval": 10**8}),
     )
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: (out / "metrics.jsonl").exists() and len(train_losses(out)) >= 3, proc=proc)
+    # a second run on the same out_dir (a second terminal, a re-submitted job) stops in one line naming the first
+    second = run(cmd)
+    assert second.returncode == 1 and len(second.stderr.strip().splitlines()) == 1, second.stderr
+    assert second.stderr.startswith(f"error: {out} is in use by another train.py run (pid {proc.pid} on host ")
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
     assert "SIGTERM: saved checkpoint at step" in stdout
+    assert "warning: this config is far too large for" in stderr
+    assert "step 0: evaluation skipped (see the warning above); training starts" in stdout
+    assert stdout.strip().splitlines()[-1].startswith("stopped by SIGTERM: steps 0 -> ")
     step = checkpoint.latest_step(str(out))
     assert step is not None and step >= 3
     loaded = checkpoint.load_params(str(out))
@@ -240,7 +275,9 @@ def test_sigterm_during_eval_saves_the_trained_steps_and_exits_within_10s(straig
     step_5_logged = lambda: (out / "metrics.jsonl").exists() and 5 in train_losses(out)  # noqa: E731
     seconds = _sigterm_when(cmd, log, step_5_logged, delay_s=1.0)  # step 5 is logged just before the eval
     assert seconds < 10, seconds
-    assert log.read_text().splitlines()[-1] == "SIGTERM: saved checkpoint at step 6; exiting cleanly"
+    *_, line, summary = log.read_text().splitlines()
+    assert line == "SIGTERM: saved checkpoint at step 6; exiting cleanly"
+    assert summary.startswith("stopped by SIGTERM: steps 4 -> 6 (2 trained) in ") and "checkpoint step 6" in summary
     assert checkpoint.all_steps(str(out)) == [6, 4]
     assert checkpoint.load_params(str(out)).step == 6
 
@@ -252,6 +289,7 @@ def test_sigterm_during_compile_exits_within_10s_with_nothing_to_save(tmp_path):
     # "mesh:" is the last line before the steps are compiled (a few seconds, even for this tiny model)
     seconds = _sigterm_when(cmd, log, lambda: log.exists() and "mesh:" in log.read_text())
     assert seconds < 10, seconds
+    # the watchdog ends a compile: its line is the run's last
     assert log.read_text().splitlines()[-1] == "SIGTERM: no step trained yet, nothing to save; exiting cleanly"
     assert checkpoint.all_steps(str(out)) == []
 
@@ -260,23 +298,30 @@ def test_sigterm_during_compile_exits_within_10s_with_nothing_to_save(tmp_path):
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     data_dir = tiny_data_dir(tmp_path)
     out = tmp_path / "out"
-    res = run(
-        train_cmd(
-            "configs/shakespeare_char_looped.py",
-            *tiny_overrides(data_dir, out, **{"train.max_iters": 4, "train.eval_n_loops": "1,5"}),
-        )
-    )
+    flags = {"train.max_iters": 4, "train.eval_n_loops": "1,5", "train.tensorboard": True}
+    res = run(train_cmd("configs/shakespeare_char_looped.py", *tiny_overrides(data_dir, out, **flags)))
     assert res.returncode == 0 and checkpoint.latest_step(str(out)) == 4
-    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["event"] == "eval"]
     assert {"val", "val_n_loop_1", "val_n_loop_5"} <= set(evals[-1]) and "val_n_loop_1" in res.stdout
+    # train.tensorboard: the same numbers as event files (loss, lr, step time, tokens/s, depth, val per depth)
+    scalars = tensorboard_scalars(out / "tensorboard")
+    for rec in records:
+        for key in ("loss", "lr", "time_ms", "tokens_per_s", "n_loop", "val", "val_n_loop_1", "val_n_loop_5"):
+            if key in rec:
+                assert scalars[f"{rec['event']}/{key}"][rec["step"]] == pytest.approx(
+                    rec[key], rel=1e-6, nan_ok=True
+                ), key
+    assert sorted(scalars["train/loss"]) == [0, 1, 2, 3] and sorted(scalars["eval/val_n_loop_5"]) == [0, 4]
     good = checkpoint.load_params(str(out)).params
-    # resume with an absurd learning rate: the loss becomes non-finite within a couple of steps
-    res = run(
-        train_cmd(
-            "configs/shakespeare_char_looped.py",
-            *tiny_overrides(data_dir, out, **{"opt.learning_rate": 1e30, "opt.decay_lr": False}),
-        )
-    )
+    # resume with an absurd learning rate (one line says so): the loss becomes non-finite within a couple of steps
+    flags = {"opt.learning_rate": 1e30, "opt.decay_lr": False, "train.eval_n_loops": "1,5", "train.tensorboard": True}
+    res = run(train_cmd("configs/shakespeare_char_looped.py", *tiny_overrides(data_dir, out, **flags)))
+    changed = [line for line in res.stdout.splitlines() if line.startswith("resuming with changed settings")]
+    assert changed == [
+        "resuming with changed settings, applied from step 4 on: opt.learning_rate 0.001 -> 1e+30, "
+        "opt.decay_lr True -> False, train.max_iters 4 -> 8"
+    ], res.stdout
     assert res.returncode == 1
     line = res.stderr.strip().splitlines()[-1]
     assert "loss is nan at iter" in line or "loss is inf at iter" in line, res.stderr

@@ -152,6 +152,8 @@ def restore_newest(
         try:
             with _quiet_abandoned_reads():
                 result, reason = attempt(step), None
+        except UserError:  # the caller's verdict on this run (e.g. another architecture), not a damaged step
+            raise
         except Exception as err:  # noqa: BLE001 -- orbax raises bare Exception for damaged tensorstore data
             result, reason = None, _reason(err)
         if agree(reason is None):
@@ -184,7 +186,10 @@ def config_to_dict(config: ModelConfig) -> dict:
 
 def config_from_dict(d: dict) -> ModelConfig:
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    return ModelConfig(**{k: v for k, v in d.items() if k in fields}).validate()
+    values = {k: v for k, v in d.items() if k in fields}
+    if values.get("loop_sampling", "fixed") == "fixed" and (values.get("bptt_k") or 0) > values["n_loop"]:
+        values["bptt_k"] = None  # trained before bptt_k > n_loop was refused: it meant full backprop
+    return ModelConfig(**values).validate()
 
 
 def save(mngr: ocp.CheckpointManager, step: int, *, params, opt_state, meta: dict) -> None:
@@ -264,13 +269,14 @@ def write_params_only(
     best_val_loss: float,
     source: dict | None = None,
     dataset: str | None = None,
+    data_dir: str | None = None,
 ) -> None:
     """A checkpoint without optimizer state (converted weights): sample.py reads it, train.py resumes from it.
 
-    Its run config (meta and config.json) is base_config with this model and dataset (run_config_of), so
+    Its run config (meta and config.json) is base_config with this model and data (run_config_of), so
     every checkpoint records the same schema; `source` records where the weights came from.
     """
-    run_config = run_config_of(model, dataset)
+    run_config = run_config_of(model, dataset, data_dir)
     meta = {
         "step": int(step),
         "best_val_loss": float(best_val_loss),

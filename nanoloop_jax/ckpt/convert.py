@@ -150,6 +150,29 @@ def _check_against_config(config: ModelConfig, params: dict) -> None:
         raise ConversionError(f"shape mismatch: {'; '.join(bad)}")
 
 
+# The run-config sections nanoLOOP's train.py keeps as flat globals (and saves as ckpt['config']).
+_FLAT_SECTIONS = ("model", "data", "opt", "train")
+
+
+def nanoloop_run_config(run_config: dict) -> dict:
+    """A nanoloop-jax run config (its JSON dict) as nanoLOOP's ckpt['config']: one flat dict of the scalar
+    settings (dataset, batch_size, learning_rate, max_iters, ...), as nanoLOOP's train.py saves its globals.
+
+    `data_dir` is ours (nanoLOOP finds data/<dataset>); nanoLOOP ignores keys it does not read."""
+    flat = {k: v for k, v in run_config.items() if isinstance(v, int | float | str | bool)}
+    for section in _FLAT_SECTIONS:
+        for k, v in run_config.get(section, {}).items():
+            if isinstance(v, int | float | str | bool):
+                flat.setdefault(k, v)
+    return flat
+
+
+def nanoloop_data(nanoloop_config: dict | None) -> dict:
+    """The `data` section (dataset, data_dir) that a ckpt['config'] names; '' where it names none."""
+    cfg = nanoloop_config or {}
+    return {"dataset": cfg.get("dataset") or "", "data_dir": cfg.get("data_dir") or ""}
+
+
 def _import_torch():
     try:
         import torch
@@ -184,7 +207,8 @@ def save_nanoloop_ckpt(
     best_val_loss: float = 1e9,
     run_config: dict | None = None,
 ) -> None:
-    """Write a ckpt.pt that nanoLOOP's sample.py / train.py (resume, fresh optimizer) can load."""
+    """Write a ckpt.pt that nanoLOOP's sample.py / train.py (resume, fresh optimizer) can load; `run_config` (a
+    nanoloop-jax run config's JSON dict) becomes its flat `config`, so nanoLOOP finds the dataset."""
     torch = _import_torch()
     sd, model_args = to_nanoloop(config, jax_to_numpy(params))
     ckpt = {
@@ -192,7 +216,7 @@ def save_nanoloop_ckpt(
         "model_args": model_args,
         "iter_num": int(iter_num),
         "best_val_loss": float(best_val_loss),
-        "config": run_config or {},
+        "config": nanoloop_run_config(run_config or {}),
     }
     torch.save(ckpt, path)
 

@@ -38,5 +38,5 @@ def load_model(out_dir: str | None, ckpt: str | None = None) -> InferenceModel:
         raise checkpoint.CheckpointError(f"{where}; train one with train.py or pass --ckpt=PATH")
     raw = convert.load_nanoloop_ckpt(pt_path)
     config, params = convert.from_nanoloop(raw["model"], raw["model_args"])
-    dataset = (raw.get("config") or {}).get("dataset")
-    return InferenceModel(config, params, os.path.join("data", dataset) if dataset else None, f"{pt_path} (nanoLOOP)")
+    data_dir = data_dir_of(convert.nanoloop_data(raw.get("config")))
+    return InferenceModel(config, params, data_dir, f"{pt_path} (nanoLOOP)")

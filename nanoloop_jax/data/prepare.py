@@ -195,7 +195,7 @@ def _load_corpus(dataset: str, num_proc: int, cache_dir: str | None):
 
 def _write_memmap(dset, path: pathlib.Path) -> int:
     """Concatenate the tokenized documents into a uint16 memmap, in shards, as nanoGPT does."""
-    from tqdm import tqdm
+    from nanoloop_jax import progress
 
     arr_len = int(np.sum(dset.with_format("numpy")[:]["len"], dtype=np.uint64))
     tmp = path.with_name(path.name + ".tmp")
@@ -203,7 +203,7 @@ def _write_memmap(dset, path: pathlib.Path) -> int:
     # Shards bound memory: one shard's ids are materialised at a time. No more shards than rows.
     total_batches = min(1024, len(dset))
     idx = 0
-    for batch_idx in tqdm(range(total_batches), desc=f"writing {path}"):
+    for batch_idx in progress.bar(range(total_batches), desc=f"writing {path}"):
         shard = dset.shard(num_shards=total_batches, index=batch_idx, contiguous=True).with_format("numpy")
         arr_batch = np.concatenate(list(shard[:]["ids"]))
         arr[idx : idx + len(arr_batch)] = arr_batch

@@ -16,6 +16,7 @@ from nanoloop_jax.data.batches import DataError, load_meta
 from nanoloop_jax.errors import UserError
 
 GPT2_EOT = 50256  # <|endoftext|>, the document separator that prepare.py appends
+GPT2_VOCAB = 50257  # tokens of tiktoken's gpt2 encoding
 
 
 @functools.cache
@@ -98,3 +99,16 @@ def load_tokenizer(data_dir_or_meta: str | os.PathLike | Mapping | None) -> Toke
     if tokenizer != "gpt2":
         raise DataError(f"meta.json names tokenizer {tokenizer!r}; only 'gpt2' and char-level are supported")
     return Tokenizer.gpt2()
+
+
+def model_tokenizer(data_dir: str | os.PathLike | None, model_vocab: int) -> Tokenizer:
+    """The tokenizer of a model: its dataset's meta.json, else GPT-2 BPE, which a model with fewer than
+    GPT2_VOCAB tokens cannot have been trained on (then one line asks for the dataset, before tiktoken loads)."""
+    meta = load_meta(data_dir) if data_dir else None
+    if meta is None and model_vocab < GPT2_VOCAB:
+        where = f"{data_dir} has no meta.json" if data_dir else "its checkpoint names no dataset"
+        raise DataError(
+            f"this model has {model_vocab} tokens (GPT-2 BPE has {GPT2_VOCAB}) and {where}; "
+            "pass --data_dir=DIR, the directory of the dataset it was trained on (with its meta.json)"
+        )
+    return load_tokenizer(meta)

@@ -30,6 +30,7 @@ C decode steps in a chunk, L draft tokens, N new tokens, P prompt length.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -37,11 +38,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nanoloop_jax import log
 from nanoloop_jax.decode.recurrence import DecodeConfig, Recurrence
 from nanoloop_jax.decode.speculation import accept_greedy, accept_sampled, emitted_tokens
 from nanoloop_jax.model.cache import DecodeCache
 from nanoloop_jax.model.config import ModelConfig
 
+logger = log.get(__name__)
 WINDOWS = ("slide", "restart")  # past block_size with learned positions (rope/none always slide, cached)
 
 
@@ -125,6 +128,26 @@ def padded_length(n: int, multiple: int, cap: int) -> int:
     return min(cap, -(-n // multiple) * multiple)
 
 
+class AheadOfTime:
+    """jax.jit(fn), compiled ahead of its first call for each new argument signature (lower, compile, then run),
+    so the compile time is known apart from the run time: `compile_seconds`, and `executables` per signature."""
+
+    def __init__(self, fn, **jit_kwargs) -> None:
+        self.jitted = jax.jit(fn, **jit_kwargs)
+        self.executables: dict = {}
+        self.compile_seconds = 0.0
+
+    def __call__(self, *args):
+        leaves, treedef = jax.tree_util.tree_flatten(args)
+        key = (treedef, tuple((jax.typeof(x), getattr(x, "sharding", None)) for x in leaves))
+        executable = self.executables.get(key)
+        if executable is None:
+            t0 = time.perf_counter()
+            executable = self.executables[key] = self.jitted.lower(*args).compile()
+            self.compile_seconds += time.perf_counter() - t0
+        return executable(*args)
+
+
 def _at(x_BxTxD: jax.Array, t) -> jax.Array:
     """Position t (traced) of (B, T, ...) as (B, 1, ...)."""
     return jax.lax.dynamic_slice_in_dim(x_BxTxD, t, 1, axis=1)
@@ -163,15 +186,23 @@ class KVDecoder:
         self.ring = config.block_size + (self.dc.draft_tokens + 1 if self.dc.draft_n_loop and self.rolling else 0)
         self.n_layers = jax.eval_shape(lambda: self.rec.init_cache(1, self.ring)).n_layers
         self.stats = {"rounds": 0, "drafted": 0, "accepted": 0}
-        self._prefill = jax.jit(self._prefill_fn)
+        self._slide_noted = False
+        self._prefill = AheadOfTime(self._prefill_fn)
         # the state (its caches) is donated: updated in place instead of copied every call
-        self._decode = jax.jit(self._decode_fn, donate_argnums=1)
-        self._speculate = jax.jit(self._speculate_fn, donate_argnums=1)
-        self._window_logits = jax.jit(self._window_logits_fn)
+        self._decode = AheadOfTime(self._decode_fn, donate_argnums=1)
+        self._speculate = AheadOfTime(self._speculate_fn, donate_argnums=1)
+        self._window_logits = AheadOfTime(self._window_logits_fn)
+
+    def _programs(self) -> tuple[AheadOfTime, ...]:
+        return self._prefill, self._decode, self._speculate, self._window_logits
 
     def compilations(self) -> int:
-        """Programs compiled so far by this decoder (a timer can leave out the calls that compiled)."""
-        return sum(f._cache_size() for f in (self._prefill, self._decode, self._speculate, self._window_logits))
+        """Programs compiled so far by this decoder."""
+        return sum(len(f.executables) for f in self._programs())
+
+    def compile_seconds(self) -> float:
+        """Seconds this decoder has spent compiling so far (a timer subtracts them: run time alone)."""
+        return sum(f.compile_seconds for f in self._programs())
 
     def cache_bytes(self, batch: int) -> int:
         """Bytes of all K/V buffers for a batch (what --stats reports)."""
@@ -274,6 +305,18 @@ class KVDecoder:
         state, done, toks, iters, logits, n_acc = carry
         return state, done, toks, iters, logits, rounds, n_acc
 
+    def _note_slide(self) -> None:
+        """Say once per decoder that the slide window re-prefills from here on (the decoding slows down)."""
+        if self._slide_noted:
+            return
+        self._slide_noted = True
+        spec = "; speculative decoding stops there" if self.dc.draft_n_loop else ""
+        logger.warning(
+            f"note: past block_size ({self.cfg.block_size}) --window=slide re-prefills the last {self.cfg.block_size} "
+            f"tokens for every new token (nanoLOOP's crop: exact, one full forward per token){spec}; "
+            "--window=restart keeps KV-cache speed"
+        )
+
     def _room(self, n_ctx):
         """Positions that fit before the window must restart (learned) or the ring wraps (rope/none)."""
         return self.ring - n_ctx % self.ring if self.rolling else self.cfg.block_size - n_ctx
@@ -315,6 +358,8 @@ class KVDecoder:
         n_draft = self.dc.draft_tokens if self.dc.draft_n_loop else None
         while done < max_new_tokens:
             if n_ctx == 0 or (n_ctx == s_max and not self.rolling):
+                if n_ctx and self.window == "slide":
+                    self._note_slide()
                 state = None  # free the old caches before the new ones are made
                 # pad to a multiple of 16 so that windows of many lengths share a few compilations
                 window_BxT = np.zeros((seq_BxL.shape[0], padded_length(n_window, 16, s_max)), np.int32)

@@ -86,6 +86,12 @@ class ModelConfig:
             raise ConfigError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
         if self.bptt_k is not None and (not isinstance(self.bptt_k, int) or self.bptt_k < 1):
             raise ConfigError(f"model.bptt_k must be None (full backprop) or an integer >= 1, got {self.bptt_k!r}")
+        if self.loop_sampling == "fixed" and self.bptt_k is not None and self.bptt_k > self.n_loop:
+            # loop_split would quietly backprop through all n_loop: a bptt_k larger than the loop is a typo
+            raise ConfigError(
+                f"model.bptt_k ({self.bptt_k}) must be <= model.n_loop ({self.n_loop}): it counts the last iterations "
+                "that get gradient (0 = all of them)"
+            )
         if self.input_injection not in INPUT_INJECTIONS:
             raise ConfigError(f"model.input_injection must be one of {INPUT_INJECTIONS}, got {self.input_injection!r}")
         if self.loop_sampling not in LOOP_SAMPLINGS:

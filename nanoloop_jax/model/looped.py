@@ -362,3 +362,15 @@ def count_params(params: dict) -> dict[str, int]:
     }
     counts["non_embedding"] = counts["total"] - wpe
     return counts
+
+
+def describe(config: ModelConfig, params: dict) -> str:
+    """One line for a run's log: the parameter count and the shape of the loop (not the ~600-character repr)."""
+    counts = count_params(params)
+    bptt = "all" if config.bptt_k is None else config.bptt_k
+    return (
+        f"model: {counts['total'] / 1e6:.2f}M parameters ({counts['non_embedding'] / 1e6:.2f}M non-embedding): "
+        f"{config.n_prelude} prelude + {config.n_block} recurrent x n_loop {config.n_loop} + {config.n_coda} coda "
+        f"blocks, {config.n_embd} wide, {config.n_head} heads, block {config.block_size}, vocab {config.vocab_size}, "
+        f"bptt_k {bptt}, {config.input_injection}, {config.pos_encoding} positions, {config.dtype}"
+    )

@@ -243,8 +243,10 @@ def time_decoders(
     naive_steps: int = 20,
     repeats: int = 3,
     chunk_size: int = 32,
+    window: str = "slide",
 ) -> dict:
-    """Print and return tokens/s (all sequences together) of the KV-cache and naive decoders, and the speed-up.
+    """Tokens/s (all sequences together) of the KV-cache and naive decoders over the same context windows
+    (`window` past block_size, as sample.py --window), and the speed-up.
 
     Over 60 lines: both decoders' timing protocols side by side, so they visibly time the same thing."""
     sc = SampleConfig(temperature=0.8, top_k=200)  # nanoLOOP sample.py's defaults
@@ -252,12 +254,12 @@ def time_decoders(
     prompt_BxP = rng.integers(0, model_config.vocab_size, (batch_size, prompt_len), dtype=np.int32)
     key = jax.random.PRNGKey(1337)
 
-    decoder = KVDecoder(model_config, sc, n_loop=n_loop, chunk_size=chunk_size)
+    decoder = KVDecoder(model_config, sc, n_loop=n_loop, chunk_size=chunk_size, window=window)
     decoder.generate(params, prompt_BxP, max_new_tokens, key)  # compile
     kv_s = _median_seconds(lambda: decoder.generate(params, prompt_BxP, max_new_tokens, key), repeats)
 
     step = naive_step_fn(model_config, sc, n_loop=n_loop)
-    windows = naive_windows(prompt_len, max_new_tokens, model_config.block_size)
+    windows = naive_windows(prompt_len, max_new_tokens, model_config.block_size, window)
     picked = [windows[i] for i in np.linspace(0, len(windows) - 1, min(naive_steps, len(windows))).astype(int)]
     inputs = []
     for start, end in picked:
@@ -281,6 +283,8 @@ def time_decoders(
         "max_new_tokens": max_new_tokens,
         "prompt_len": prompt_len,
         "n_loop": decoder.n_loop,
+        "window": window,
+        "block_size": model_config.block_size,
         "kv_seconds": kv_s,
         "kv_tokens_per_s": batch_size * max_new_tokens / kv_s,
         "naive_steps_timed": len(inputs),
@@ -288,14 +292,24 @@ def time_decoders(
         "naive_tokens_per_s": batch_size / naive_step_s,
     }
     result["speedup"] = result["kv_tokens_per_s"] / result["naive_tokens_per_s"]
-    print(
-        f"batch {batch_size}, {max_new_tokens} new tokens, n_loop {decoder.n_loop}: "
-        f"KV cache {result['kv_tokens_per_s']:,.1f} tok/s ({kv_s:.2f} s), "
-        f"naive {result['naive_tokens_per_s']:,.1f} tok/s ({naive_step_s * 1e3:.0f} ms/step over "
-        f"{len(inputs)} of the {max_new_tokens} windows), speed-up {result['speedup']:.1f}x",
-        flush=True,
-    )
     return result
+
+
+def format_sample_result(r: dict[str, Any]) -> str:
+    """The one line of a sample-mode result: both decoders' tokens/s, the speed-up and the window they used."""
+    past = r["prompt_len"] + r["max_new_tokens"] > r["block_size"]
+    window = f"window {r['window']}" + (
+        f" (past block_size {r['block_size']}: slide, sample.py's default, re-prefills every token; "
+        "--window=restart keeps KV-cache speed)"
+        if past
+        else f" (all within block_size {r['block_size']})"
+    )
+    return (
+        f"batch {r['batch_size']}, {r['max_new_tokens']} new tokens, n_loop {r['n_loop']}, {window}: "
+        f"KV cache {r['kv_tokens_per_s']:,.1f} tok/s ({r['kv_seconds']:.2f} s), "
+        f"naive {r['naive_tokens_per_s']:,.1f} tok/s ({r['naive_seconds_per_step'] * 1e3:.0f} ms/step over "
+        f"{r['naive_steps_timed']} of the {r['max_new_tokens']} windows), speed-up {r['speedup']:.1f}x"
+    )
 
 
 def init_bench_params(config) -> tuple[ModelConfig, Any]:
@@ -305,7 +319,7 @@ def init_bench_params(config) -> tuple[ModelConfig, Any]:
 
 
 def run_sample_benchmark(
-    config, batch_size: int, max_new_tokens: int, naive_steps: int = 20, repeats: int = 3
+    config, batch_size: int, max_new_tokens: int, naive_steps: int = 20, repeats: int = 3, window: str = "slide"
 ) -> dict[str, Any]:
     """Decode speed of the sampler (time_decoders) for config's model at fresh init: speed needs no training."""
     mcfg, params = init_bench_params(config)
@@ -317,12 +331,15 @@ def run_sample_benchmark(
         prompt_len=1,
         naive_steps=naive_steps,
         repeats=repeats,
+        window=window,
     )
     return {"mode": "sample", "device": jax.devices()[0].device_kind, **dict(result)}
 
 
 def format_result(r: dict[str, Any]) -> str:
-    """Human-readable lines of a result dict (train mode gets units; other modes print key: value)."""
+    """Human-readable lines of a result dict (train mode gets units, sample mode one line; others key: value)."""
+    if r.get("mode") == "sample":
+        return f"{r['device']}: {format_sample_result(r)}"
     if r.get("mode") != "train":
         return "\n".join(f"{k}: {v}" for k, v in r.items())
 

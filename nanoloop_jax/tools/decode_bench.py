@@ -22,7 +22,7 @@ import numpy as np
 
 from nanoloop_jax.ckpt import loading
 from nanoloop_jax.data.batches import data_dir_of
-from nanoloop_jax.data.tokenizer import load_tokenizer
+from nanoloop_jax.data.tokenizer import model_tokenizer
 from nanoloop_jax.decode.recurrence import DecodeConfig
 from nanoloop_jax.decode.sampling import KVDecoder, SampleConfig
 from nanoloop_jax.errors import UserError
@@ -49,7 +49,7 @@ class BenchModel:
 
 def _bench_model(config: ModelConfig, params: Any, description: str, data_dir) -> BenchModel:
     try:
-        tok = load_tokenizer(data_dir)
+        tok = model_tokenizer(data_dir, config.vocab_size)
     except UserError:  # no tokenizer files here: the whole vocabulary, and token 0 as the prompt
         return BenchModel(config, params, description, None, np.zeros(1, np.int32))
     return BenchModel(config, params, description, tok.vocab_size, np.asarray(tok.encode("\n"), np.int32))

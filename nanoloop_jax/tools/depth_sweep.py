@@ -34,9 +34,7 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_list(
         "out_dir", None, "Checkpoint dir(s), comma-separated to compare runs in one plot.", flag_values=fv
     )
-    flags.DEFINE_string(
-        "ckpt", None, "A nanoLOOP ckpt.pt instead of --out_dir (needs the [torch] extra).", flag_values=fv
-    )
+    flags.DEFINE_string("ckpt", None, "A nanoLOOP ckpt.pt instead of --out_dir (read without PyTorch).", flag_values=fv)
     flags.DEFINE_list("n_loops", ["1", "2", "4", "8", "16", "32"], "Recurrence depths.", flag_values=fv)
     flags.DEFINE_string(
         "data_dir", None, "Dataset dir with val.bin (default: the one the checkpoint names).", flag_values=fv

@@ -158,8 +158,8 @@ def lower_decode(config, mcfg: ModelConfig, platform: str, batch_size: int = 1) 
     key = jax.ShapeDtypeStruct((2,), jnp.uint32)
     eps = jax.ShapeDtypeStruct((), jnp.float32)
     # the decode state (the caches) is whatever the prefill returns, so its layout stays the sampler's business
-    state = jax.eval_shape(decoder._prefill, params, window, i32, i32, key, key, eps)[0]
-    return decoder._decode.trace(params, state, i32, key, key, eps).lower(lowering_platforms=(platform,))
+    state = jax.eval_shape(decoder._prefill.jitted, params, window, i32, i32, key, key, eps)[0]
+    return decoder._decode.jitted.trace(params, state, i32, key, key, eps).lower(lowering_platforms=(platform,))
 
 
 def lower_for(

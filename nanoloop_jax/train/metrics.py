@@ -1,5 +1,6 @@
-"""Run metrics: OUT_DIR/metrics.jsonl and optional wandb (process 0 only; the text lines go through log.py), and the
-up-front warning when the measured speed says a config is far too large for the devices found."""
+"""Run metrics: OUT_DIR/metrics.jsonl, optional TensorBoard files and wandb (process 0 only; the text lines go
+through log.py), and the up-front warning when the measured speed says a config is far too large for the devices
+found."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import jax
 from nanoloop_jax.errors import UserError
 from nanoloop_jax.model import flops
 from nanoloop_jax.model.config import ModelConfig
+from nanoloop_jax.train.tensorboard import TensorBoardWriter
 
 PROGRESS_DELAY_S = 3.0  # an evaluation still running after this many seconds shows a progress bar
 TOO_LARGE_S = 2 * 3600  # a CPU run estimated to take longer than this gets the warning (the :cpu configs take minutes)
@@ -19,11 +21,13 @@ CPU_CONFIGS = "configs/shakespeare_char.py:cpu or configs/shakespeare_char_loope
 
 
 class MetricsLogger:
-    """Writes one JSON object per record; prints only on process 0 so a pod's log reads like one host's."""
+    """Writes one JSON object per record (and, optionally, the same numbers as TensorBoard scalars and to wandb);
+    only on process 0, so a pod's metrics are written once."""
 
-    def __init__(self, out_dir: str, config=None, use_wandb: bool = False) -> None:
+    def __init__(self, out_dir: str, config=None, use_wandb: bool = False, tensorboard: bool = False) -> None:
         self.is_main = jax.process_index() == 0
         self.path = os.path.join(out_dir, "metrics.jsonl")
+        self.tensorboard = TensorBoardWriter(out_dir) if self.is_main and tensorboard else None
         self.wandb = None
         if self.is_main and use_wandb:
             try:
@@ -39,10 +43,14 @@ class MetricsLogger:
         record = {"time": time.time(), **record}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            self.tensorboard.write(record)
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in record.items() if isinstance(v, int | float)}, step=record.get("step"))
 
     def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         if self.wandb is not None:
             self.wandb.finish()
 
@@ -70,6 +78,15 @@ def run_flops(config, model_config: ModelConfig, remaining_steps: int, eval_dept
     per_eval = sum(eval_tokens * flops.flops_per_token(model_config, n, backward=False) for n in eval_depths)
     n_evals = remaining_steps // config.train.eval_interval + 1
     return train + n_evals * per_eval
+
+
+def wall_time(seconds: float) -> str:
+    """A run's wall time, readable: 42.1 s, 13.8 min, 2.3 h."""
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _duration(seconds: float) -> str:

@@ -21,6 +21,7 @@ from nanoloop_jax.config import model_config
 from nanoloop_jax.errors import UserError
 from nanoloop_jax.model.config import ARCH_FIELDS, EXTRA_ARCH_FIELDS, ModelConfig
 from nanoloop_jax.model.looped import LoopedGPT
+from nanoloop_jax.train import resume
 from nanoloop_jax.train.steps import TrainState, init_train_state
 
 logger = log.get(__name__)
@@ -107,6 +108,7 @@ def state_from_nanoloop(config, data_meta: dict | None, tx: optax.GradientTransf
 def restore_state(config, data_meta: dict | None, step: int, tx: optax.GradientTransformation, mesh, rules) -> Start:
     """Checkpoint `step` of config.out_dir: its model, params and (if saved) optimizer state, onto this mesh."""
     meta = checkpoint.read_meta(config.out_dir, step)
+    resume.check_architecture(config, meta, config.out_dir)  # a UserError: restore_newest does not try older steps
     mc = model_config_for(config, data_meta, meta["model_config"])
     shardings = state_shardings(mc, tx, mesh, rules)
     abstract = jax.eval_shape(lambda k: init_train_state(LoopedGPT(mc), tx, k), jax.random.PRNGKey(0))
@@ -146,6 +148,8 @@ def restore_newest_state(config, data_meta, tx, mesh, rules) -> Start:
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("unrestorable checkpoints moved")
     logger.info(f"resumed from step {step} (best val loss {start.best_val_loss:.4f})")
+    if line := resume.changed_settings_line(config, checkpoint.read_meta(config.out_dir, step)):
+        logger.info(line)
     return start
 
 

@@ -5,25 +5,24 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 
 import jax
 import numpy as np
-from tqdm import tqdm
 
-from nanoloop_jax import log, sharding
+from nanoloop_jax import log, progress, sharding
 from nanoloop_jax.ckpt import checkpoint
 from nanoloop_jax.data.batches import Prefetcher
 from nanoloop_jax.errors import UserError
 from nanoloop_jax.model import flops
 from nanoloop_jax.model.looped import LoopedGPT
+from nanoloop_jax.model.looped import describe as describe_model
 from nanoloop_jax.tasks.base import Task
 from nanoloop_jax.train import metrics
 from nanoloop_jax.train.metrics import MetricsLogger
 from nanoloop_jax.train.optim import lr_schedule, make_optimizer
 from nanoloop_jax.train.preemption import Preemption
-from nanoloop_jax.train.state import Start, all_processes
+from nanoloop_jax.train.state import NO_VAL_LOSS, Start, all_processes
 
 logger = log.get(__name__)
 
@@ -107,17 +106,19 @@ class Trainer:
         """{'x', 'y'[, 'mask']} global arrays from this process's rows."""
         return {k: sharding.global_array(a, sh) for k, a in zip(("x", "y", "mask"), arrays, strict=False)}
 
-    def evaluate(self) -> dict[str, float]:
-        """Mean loss over eval_iters batches of each of the task's eval jobs; a progress bar if it is slow."""
+    def evaluate(self, may_skip: bool = False) -> dict[str, float] | None:
+        """Mean loss over eval_iters batches of each of the task's eval jobs; a progress bar if it is slow.
+
+        None (skipped) if `may_skip` and its first batch, the run's first measured speed, says the config is far
+        too large for this machine: the warning is printed then, not after an evaluation of hours."""
         n_iters, jobs, out = self.config.train.eval_iters, self.task.eval_jobs(), {}
         eval_key = jax.random.fold_in(self.key, EVAL_KEY_INDEX)
-        with tqdm(
+        with progress.bar(
             total=len(jobs) * n_iters,
             desc="eval",
             unit="batch",
             delay=metrics.PROGRESS_DELAY_S,
             leave=False,
-            file=sys.stderr,
             disable=jax.process_index() != 0,
         ) as bar:
             for job in jobs:
@@ -133,7 +134,8 @@ class Trainer:
                     losses.append(float(loss))
                     if self.speed is None:  # the first batch of the run: a forward pass, timed
                         fwd = flops.flops_per_token(self.model_config, depth, backward=False) * self.task.eval_tokens
-                        self._measured(fwd / (time.perf_counter() - t0))
+                        if self._measured(fwd / (time.perf_counter() - t0)) and may_skip:
+                            return None
                     bar.update()
                     if self._stop_signalled():
                         raise _Stop
@@ -184,20 +186,32 @@ class Trainer:
             )
 
     # ---- the loop ----------------------------------------------------------------------------
-    def run(self) -> dict:
-        """Train to train.max_iters (evaluating and checkpointing on the way); a summary of the run."""
+    def run(self, started: float | None = None) -> dict:
+        """Train to train.max_iters (evaluating and checkpointing on the way); a summary of the run, also logged
+        as its last line. `started`: the time.perf_counter() at which the run began (for its wall time)."""
         cfg, tcfg = self.config, self.config.train
+        started = time.perf_counter() if started is None else started
+        start = self.done_step
+        summary = {"start_step": start, "end_step": start}
+        if start >= tcfg.max_iters and not tcfg.eval_only:
+            # before anything is compiled or evaluated: a finished run run again has nothing to do
+            self.mngr.close()
+            self.logger.close()
+            summary["best_val_loss"] = self.best_val_loss
+            logger.info(
+                f"already at max_iters ({tcfg.max_iters}); nothing to train (checkpoint step {start} in "
+                f"{checkpoint.ckpt_dir(cfg.out_dir)}; raise train.max_iters to train on)"
+            )
+            return summary
         if jax.process_index() == 0:
             checkpoint.write_run_config(cfg.out_dir, cfg)
-        logger.info(f"model: {self.model_config}")
+        logger.info(describe_model(self.model_config, self.state.params))
         if line := self.task.describe():
             logger.info(line)
         logger.info(
             f"mesh: {dict(self.mesh.shape)} over {jax.device_count()} devices, "
             f"{jax.process_count()} processes; tokens per step: {self.task.tokens_per_step:,}"
         )
-        start = self.done_step
-        summary = {"start_step": start}
         logger.info(f"compiled the train and eval steps in {self._compile():.1f} s")
         prefetch = Prefetcher(self.task.batch_source(), start_step=start, stop_step=tcfg.max_iters)
         pending = None
@@ -240,14 +254,35 @@ class Trainer:
             self.mngr.wait_until_finished()
             self.mngr.close()
             self.logger.close()
-        summary["best_val_loss"] = self.best_val_loss
+        summary.update(best_val_loss=self.best_val_loss, end_step=self.done_step)
+        logger.info(self._summary_line(summary, time.perf_counter() - started))
         return summary
+
+    def _summary_line(self, summary: dict, seconds: float) -> str:
+        """The run's last line: steps, best val loss, wall time and where its newest checkpoint is."""
+        start, end = summary["start_step"], summary["end_step"]
+        how = "stopped by SIGTERM" if "preempted_at" in summary else "done"
+        if self.config.train.eval_only:
+            how = f"evaluated step {start}"
+        steps = "" if self.config.train.eval_only else f": steps {start} -> {end} ({end - start} trained)"
+        best = self.best_val_loss
+        best_txt = f"best val loss {best:.4f}" if best < NO_VAL_LOSS else "no val loss yet"
+        latest = checkpoint.latest_step(self.config.out_dir)
+        where = (
+            f"checkpoint step {latest} in {checkpoint.ckpt_dir(self.config.out_dir)}"
+            if latest is not None
+            else "no checkpoint written"
+        )
+        return f"{how}{steps} in {metrics.wall_time(seconds)}; {best_txt}; {where}"
 
     def _evaluate_and_save(self, step: int, start: int, summary: dict) -> None:
         """The eval at `step`, its loss line, its time on a line of its own, and the checkpoint it may trigger."""
         t0 = time.perf_counter()
-        losses = self.evaluate()
+        losses = self.evaluate(may_skip=step == start and not self.config.train.eval_only)
         eval_s = time.perf_counter() - t0
+        if losses is None:
+            logger.info(f"step {step}: evaluation skipped (see the warning above); training starts")
+            return
         logger.info(
             f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
             + "".join(f", {k} {v:.4f}" for k, v in losses.items() if k.startswith("val_n"))
@@ -262,8 +297,9 @@ class Trainer:
             logger.info(f"saving checkpoint at step {step} to {self.config.out_dir} ({save_s:.2f} s)")
             self.logger.write({"step": step, "event": "checkpoint", "save_s": save_s})
 
-    def _measured(self, flop_per_s: float) -> None:
-        """The first measured speed of the run: warn up front if the config is far too large for these devices."""
+    def _measured(self, flop_per_s: float) -> bool:
+        """The first measured speed of the run: warn up front if the config is far too large for these devices
+        (then True)."""
         self.speed = flop_per_s
         line = metrics.too_large_warning(
             self.config,
@@ -276,6 +312,7 @@ class Trainer:
         )
         if line:
             logger.warning(line)
+        return line is not None
 
     def _flush(self, pending):
         """Fetch, check and log the metrics of a dispatched step; its time is the step's alone."""

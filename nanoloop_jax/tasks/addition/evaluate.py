@@ -6,12 +6,11 @@ for the prompt format and what counts as solved).
 from __future__ import annotations
 
 import csv
-import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
+from nanoloop_jax import progress
 from nanoloop_jax.errors import UserError
 from nanoloop_jax.plotting import pyplot
 from nanoloop_jax.tasks.addition import data as addition
@@ -104,7 +103,7 @@ def accuracy_grid(
     """Accuracy (len(tests), len(n_loops)): rows in the order of tests' keys (digit counts); a progress bar on
     stderr when it is slow."""
     grid = np.zeros((len(tests), len(n_loops)))
-    with tqdm(total=grid.size, desc="eval", unit="cell", delay=3.0, leave=False, file=sys.stderr) as bar:
+    with progress.bar(total=grid.size, desc="eval", unit="cell", delay=3.0, leave=False) as bar:
         for j, n_loop in enumerate(n_loops):
             solver = solver_for(n_loop)
             for i, (a, b) in enumerate(tests.values()):

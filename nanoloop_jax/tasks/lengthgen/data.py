@@ -100,7 +100,7 @@ def prepare_lengthgen(
     progress: bool = True,
 ) -> dict:
     """Write lengthgen.npz (train rows for every length in the range, test rows per test length) and meta.json."""
-    from tqdm import tqdm
+    from nanoloop_jax.progress import bar
 
     if task not in TASKS:
         raise ConfigError(f"lengthgen.task must be one of {TASKS}, got {task!r}")
@@ -109,7 +109,7 @@ def prepare_lengthgen(
         raise ConfigError(f"bad lengths: train {train_lengths}, test {test_lengths} (addition: at most 17 digits)")
     jobs = [("train", n) for n in range(lo, hi + 1)] + [("test", n) for n in test_lengths]
     arrays = {}
-    for split, n in tqdm(jobs, desc=f"{task} problems", disable=not progress):
+    for split, n in bar(jobs, desc=f"{task} problems", disable=not progress):
         stream = (TRAIN_STREAM if split == "train" else TEST_STREAM) + n
         count = num_train if split == "train" else num_test
         x, y = make_problems(task, np.random.default_rng([seed, stream]), count, n, split == "test")
