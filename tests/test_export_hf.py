@@ -25,7 +25,7 @@ TIKTOKEN_CACHE = REPO_ROOT.parent / "shared" / "data" / "tiktoken_cache"
 if TIKTOKEN_CACHE.is_dir():  # offline copy of the gpt2 files, when this checkout has one beside it
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(TIKTOKEN_CACHE))
 
-HF_EXTRA = "needs the [hf] extra: uv sync --extra hf (or uv run --extra hf pytest ...)"
+HF_EXTRA = "needs the [hf] extra: uv run --extra hf pytest tests/test_export_hf.py"
 torch = pytest.importorskip("torch", reason=HF_EXTRA)
 transformers = pytest.importorskip("transformers", reason=HF_EXTRA)
 pytest.importorskip("safetensors", reason=HF_EXTRA)

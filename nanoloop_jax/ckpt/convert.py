@@ -164,8 +164,8 @@ def _import_torch():
         import torch
     except ImportError:
         raise UserError(
-            "writing a nanoLOOP ckpt.pt needs PyTorch: install the extra with "
-            "`uv sync --extra torch` (or `pip install 'nanoloop-jax[torch]'`)"
+            "writing a nanoLOOP ckpt.pt needs PyTorch: run with `uv run --extra torch python -m ...` (adds it, keeping "
+            "the other extras; `uv sync` installs exactly the extras it names), or `pip install 'nanoloop-jax[torch]'`"
         ) from None
     return torch
 

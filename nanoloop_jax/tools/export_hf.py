@@ -25,7 +25,9 @@ GPT2_VOCAB = 50257
 
 def define_flags(fv: flags.FlagValues) -> None:
     """The tool's flags, on fv (defined when the tool runs, not at import: absl flags are process-wide)."""
-    flags.DEFINE_string("out_dir", None, "Directory with a nanoloop-jax checkpoint or a nanoLOOP ckpt.pt.", flag_values=fv)
+    flags.DEFINE_string(
+        "out_dir", None, "Directory with a nanoloop-jax checkpoint or a nanoLOOP ckpt.pt.", flag_values=fv
+    )
     flags.DEFINE_string("ckpt", None, "A nanoLOOP ckpt.pt to export instead of --out_dir.", flag_values=fv)
     flags.DEFINE_string("hf_dir", None, "The Hugging Face directory to write.", flag_values=fv)
     flags.DEFINE_string(
@@ -34,7 +36,9 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_bool("overwrite", False, "Replace an existing non-empty --hf_dir.", flag_values=fv)
 
 
-def run_export(out_dir: str | None, ckpt: str | None, hf_dir: str | None, data_dir: str | None, overwrite: bool) -> None:
+def run_export(
+    out_dir: str | None, ckpt: str | None, hf_dir: str | None, data_dir: str | None, overwrite: bool
+) -> None:
     """Load the checkpoint and its tokenizer, then write hf_dir."""
     if not hf_dir:
         raise UserError("pass --hf_dir=DIR, the Hugging Face directory to write")
@@ -59,9 +63,7 @@ def run_export(out_dir: str | None, ckpt: str | None, hf_dir: str | None, data_d
 
 def run(fv: flags.FlagValues, args: list[str]) -> int:
     del args
-    return cli.report_errors(
-        lambda: run_export(fv.out_dir, fv.ckpt, fv.hf_dir, fv.data_dir, fv.overwrite)
-    )
+    return cli.report_errors(lambda: run_export(fv.out_dir, fv.ckpt, fv.hf_dir, fv.data_dir, fv.overwrite))
 
 
 if __name__ == "__main__":
