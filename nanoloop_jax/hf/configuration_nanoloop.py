@@ -32,7 +32,8 @@ class NanoLoopConfig(PretrainedConfig):
         rope_theta: float = 10000.0,
         norm_eps: float = 1.1920928955078125e-07,  # torch.nn.RMSNorm's default for float32 (its machine epsilon)
         exit_gate: bool = False,  # a learned exit gate's weights are present (not used by forward)
-        use_cache: bool = True,  # forward returns its KV cache (generate() decodes with it)
+        # a plain forward builds no KV cache (lm-eval's scoring calls); generate() asks for one (use_cache=True)
+        use_cache: bool = False,
         **kwargs,
     ) -> None:
         self.block_size = block_size

@@ -49,6 +49,7 @@ def hf_config(config: ModelConfig, tokenizer: Tokenizer) -> dict:
         **{name: getattr(config, name) for name in HF_FIELDS},
         "tie_word_embeddings": True,
         "dtype": "float32",
+        "use_cache": False,  # a plain forward builds no cache; generate() does (generation_config.json)
     }
     if tokenizer.eot_token is not None:
         out.update(bos_token_id=tokenizer.eot_token, eos_token_id=tokenizer.eot_token)
@@ -56,8 +57,9 @@ def hf_config(config: ModelConfig, tokenizer: Tokenizer) -> dict:
 
 
 def generation_config(tokenizer: Tokenizer) -> dict:
-    """generation_config.json: greedy by default (as HF's), stopping at <|endoftext|> when the vocabulary has it."""
-    out = {"do_sample": False}
+    """generation_config.json: greedy by default (as HF's) with the KV cache, stopping at <|endoftext|> when the
+    vocabulary has it."""
+    out = {"do_sample": False, "use_cache": True}
     if tokenizer.eot_token is not None:
         eot = tokenizer.eot_token
         out.update(bos_token_id=eot, eos_token_id=eot, pad_token_id=eot)
@@ -110,7 +112,10 @@ def export(hf_dir: str, config: ModelConfig, params, tokenizer: Tokenizer, *, ov
         _write_safetensors(tmp / "model.safetensors", params)
         for name, data in files.items():
             (tmp / name).write_bytes(data)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+        umask = os.umask(0)
+        os.umask(umask)
+        for path in (tmp, *tmp.iterdir()):  # mkdtemp makes the dir 0700 (safetensors its file 0600): as a plain write
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
         _replace(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
