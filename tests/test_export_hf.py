@@ -36,6 +36,7 @@ from nanoloop_jax.ckpt import convert  # noqa: E402
 from nanoloop_jax.data.tokenizer import Tokenizer, load_tokenizer  # noqa: E402
 from nanoloop_jax.decode.recurrence import DecodeConfig  # noqa: E402
 from nanoloop_jax.decode.sampling import KVDecoder, SampleConfig  # noqa: E402
+from nanoloop_jax.errors import UserError  # noqa: E402
 from nanoloop_jax.hf.export import export  # noqa: E402
 from nanoloop_jax.model.looped import LoopedGPT  # noqa: E402
 from nanoloop_jax.tools import export_hf  # noqa: E402
@@ -54,7 +55,7 @@ def _remove_module_copies():
 
 
 def load_hf(hf_dir, **kwargs):
-    return transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), trust_remote_code=True, **kwargs).eval()
+    return transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), trust_remote_code=True, **kwargs)
 
 
 def hf_logits(model, idx, **kwargs) -> np.ndarray:
@@ -87,8 +88,11 @@ CHARS = "\n !',.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 @pytest.fixture(scope="module", params=["learned", "rope", "none"])
 def exported(request, tmp_path_factory):
-    """(config, params, hf_dir, model) of a perturbed tiny model (biases on) with each position encoding."""
-    config = tiny_config(pos_encoding=request.param, bias=True, vocab_size=len(CHARS))
+    """(config, params, hf_dir, model) of a perturbed tiny model (biases on) with each position encoding; the NoPE
+    one has an exit gate (its weights are exported and loaded, not used)."""
+    config = tiny_config(
+        pos_encoding=request.param, bias=True, vocab_size=len(CHARS), exit_gate=request.param == "none"
+    )
     params = perturbed_params(config, 0.3)
     hf_dir = tmp_path_factory.mktemp("hf") / request.param
     export(str(hf_dir), config, params, Tokenizer.char({ch: i for i, ch in enumerate(CHARS)}))
@@ -119,8 +123,9 @@ def test_greedy_generate_with_cache_equals_the_kv_decoder(exported):
 def test_n_loop_at_load_time_and_the_cache_layout(exported):
     config, params, hf_dir, model = exported
     idx = np.arange(6)[None] % config.vocab_size
-    deep = load_hf(hf_dir, n_loop=8)
+    deep, info = load_hf(hf_dir, n_loop=8, output_loading_info=True)
     assert deep.config.n_loop == 8
+    assert not info["missing_keys"] and not info["unexpected_keys"], info  # every weight has its place
     np.testing.assert_allclose(hf_logits(deep, idx), hf_logits(model, idx, n_loop=8), atol=0, rtol=0)
     with torch.no_grad():
         out = model(torch.tensor(idx), use_cache=True, n_loop=3)
@@ -228,7 +233,7 @@ def test_gpt2_export_without_tiktoken_files_is_one_line(tmp_path, monkeypatch, c
     monkeypatch.setattr(tiktoken.load, "read_file", offline)
     config = tiny_config(vocab_size=50304)
     tokenizer = Tokenizer("gpt2", 50257, 50256)  # the files are what is missing, not the encoding
-    with pytest.raises(export_hf.UserError, match="TIKTOKEN_CACHE_DIR") as err:
+    with pytest.raises(UserError, match="TIKTOKEN_CACHE_DIR") as err:
         export(str(tmp_path / "hf"), config, perturbed_params(config, 0.1), tokenizer)
     assert "\n" not in str(err.value)
     assert not (tmp_path / "hf").exists()
