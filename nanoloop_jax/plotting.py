@@ -1,4 +1,4 @@
-"""matplotlib for the command-line tools' PNGs (an optional extra: `uv sync --extra plot`)."""
+"""matplotlib for the command-line tools' PNGs (an optional extra: `uv run --extra plot ...`)."""
 
 from nanoloop_jax.errors import UserError
 
@@ -11,7 +11,7 @@ def pyplot():
         matplotlib.use("Agg")  # files only: no display needed
         import matplotlib.pyplot as plt
     except ImportError:
-        raise UserError("plotting needs matplotlib: uv sync --extra plot (the CSV was written)") from None
+        raise UserError("plotting needs matplotlib: run with `uv run --extra plot ...` (the CSV was written)") from None
     return plt
 
 

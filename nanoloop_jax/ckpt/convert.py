@@ -81,6 +81,8 @@ def jax_path_to_torch(path: str) -> str:
     module = "/".join(module)
     if module in ("loop/inject", "loop/norm_recur"):
         return f"{module.split('/')[1]}.{leaf_map[kind]}"
+    if module == "exit_gate":  # not in nanoLOOP (to_nanoloop refuses it); the Hugging Face export keeps it
+        return f"exit_gate.{leaf_map[kind]}"
     m = _JAX_SECTION.match(module + "/")
     if m is None:
         raise ConversionError(f"unknown nanoloop-jax parameter {path!r}")
@@ -126,13 +128,20 @@ def to_nanoloop(config: ModelConfig, params: dict) -> tuple[dict[str, np.ndarray
         )
     if config.exit_gate:  # nanoLOOP's GPT has no halting gate: the file would silently drop it
         raise ConversionError("nanoLOOP checkpoints have no exit gate; this model has one (model.exit_gate=True)")
+    sd = state_dict_of(params)
+    sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    return sd, model_args_from_config(config)
+
+
+def state_dict_of(params: dict) -> dict[str, np.ndarray]:
+    """params -> {nanoLOOP name: float32 numpy array}, Linear weights transposed to PyTorch's (out, in); no
+    lm_head (tied to wte). Any position encoding and the exit gate are kept (the Hugging Face export's weights)."""
     sd = {}
     for path, value in traverse_util.flatten_dict(params, sep="/").items():
         value = np.asarray(value, dtype=np.float32)
         name = jax_path_to_torch(path)
         sd[name] = np.ascontiguousarray(value.T) if path.endswith("/kernel") else value
-    sd["lm_head.weight"] = sd["transformer.wte.weight"]
-    return sd, model_args_from_config(config)
+    return sd
 
 
 def _check_against_config(config: ModelConfig, params: dict) -> None:
@@ -178,8 +187,8 @@ def _import_torch():
         import torch
     except ImportError:
         raise UserError(
-            "writing a nanoLOOP ckpt.pt needs PyTorch: install the extra with "
-            "`uv sync --extra torch` (or `pip install 'nanoloop-jax[torch]'`)"
+            "writing a nanoLOOP ckpt.pt needs PyTorch: run with `uv run --extra torch python -m ...` (adds it, keeping "
+            "the other extras; `uv sync` installs exactly the extras it names), or `pip install 'nanoloop-jax[torch]'`"
         ) from None
     return torch
 

@@ -61,6 +61,11 @@ class Tokenizer:
         enc = gpt2_encoding()
         return cls("gpt2", enc.n_vocab, enc.eot_token, encoding=enc)
 
+    @property
+    def stoi(self) -> dict[str, int] | None:
+        """The character -> id table of a character-level tokenizer (a copy); None for GPT-2."""
+        return None if self._stoi is None else dict(self._stoi)
+
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`; for GPT-2, a literal <|endoftext|> becomes the eot token."""
         if self._stoi is None:

@@ -5,7 +5,7 @@
   python -m nanoloop_jax.tools.depth_sweep --ckpt=nanoloop/ckpt.pt --data_dir=data/shakespeare_char
 
 Prints a table and writes OUT_DIR/depth_sweep.csv (n_loop, val_loss, tokens_per_s) for every checkpoint,
-and a PNG of loss vs n_loop (log x) when matplotlib is installed (uv sync --extra plot).
+and a PNG of loss vs n_loop (log x) when matplotlib is installed (uv run --extra plot ...).
 The val batches are the trainer's evaluation batches (same seed offset), so the loss at the trained
 depth equals the val loss train.py printed for the same eval_iters and batch size.
 """

@@ -12,7 +12,7 @@ marker. Any n_loop can be asked for: for a model trained with n_loop=1 (the base
 re-runs its recurrent blocks, which is defined but was never trained.
 
 Prints a digits x n_loop table (* marks the trained n_loop, a rule the longest trained length) and
-writes OUT_DIR/addition_eval.csv and OUT_DIR/addition_eval.png (matplotlib: uv sync --extra plot).
+writes OUT_DIR/addition_eval.csv and OUT_DIR/addition_eval.png (matplotlib: uv run --extra plot ...).
 """
 
 from __future__ import annotations

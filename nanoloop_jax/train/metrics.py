@@ -33,7 +33,10 @@ class MetricsLogger:
             try:
                 import wandb
             except ImportError:
-                raise UserError("config.wandb=True needs wandb: uv sync --extra wandb") from None
+                raise UserError(
+                    "config.wandb=True needs wandb: run with `uv run --extra wandb python train.py ...` (adds it, "
+                    "keeping the other extras; `uv sync` installs exactly the extras it names)"
+                ) from None
             self.wandb = wandb
             wandb.init(project=config.wandb_project, name=config.wandb_run_name, config=config.to_dict())
 

@@ -4,7 +4,7 @@ Every test length n runs the loop once up to max_depth iterations and reads the 
 table has every n_loop 1..max_depth; its columns are T(n) (the trained depth rule), `adaptive` (per
 problem, the iteration whose greedy answer is most probable) and a few fixed depths. `report` writes
 OUT_DIR/accuracy.csv (length,n_loop,accuracy: one row per length and n_loop 1..max_depth, then one with
-n_loop=adaptive) and OUT_DIR/accuracy.png (heat map, matplotlib: uv sync --extra plot). Training
+n_loop=adaptive) and OUT_DIR/accuracy.png (heat map, matplotlib: uv run --extra plot ...). Training
 (the lengthgen task, task.py) ends with it; `python -m nanoloop_jax.tools.eval_lengthgen` re-runs it on a checkpoint.
 """
 
