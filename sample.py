@@ -152,7 +152,7 @@ def write_samples(
 ):
     """Decode the batch, streaming sample 0 to `out` chunk by chunk; return (Generation, seconds of decoding).
 
-    The decoder compiles each program ahead of its first run (sampling.AheadOfTime): the seconds are the
+    The decoder counts the seconds its calls spent compiling (sampling.CompileTimed): the seconds are the
     decoding calls' alone, compile time left out, so the tokens/s of --stats exists however few tokens.
     """
     import time
