@@ -26,7 +26,7 @@ def test_flops_per_token_matches_a_hand_count():
 
 def test_flops_per_token_matches_the_real_parameter_tree():
     """The same convention with once / reused counted from init_params, not from flops.block_params."""
-    for cfg in (TINY, dataclasses.replace(TINY, bias=True, bptt_k=None), dataclasses.replace(TINY, n_loop=1)):
+    for cfg in (TINY, dataclasses.replace(TINY, bias=True, bptt_k=None), dataclasses.replace(TINY, n_loop=1, bptt_k=1)):
         counts = count_params(init_params(cfg, jax.random.PRNGKey(0)))
         reused = counts["recur"] + counts["inject"]
         once = counts["non_embedding"] - reused  # wpe is a lookup; wte is the tied head

@@ -84,19 +84,13 @@ def run_flops(config, model_config: ModelConfig, remaining_steps: int, eval_dept
 
 
 def wall_time(seconds: float) -> str:
-    """A run's wall time, readable: 42.1 s, 13.8 min, 2.3 h."""
+    """A duration, readable: 42.1 s, 13.8 min, 2.3 h, 4.5 days (a run's wall time, an estimate's)."""
     if seconds < 120:
         return f"{seconds:.1f} s"
     if seconds < 2 * 3600:
         return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 3600:
-        return f"{seconds / 60:.0f} minutes"
     if seconds < 3 * 86400:
-        return f"{seconds / 3600:.1f} hours"
+        return f"{seconds / 3600:.1f} h"
     return f"{seconds / 86400:.1f} days"
 
 
@@ -117,6 +111,6 @@ def too_large_warning(
         return None
     return (
         f"warning: this config is far too large for {n_devices} CPU device(s): its {remaining_steps:,} steps and "
-        f"evaluations ({total:.2g} FLOPs) need about {_duration(seconds)} at the measured "
+        f"evaluations ({total:.2g} FLOPs) need about {wall_time(seconds)} at the measured "
         f"{flop_per_s / 1e9:.1f} GFLOP/s; on a CPU use a ':cpu' variant ({CPU_CONFIGS}) or a GPU/TPU"
     )
