@@ -90,7 +90,7 @@ class ModelConfig:
             # loop_split would quietly backprop through all n_loop: a bptt_k larger than the loop is a typo
             raise ConfigError(
                 f"model.bptt_k ({self.bptt_k}) must be <= model.n_loop ({self.n_loop}): it counts the last iterations "
-                "that get gradient (None: all of them)"
+                "that get gradient (--config.model.bptt_k=0: all of them)"
             )
         if self.input_injection not in INPUT_INJECTIONS:
             raise ConfigError(f"model.input_injection must be one of {INPUT_INJECTIONS}, got {self.input_injection!r}")
