@@ -15,7 +15,7 @@ from nanoloop_jax.train import resume
 def _meta(config, step=600, **model):
     """A checkpoint's meta as the Trainer saves it: the model it trained and the run config it was given."""
     mc = dataclasses.replace(model_config(config.model, vocab_size=65), **model)
-    return {"step": step, "model_config": dataclasses.asdict(mc), "config": resume.as_json(config)}
+    return {"step": step, "model_config": dataclasses.asdict(mc), "config": checkpoint.config_json(config)}
 
 
 def _config():

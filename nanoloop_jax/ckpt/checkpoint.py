@@ -260,6 +260,11 @@ def write_run_config(out_dir: str, config: ConfigDict) -> None:
     write_atomic(os.path.join(out_dir, "config.json"), config.to_json_best_effort(indent=2).encode())
 
 
+def config_json(config: ConfigDict) -> dict:
+    """A run config as the JSON dict a checkpoint's meta records (tuples become lists)."""
+    return json.loads(config.to_json_best_effort())
+
+
 def write_params_only(
     out_dir: str,
     model: ModelConfig,
@@ -281,7 +286,7 @@ def write_params_only(
         "step": int(step),
         "best_val_loss": float(best_val_loss),
         "model_config": config_to_dict(model),
-        "config": json.loads(run_config.to_json_best_effort()),
+        "config": config_json(run_config),
         "source": source or {},
     }
     mngr = manager(out_dir, async_save=False)

@@ -9,8 +9,8 @@ line lists what changed, applied from the resumed step on.
 from __future__ import annotations
 
 import dataclasses
-import json
 
+from nanoloop_jax.ckpt.checkpoint import config_json
 from nanoloop_jax.errors import UserError
 from nanoloop_jax.model.config import ARCH_FIELDS, EXTRA_ARCH_FIELDS, ModelConfig
 
@@ -36,18 +36,13 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def as_json(config) -> dict:
-    """A run config (ConfigDict) as the JSON dict a checkpoint records (tuples become lists, as there)."""
-    return json.loads(config.to_json_best_effort())
-
-
 def check_architecture(config, meta: dict, out_dir: str) -> None:
     """Raise ResumeError if the command's config.model asks for another architecture than checkpoint meta's run.
 
     Compared with the run config the checkpoint recorded (so the command that made a run, imported weights
     included, resumes it unchanged); the values named are the checkpoint model's own."""
     recorded = (meta.get("config") or {}).get("model") or meta["model_config"]  # older checkpoints: the model
-    requested, model = as_json(config)["model"], meta["model_config"]
+    requested, model = config_json(config)["model"], meta["model_config"]
     changed = [
         k for k in ARCHITECTURE if k in requested and requested[k] != recorded.get(k, model.get(k, _DEFAULTS[k]))
     ]
@@ -66,7 +61,7 @@ def changed_settings_line(config, meta: dict) -> str | None:
     if nothing changed (or the checkpoint recorded no run config)."""
     if not meta.get("config"):
         return None
-    before, now = _flat(meta["config"]), _flat(as_json(config))
+    before, now = _flat(meta["config"]), _flat(config_json(config))
     changed = [
         f"{k} {before[k]!r} -> {v!r}"
         for k, v in now.items()

@@ -3,7 +3,6 @@ checkpoints, safe stops. It knows no task by name."""
 
 from __future__ import annotations
 
-import json
 import math
 import time
 
@@ -149,7 +148,7 @@ class Trainer:
             "step": int(step),
             "best_val_loss": float(self.best_val_loss),
             "model_config": checkpoint.config_to_dict(self.model_config),
-            "config": json.loads(self.config.to_json_best_effort()),
+            "config": checkpoint.config_json(self.config),
         }
         self._saving = True
         try:
