@@ -24,12 +24,10 @@ from nanoloop_jax.ckpt.convert import state_dict_of
 from nanoloop_jax.data.tokenizer import Tokenizer
 from nanoloop_jax.errors import UserError
 from nanoloop_jax.hf.tokenizer_files import tokenizer_files
-from nanoloop_jax.model.config import ARCH_FIELDS, EXTRA_ARCH_FIELDS, ModelConfig
+from nanoloop_jax.model.config import FUNCTION_FIELDS, ModelConfig
 
 HERE = pathlib.Path(__file__).resolve().parent
 TEMPLATES = ("configuration_nanoloop.py", "modeling_nanoloop.py")
-# ModelConfig fields the exported model needs, under the same names in config.json and NanoLoopConfig
-HF_FIELDS = (*ARCH_FIELDS, *EXTRA_ARCH_FIELDS, "pos_encoding", "rope_theta", "norm_eps")
 AUTO_MAP = {
     "AutoConfig": "configuration_nanoloop.NanoLoopConfig",
     "AutoModelForCausalLM": "modeling_nanoloop.NanoLoopForCausalLM",
@@ -46,7 +44,7 @@ def hf_config(config: ModelConfig, tokenizer: Tokenizer) -> dict:
         "model_type": "nanoloop",
         "architectures": ["NanoLoopForCausalLM"],
         "auto_map": AUTO_MAP,
-        **{name: getattr(config, name) for name in HF_FIELDS},
+        **{name: getattr(config, name) for name in FUNCTION_FIELDS},
         "tie_word_embeddings": True,
         "dtype": "float32",
         "use_cache": False,  # a plain forward builds no cache; generate() does (generation_config.json)

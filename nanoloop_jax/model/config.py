@@ -32,6 +32,9 @@ ARCH_FIELDS = (
 # Architecture fields nanoLOOP does not have: taken from a checkpoint that records them (older ones do not,
 # and had the default).
 EXTRA_ARCH_FIELDS = ("exit_gate",)
+# Every field the computed function depends on: the architecture plus the position encoding and the norm's eps
+# (what a Hugging Face export writes, and what a resumed run may not change).
+FUNCTION_FIELDS = (*ARCH_FIELDS, *EXTRA_ARCH_FIELDS, "pos_encoding", "rope_theta", "norm_eps")
 # torch.nn.RMSNorm(n_embd) uses eps=None, i.e. the float32 machine epsilon.
 TORCH_RMSNORM_EPS = float(jnp.finfo(jnp.float32).eps)
 

@@ -12,10 +12,8 @@ import dataclasses
 
 from nanoloop_jax.ckpt.checkpoint import config_json
 from nanoloop_jax.errors import UserError
-from nanoloop_jax.model.config import ARCH_FIELDS, EXTRA_ARCH_FIELDS, ModelConfig
+from nanoloop_jax.model.config import FUNCTION_FIELDS, ModelConfig
 
-# config.model fields that define the function the weights compute (the parameter shapes and what they mean)
-ARCHITECTURE = (*ARCH_FIELDS, *EXTRA_ARCH_FIELDS, "pos_encoding", "rope_theta", "norm_eps")
 # where the run lives, how it first started and how its processes find each other: not settings of the training
 NOT_SETTINGS = ("out_dir", "init_from", "distributed.")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
@@ -44,7 +42,7 @@ def check_architecture(config, meta: dict, out_dir: str) -> None:
     recorded = (meta.get("config") or {}).get("model") or meta["model_config"]  # older checkpoints: the model
     requested, model = config_json(config)["model"], meta["model_config"]
     changed = [
-        k for k in ARCHITECTURE if k in requested and requested[k] != recorded.get(k, model.get(k, _DEFAULTS[k]))
+        k for k in FUNCTION_FIELDS if k in requested and requested[k] != recorded.get(k, model.get(k, _DEFAULTS[k]))
     ]
     if not changed:
         return
@@ -69,7 +67,7 @@ def changed_settings_line(config, meta: dict) -> str | None:
         if k in before
         and before[k] != v
         and not k.startswith(NOT_SETTINGS)
-        and k not in (f"model.{a}" for a in ARCHITECTURE)
+        and k not in (f"model.{a}" for a in FUNCTION_FIELDS)
     ]
     if not changed:
         return None
