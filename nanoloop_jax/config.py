@@ -90,7 +90,8 @@ def base_config(task: str = "lm") -> ConfigDict:
     c.train.halting_stage = 1  # 1: the objective trains everything | 2: the gate alone (Ouro stage II), rest frozen
     c.train.halting_freeze = True  # stage 2: freeze all but the gate (False: the rest trains on the plain loss)
     c.train.halting_lookahead = "next"  # stage 2 target: 'next' (Ouro's one-step gain) | 'all' (best later gain)
-    # | 'depth' (stop from the task's training depth on: lengthgen's T(n))
+    # | 'depth' (stop from the task's training depth on: lengthgen's T(n)) | 'prefix' (lengthgen: every position
+    # that ends a shorter problem stops at that problem's T, so the "done" signal travels along the sequence)
     c.train.halting_start = 0  # step from which the halting objective replaces the task's plain loss
     c.train.halting_extra = 0  # lengthgen: iterations past T(n) the halting loss reads out (0: up to T(n))
     c.train.halting_stable = False  # stage 2, halting_freeze=False: the rest's task loss is the mean over

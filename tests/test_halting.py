@@ -244,21 +244,23 @@ def test_stable_loss_traced_depth_equals_static_depth(params):
     assert float(jnp.abs(gg["loop"]["recur_0"]["ln_1"]["scale"]).sum()) > 0  # the stable loss trains the trunk
 
 
-def reference_gate_bce(params, x, y, task_depth, extra):
-    """Differentiable written-out 'depth' BCE of the gate over iterations 1..task_depth + extra (a Python loop)."""
-    m, pos, valid = LoopedGPT(TINY), jnp.arange(x.shape[1]), (y >= 0).astype(jnp.float32)
+def reference_gate_bce(params, x, depth_BxT, mask_BxT, n_iter):
+    """Differentiable written-out 'depth' BCE of the gate over iterations 1..n_iter (a Python loop): position
+    (b, t) with mask 1 should stop from iteration depth_BxT[b, t] on."""
+    m, pos, valid = LoopedGPT(TINY), jnp.arange(x.shape[1]), jnp.asarray(mask_BxT, jnp.float32)
 
     def ap(method, *a):
         return m.apply({"params": params}, *a, method=method)
 
     e, _ = ap(LoopedGPT.prelude_blocks, ap(LoopedGPT.embed, x, pos), pos)
     s, total = ap(LoopedGPT.initial_state, e, pos), 0.0
-    for i in range(task_depth + extra):
+    for i in range(n_iter):
         s = LoopBody(TINY).apply({"params": params["loop"]}, s, e, pos, method=LoopBody.iterate)[0]
         h = ap(LoopedGPT.halt_logit, s)
-        bce = -jax.nn.log_sigmoid(h) if i >= task_depth - 1 else -jax.nn.log_sigmoid(-h)
+        stop = jnp.asarray(np.asarray(depth_BxT) <= i + 1)
+        bce = jnp.where(stop, -jax.nn.log_sigmoid(h), -jax.nn.log_sigmoid(-h))
         total = total + jnp.sum(bce * valid)
-    return total / (jnp.sum(valid) * (task_depth + extra))
+    return total / (jnp.sum(valid) * n_iter)
 
 
 def test_bce_trunk_adds_the_gate_loss_gradient_to_the_loop(params):
@@ -268,13 +270,51 @@ def test_bce_trunk_adds_the_gate_loss_gradient_to_the_loop(params):
     for on in (False, True):
         fn = stable_loss_fn(TINY, 2, 2, halting_beta=beta, halting_stable=True, halting_bce_trunk=on)
         grads[on] = jax.grad(lambda p, f=fn: f(p, x, y, None, key, 2, step)[0])(params)
-    bce = jax.grad(lambda p: beta * reference_gate_bce(p, x, y, 2, 2))(params)
+    depth_BxT = np.full(x.shape, 2)
+    bce = jax.grad(lambda p: beta * reference_gate_bce(p, x, depth_BxT, np.asarray(y) >= 0, 4))(params)
     for name in params:  # on - off: the gate's loss through the states; the gate's own gradient is the same
         want = bce[name] if name != "exit_gate" else jax.tree_util.tree_map(jnp.zeros_like, bce[name])
         diff = jax.tree_util.tree_map(lambda a, b: a - b, grads[True][name], grads[False][name])
         for d, w in zip(jax.tree_util.tree_leaves(diff), jax.tree_util.tree_leaves(want), strict=True):
             np.testing.assert_allclose(np.asarray(d), np.asarray(w), atol=1e-5)
     assert float(jnp.abs(bce["loop"]["recur_0"]["ln_1"]["scale"]).sum()) > 0
+
+
+def test_prefix_lookahead_trains_the_gate_at_every_position_toward_its_own_depth(params):
+    """'prefix': the gate's BCE at every position the task marks, each with its own stop depth (not the answer
+    slots' T(n)), over T(n) + extra iterations; with bce_trunk it reaches the loop (gradients == the reference)."""
+    x, y = batch()
+    depth_T = np.array([0, 1, 2, 3, 4, 5, 1, 2, 0, 3])  # 0: no target at that position
+    has_BxT = np.broadcast_to(depth_T > 0, x.shape).copy()
+    has_BxT[1, 9] = False  # e.g. padding
+
+    def prefix_depths(x_BxT):
+        return jnp.broadcast_to(jnp.asarray(depth_T), x_BxT.shape), jnp.asarray(has_BxT)
+
+    plan = lambda depth: halting.DepthPlan(0, 0, depth + 2, 5 + 2, depth)  # noqa: E731  # T(n) 3, 5 iterations
+    key, step, beta = jax.random.PRNGKey(3), jnp.int32(0), 0.4
+    got, grads = {}, {}
+    for on in (False, True):
+        cfg = tcfg(halting="ouro", halting_stage=2, halting_freeze=False, halting_lookahead="prefix")
+        cfg.halting_beta, cfg.halting_bce_trunk, cfg.halting_extra = beta, on, 2
+        fn = halting.make_halting_loss(LoopedGPT(TINY), cfg, plan, None, prefix_depths)
+        got[on], grads[on] = jax.value_and_grad(lambda p, f=fn: f(p, x, y, None, key, 3, step)[0])(params)
+    depth_BxT = np.broadcast_to(depth_T, x.shape)
+    bce, g_bce = jax.value_and_grad(lambda p: beta * reference_gate_bce(p, x, depth_BxT, has_BxT, 5))(params)
+    losses, _ = reference_outputs(params, x, y, 5)
+    want = float(bce) + losses[2][np.asarray(y) >= 0].mean()  # + the task's loss at T(n) = 3
+    for on in (False, True):
+        np.testing.assert_allclose(float(got[on]), want, rtol=1e-5)
+    for name in params:  # on - off: the gate's loss through the states; the gate's own gradient is the same
+        want_g = g_bce[name] if name != "exit_gate" else jax.tree_util.tree_map(jnp.zeros_like, g_bce[name])
+        diff = jax.tree_util.tree_map(lambda a, b: a - b, grads[True][name], grads[False][name])
+        for d, w in zip(jax.tree_util.tree_leaves(diff), jax.tree_util.tree_leaves(want_g), strict=True):
+            np.testing.assert_allclose(np.asarray(d), np.asarray(w), atol=1e-5)
+    for a, w in zip(*(jax.tree_util.tree_leaves(t["exit_gate"]) for t in (grads[False], g_bce)), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(w), atol=1e-5)  # the gate learns the prefix targets
+    assert float(jnp.abs(g_bce["loop"]["recur_0"]["ln_1"]["scale"]).sum()) > 0  # the gate's loss reaches the loop
+    with pytest.raises(ConfigError, match="prefix"):  # a task without such positions (language modelling)
+        halting.make_halting_loss(LoopedGPT(TINY), cfg, plan, None)
 
 
 @pytest.mark.parametrize(

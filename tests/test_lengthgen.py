@@ -83,6 +83,23 @@ def test_depth_rule():
         lengthgen_data.depth_for_length(lg, 7, 5)
 
 
+def test_prefix_depths_are_the_depths_of_the_problems_ending_at_each_position():
+    """Parity's position j is the '=' of a (j - 1)-bit problem; addition's slot at 3(k + 1) the last of a k-digit
+    one: the gate's 'prefix' targets are their T, checked against the problems' own layout and depth_for_length."""
+    lg = ConfigDict({"task": "parity", "depth_rule": "linear", "depth_scale": 1, "depth_offset": 1})
+    np.testing.assert_array_equal(lengthgen_data.prefix_depths(lg, 7), [0, 1, 2, 3, 4, 5, 6])
+    for n in (1, 4):  # the '=' of a length-n problem gets T(n)
+        assert lengthgen_data.prefix_depths(lg, 7)[lengthgen_data.seq_len("parity", n) - 1] == n + 1
+    lg.task = "addition"
+    x, y = lengthgen_data.addition_problems(np.array([57]), np.array([68]), 2)  # `^ 7 8 _ 5 6 _ 0 0 _`
+    got = lengthgen_data.prefix_depths(lg, x.shape[1])
+    np.testing.assert_array_equal(got, [0, 0, 0, 1, 0, 0, 2, 0, 0, 3])
+    np.testing.assert_array_equal(got > 0, y[0] >= 0)  # exactly the answer slots
+    lg.depth_rule = "fixed"
+    with pytest.raises(ValueError, match="depth_rule='linear'"):
+        lengthgen_data.prefix_depths(lg, 10)
+
+
 CFG = tiny_config(vocab_size=14, n_prelude=0, n_block=1, n_coda=0, n_embd=16, bptt_k=None, pos_encoding="none")
 
 

@@ -16,8 +16,12 @@ training on the task's plain loss, read out at the task's depth): binary cross-e
 'next' is myopic where the loss plateaus before it drops (parity: chance until the last needed iteration).
 Where wrong answers are confident and right ones lucky (parity's early iterations are right half the time,
 with loss ~0), any loss-based target says "stop" at random; 'depth' instead supervises the stop with the
-task's own training depth (lengthgen's T(n)): stop from it on, continue before it. Nothing of it is used at
-test time: the gate reads only the state. The last iteration has no loss-based target (it cannot continue).
+task's own training depth (lengthgen's T(n)): stop from it on, continue before it. 'prefix' (lengthgen) does
+the same at every position where a shorter problem of the task would end (its answer slot), each with that
+problem's depth: parity's gate learns to stop at j at every bit j, not only at T(n) on the '=' slot, so a
+"done" signal has to travel along the sequence the way the parity information does (with halting_bce_trunk
+the loop learns to carry it). Nothing of it is used at test time: the gate reads only the state. The last
+iteration has no loss-based target (it cannot continue).
 
 train.halting_stable (stage II beside the rest's training, halting_freeze=False): the rest's task loss is the
 mean of L_i over the iterations from the task's depth to the last read out (lengthgen: T(n) .. T(n) +
@@ -48,7 +52,7 @@ from nanoloop_jax.model.looped import LoopedGPT
 from nanoloop_jax.train.steps import train_rngs
 
 HALTINGS = ("none", "ponder", "ouro")
-LOOKAHEADS = ("next", "all", "depth")
+LOOKAHEADS = ("next", "all", "depth", "prefix")
 OURO_K = 50.0  # Ouro stage II: slope of the continuation target's sigmoid
 OURO_GAMMA = 0.005  # Ouro stage II: loss improvement (nats) that counts as worth an iteration
 
@@ -214,13 +218,25 @@ def check_halting(tcfg, model_config) -> None:
         )
 
 
-def make_halting_loss(model: LoopedGPT, tcfg, plan_of: Callable[[Any], DepthPlan], plain_loss) -> Callable:
+def make_halting_loss(
+    model: LoopedGPT,
+    tcfg,
+    plan_of: Callable[[Any], DepthPlan],
+    plain_loss,
+    prefix_depths: Callable[[jax.Array], tuple[jax.Array, jax.Array]] | None = None,
+) -> Callable:
     """loss_fn(params, x, y, mask, key, n_loop, step) for steps.make_train_step: the plain loss before step
     train.halting_start, the halting objective from it on (a lax.cond: only one branch runs).
+    prefix_depths(x) -> (stop depth, has one) per position: the 'prefix' lookahead's targets (the task's).
 
     Metrics of either branch: final_loss (the readout at the task's depth: the plain loss), halt_iters
     (expected iterations under p; stage 2: under the gate's own p) and halt_objective."""
     stage, lookahead = int(tcfg.halting_stage), tcfg.halting_lookahead
+    if stage == 2 and lookahead == "prefix" and prefix_depths is None:
+        raise ConfigError(
+            "train.halting_lookahead='prefix' needs a task whose positions end shorter problems (config.task="
+            "'lengthgen'): use 'next', 'all' or 'depth'"
+        )
 
     def halting_branch(params, x, y, mask, key, n_loop):
         plan = plan_of(n_loop)
@@ -244,7 +260,11 @@ def make_halting_loss(model: LoopedGPT, tcfg, plan_of: Callable[[Any], DepthPlan
         if stage == 1:
             loss, m = stage1_loss(losses, halts, plan.depth, valid, tcfg.halting, tcfg.halting_beta, tcfg.halting_prior)
         else:
-            gate, m = stage2_loss(losses, halts, plan.depth, valid, lookahead, task_depth)
+            if lookahead == "prefix":  # every position that ends a problem, at that problem's depth
+                gate_depth, gate_mask = prefix_depths(x)
+                gate, m = stage2_loss(losses, halts, plan.depth, gate_mask, "depth", gate_depth)
+            else:
+                gate, m = stage2_loss(losses, halts, plan.depth, valid, lookahead, task_depth)
             # Adam's step does not depend on the loss's scale, but grad_clip's global norm does: beta keeps
             # the gate's gradient from shrinking the rest's when they train together (halting_freeze=False)
             loss = tcfg.halting_beta * gate

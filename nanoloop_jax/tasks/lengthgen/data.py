@@ -164,6 +164,26 @@ def depth_for_length(lg, n_loop: int, n: int) -> int:
     raise ConfigError(f"lengthgen.depth_rule must be one of {DEPTH_RULES}, got {lg.depth_rule!r}")
 
 
+def prefix_depths(lg, width: int) -> np.ndarray:
+    """(width,) int32: at each position, T of the problem that ends there (0 where none does).
+
+    A problem's answer slot sits at the same index in every problem that extends it, so the prefix up to a
+    position is itself a problem of the task: parity's position j (1..) is the '=' slot of a (j - 1)-bit
+    problem, addition's slot k (index 3(k + 1)) the last slot of a k-digit one. T of that prefix problem is
+    when its answer can be ready, the depth train.halting_lookahead='prefix' trains the gate to stop at there."""
+    if lg.depth_rule != "linear":
+        raise ConfigError(
+            "train.halting_lookahead='prefix' stops each position at T of the problem ending there: it needs "
+            f"lengthgen.depth_rule='linear', got {lg.depth_rule!r}"
+        )
+    j = np.arange(width)
+    if lg.task == "parity":
+        n, has = j - 1, j >= 1
+    else:
+        n, has = j // 3 - 1, (j % 3 == 0) & (j >= 3)
+    return np.where(has, np.maximum(1, lg.depth_scale * n + lg.depth_offset), 0).astype(np.int32)
+
+
 class LengthBatches:
     """Training batches: step s draws one length n in train_lengths and batch_size rows of that length, padded.
 

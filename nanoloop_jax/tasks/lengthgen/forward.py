@@ -27,6 +27,7 @@ import optax
 from nanoloop_jax.errors import ConfigError
 from nanoloop_jax.model.config import ModelConfig
 from nanoloop_jax.model.looped import LoopedGPT, abstract_params
+from nanoloop_jax.tasks.lengthgen import data as lengthgen_data
 from nanoloop_jax.train import halting, steps
 
 
@@ -76,11 +77,12 @@ def logits_at_depth(model: LoopedGPT, params: Any, idx_BxT: jax.Array, depth: ja
 
 
 def make_train_step(
-    model: LoopedGPT, tx: optax.GradientTransformation, schedule: optax.Schedule, max_depth: int, tcfg=None
+    model: LoopedGPT, tx: optax.GradientTransformation, schedule: optax.Schedule, max_depth: int, tcfg=None, lg=None
 ):
     """train_step(state, batch, key, depth) -> (state, metrics): steps.make_train_step with the loss on y >= 0
     after `depth` (traced) iterations of logits_at_depth; with train.halting, the halting objective over the
-    iterations 1..T(n) + train.halting_extra (full backprop, every one read out)."""
+    iterations 1..T(n) + train.halting_extra (full backprop, every one read out). lg: the lengthgen section,
+    whose layout gives the 'prefix' lookahead's per-position depths."""
 
     def plain(params, x, y, mask, key, depth, step):
         return steps.cross_entropy(logits_at_depth(model, params, x, depth, max_depth), y, mask), {}
@@ -89,9 +91,20 @@ def make_train_step(
     if tcfg is not None and tcfg.halting != "none":
         extra = int(tcfg.halting_extra)
         plan = lambda depth: halting.DepthPlan(0, 0, depth + extra, max_depth + extra, depth)  # noqa: E731
-        loss_fn = halting.make_halting_loss(model, tcfg, plan, plain)
+        loss_fn = halting.make_halting_loss(model, tcfg, plan, plain, None if lg is None else _prefix_depths_fn(lg))
         update_mask = halting.gate_only_updates(tcfg, abstract_params(model.config))
     return steps.make_train_step(model, tx, schedule, dynamic_depth=True, loss_fn=loss_fn, update_mask=update_mask)
+
+
+def _prefix_depths_fn(lg):
+    """x -> (depth, has one) per position: T of the problem ending at each non-padding position (data.py)."""
+
+    def prefix_depths(x_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
+        depth_T = jnp.asarray(lengthgen_data.prefix_depths(lg, x_BxT.shape[1]))
+        has_BxT = (depth_T > 0)[None] & (x_BxT != lengthgen_data.STOI[lengthgen_data.PAD])
+        return jnp.broadcast_to(depth_T, x_BxT.shape), has_BxT
+
+    return prefix_depths
 
 
 def make_eval_step(model: LoopedGPT, max_depth: int):

@@ -94,7 +94,7 @@ class LengthGeneralization(Task):
     def steps(self, model, tx, schedule) -> Steps:
         """T(n) iterations with full backprop (traced depth); one eval step, run at each batch's T(n)."""
         return Steps(
-            make_train_step(model, tx, schedule, self.max_depth, self.config.train),
+            make_train_step(model, tx, schedule, self.max_depth, self.config.train, self.config.lengthgen),
             {"T(n)": make_eval_step(model, self.max_depth)},
         )
 
