@@ -14,6 +14,9 @@ RUN_ID = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
 XLA_CACHE = pathlib.Path(tempfile.gettempdir()) / f"nanoloop-jax-tests-xla-cache-{RUN_ID}"
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(XLA_CACHE))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+# tiktoken's GPT-2 files (vocab.bpe and encoder.json under the names tiktoken caches them by, 1.5 MB): the
+# GPT-2 BPE tests run offline, in CI too, and tiktoken never reaches for the network
+os.environ["TIKTOKEN_CACHE_DIR"] = str(pathlib.Path(__file__).resolve().parent / "fixtures" / "tiktoken_cache")
 
 import pytest  # noqa: E402
 

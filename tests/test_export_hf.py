@@ -21,9 +21,6 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 HF_MODULES = pathlib.Path(tempfile.gettempdir()) / f"nanoloop-jax-tests-hf-modules-{os.getpid()}"
 os.environ.setdefault("HF_MODULES_CACHE", str(HF_MODULES))
-TIKTOKEN_CACHE = REPO_ROOT.parent / "shared" / "data" / "tiktoken_cache"
-if TIKTOKEN_CACHE.is_dir():  # offline copy of the gpt2 files, when this checkout has one beside it
-    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(TIKTOKEN_CACHE))
 
 HF_EXTRA = "needs the [hf] extra: uv run --extra hf pytest tests/test_export_hf.py"
 torch = pytest.importorskip("torch", reason=HF_EXTRA)
@@ -185,7 +182,6 @@ def test_nanoloop_ckpt_exports_and_matches_nanoloops_own_logits(tmp_path):
         assert diff.max() <= TOL, (n_loop, diff.max())
 
 
-@pytest.mark.skipif(not TIKTOKEN_CACHE.is_dir(), reason="needs tiktoken's gpt2 files (../shared/data/tiktoken_cache)")
 def test_gpt2_tokenizer_files_give_tiktokens_ids(tmp_path):
     import tiktoken
 

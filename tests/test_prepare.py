@@ -1,7 +1,6 @@
 """Dataset preparation: nanoGPT's splits and counts, JSON meta, clear one-line failures."""
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -16,9 +15,6 @@ from nanoloop_jax.data.batches import BatchSampler, DataError
 from nanoloop_jax.data.tokenizer import gpt2_encoding, load_tokenizer
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-TIKTOKEN_CACHE = REPO_ROOT.parent / "shared" / "data" / "tiktoken_cache"
-if TIKTOKEN_CACHE.is_dir():  # offline copy of the gpt2 files, when this checkout has one beside it
-    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(TIKTOKEN_CACHE))
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """Tokenizer: char-level from meta.json, GPT-2 BPE otherwise, one-line errors."""
 
 import json
-import os
 import pathlib
 
 import pytest
@@ -12,9 +11,6 @@ from nanoloop_jax.data.tokenizer import Tokenizer, load_tokenizer
 from nanoloop_jax.errors import UserError
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-TIKTOKEN_CACHE = REPO_ROOT.parent / "shared" / "data" / "tiktoken_cache"
-if TIKTOKEN_CACHE.is_dir():  # offline copy of the gpt2 files, when this checkout has one beside it
-    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(TIKTOKEN_CACHE))
 
 
 @pytest.fixture
