@@ -280,26 +280,37 @@ def test_bce_trunk_adds_the_gate_loss_gradient_to_the_loop(params):
     assert float(jnp.abs(bce["loop"]["recur_0"]["ln_1"]["scale"]).sum()) > 0
 
 
+PREFIX_DEPTH_T = np.array([0, 1, 2, 3, 4, 5, 1, 2, 0, 3])  # 0: no problem ends at that position
+
+
+def prefix_problems(x_BxT, y_BxT):
+    """A made-up task's prefix problems: depths PREFIX_DEPTH_T, position (1, 9) padding; answers y's own where
+    y has one (as every task's: a problem is a prefix of itself), else made up from x."""
+    has_BxT = np.broadcast_to(PREFIX_DEPTH_T > 0, x_BxT.shape).copy()
+    has_BxT[1, 9] = False
+    made_up_BxT = jnp.where(jnp.asarray(has_BxT), (x_BxT * 7 + 3) % TINY.vocab_size, -1)
+    answer_BxT = jnp.where(y_BxT >= 0, y_BxT, made_up_BxT)
+    return jnp.broadcast_to(jnp.asarray(PREFIX_DEPTH_T), x_BxT.shape), jnp.asarray(has_BxT), answer_BxT
+
+
+def prefix_loss_fn(beta, bce_trunk, stable):
+    """The lengthgen plan with T(n) 3 and 2 extra iterations, the 'prefix' lookahead."""
+    cfg = tcfg(halting="ouro", halting_stage=2, halting_freeze=False, halting_lookahead="prefix")
+    cfg.halting_beta, cfg.halting_bce_trunk, cfg.halting_stable, cfg.halting_extra = beta, bce_trunk, stable, 2
+    plan = lambda depth: halting.DepthPlan(0, 0, depth + 2, 5 + 2, depth)  # noqa: E731
+    return halting.make_halting_loss(LoopedGPT(TINY), cfg, plan, None, prefix_problems), cfg, plan
+
+
 def test_prefix_lookahead_trains_the_gate_at_every_position_toward_its_own_depth(params):
     """'prefix': the gate's BCE at every position the task marks, each with its own stop depth (not the answer
     slots' T(n)), over T(n) + extra iterations; with bce_trunk it reaches the loop (gradients == the reference)."""
     x, y = batch()
-    depth_T = np.array([0, 1, 2, 3, 4, 5, 1, 2, 0, 3])  # 0: no target at that position
-    has_BxT = np.broadcast_to(depth_T > 0, x.shape).copy()
-    has_BxT[1, 9] = False  # e.g. padding
-
-    def prefix_depths(x_BxT):
-        return jnp.broadcast_to(jnp.asarray(depth_T), x_BxT.shape), jnp.asarray(has_BxT)
-
-    plan = lambda depth: halting.DepthPlan(0, 0, depth + 2, 5 + 2, depth)  # noqa: E731  # T(n) 3, 5 iterations
     key, step, beta = jax.random.PRNGKey(3), jnp.int32(0), 0.4
     got, grads = {}, {}
     for on in (False, True):
-        cfg = tcfg(halting="ouro", halting_stage=2, halting_freeze=False, halting_lookahead="prefix")
-        cfg.halting_beta, cfg.halting_bce_trunk, cfg.halting_extra = beta, on, 2
-        fn = halting.make_halting_loss(LoopedGPT(TINY), cfg, plan, None, prefix_depths)
+        fn = prefix_loss_fn(beta, on, False)[0]
         got[on], grads[on] = jax.value_and_grad(lambda p, f=fn: f(p, x, y, None, key, 3, step)[0])(params)
-    depth_BxT = np.broadcast_to(depth_T, x.shape)
+    depth_BxT, has_BxT, _ = (np.asarray(a) for a in prefix_problems(x, y))
     bce, g_bce = jax.value_and_grad(lambda p: beta * reference_gate_bce(p, x, depth_BxT, has_BxT, 5))(params)
     losses, _ = reference_outputs(params, x, y, 5)
     want = float(bce) + losses[2][np.asarray(y) >= 0].mean()  # + the task's loss at T(n) = 3
@@ -313,8 +324,27 @@ def test_prefix_lookahead_trains_the_gate_at_every_position_toward_its_own_depth
     for a, w in zip(*(jax.tree_util.tree_leaves(t["exit_gate"]) for t in (grads[False], g_bce)), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(w), atol=1e-5)  # the gate learns the prefix targets
     assert float(jnp.abs(g_bce["loop"]["recur_0"]["ln_1"]["scale"]).sum()) > 0  # the gate's loss reaches the loop
+    cfg, plan = prefix_loss_fn(beta, True, False)[1:]
     with pytest.raises(ConfigError, match="prefix"):  # a task without such positions (language modelling)
         halting.make_halting_loss(LoopedGPT(TINY), cfg, plan, None)
+
+
+def test_prefix_stable_loss_scores_every_prefix_answer_from_its_own_depth(params):
+    """'prefix' + halting_stable: the readouts are scored against every prefix problem's answer, at each position
+    from its own depth to T(n) + extra, pooled over (iteration, position) pairs; final_loss stays the task's own
+    answer positions at T(n)."""
+    x, y = batch()
+    loss_fn = prefix_loss_fn(0.4, True, True)[0]
+    got, metrics = loss_fn(params, x, y, None, jax.random.PRNGKey(3), 3, jnp.int32(0))
+    depth_BxT, has_BxT, answer_BxT = (np.asarray(a) for a in prefix_problems(x, y))
+    losses, _ = reference_outputs(params, x, jnp.asarray(answer_BxT), 5)
+    pairs = [
+        losses[i][b, t] for i in range(5) for b, t in zip(*np.nonzero(has_BxT), strict=True) if depth_BxT[b, t] <= i + 1
+    ]
+    want = 0.4 * float(reference_gate_bce(params, x, depth_BxT, has_BxT, 5)) + np.mean(pairs)
+    np.testing.assert_allclose(float(got), want, rtol=1e-5)
+    task_losses, _ = reference_outputs(params, x, y, 5)
+    np.testing.assert_allclose(float(metrics["final_loss"]), task_losses[2][np.asarray(y) >= 0].mean(), rtol=1e-5)
 
 
 @pytest.mark.parametrize(

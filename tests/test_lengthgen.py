@@ -100,6 +100,22 @@ def test_prefix_depths_are_the_depths_of_the_problems_ending_at_each_position():
         lengthgen_data.prefix_depths(lg, 10)
 
 
+def test_prefix_answers_are_the_answers_of_the_problems_ending_at_each_position():
+    lg = ConfigDict({"task": "parity"})
+    x, y = lengthgen_data.parity_problems(np.random.default_rng(0), 6, 5)
+    xp, yp = lengthgen_data.pad_rows(x, y, 9)
+    for arr in (xp, jnp.asarray(xp)):  # numpy, and jax inside the training step
+        got = np.asarray(lengthgen_data.prefix_answers(lg, arr, yp))
+        for b in range(6):
+            bits = [int(lengthgen_data.CHARS[c]) for c in xp[b, 1:6]]
+            want = [-1] + [lengthgen_data.STOI[str(sum(bits[: j - 1]) % 2)] for j in range(1, 7)] + [-1, -1]
+            assert got[b].tolist() == want
+        np.testing.assert_array_equal(got[:, 6], yp[:, 6])  # the '=' slot: the problem's own answer
+    lg.task = "addition"
+    x, y = lengthgen_data.addition_problems(np.array([57]), np.array([68]), 2)
+    np.testing.assert_array_equal(lengthgen_data.prefix_answers(lg, x, y), y)  # the slots already are
+
+
 CFG = tiny_config(vocab_size=14, n_prelude=0, n_block=1, n_coda=0, n_embd=16, bptt_k=None, pos_encoding="none")
 
 

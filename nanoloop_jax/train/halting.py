@@ -26,7 +26,9 @@ iteration has no loss-based target (it cannot continue).
 train.halting_stable (stage II beside the rest's training, halting_freeze=False): the rest's task loss is the
 mean of L_i over the iterations from the task's depth to the last read out (lengthgen: T(n) .. T(n) +
 halting_extra) instead of L at the task's depth alone, so the answer stays right after it (a fixed point):
-a gate that stops late then costs nothing, and the gate only has to learn not to stop early.
+a gate that stops late then costs nothing, and the gate only has to learn not to stop early. With the 'prefix'
+lookahead it is scored on every shorter problem's answer too (parity: the parity of each prefix), each from
+its own depth on: the loop learns a computation whose every position, once right, stays right.
 train.halting_bce_trunk (stage II, halting_freeze=False): the gate's cross-entropy also reaches the states (the
 gate is not detached), so the loop learns a "done" signal the gate's linear read can find; without it the gate
 can only read what the task loss alone put in the state.
@@ -118,11 +120,11 @@ def stage1_loss(
 
 
 def stable_loss(losses_LxN: jax.Array, mask_N: jax.Array, first, end) -> jax.Array:
-    """Mean over iterations first..end (1-based, may be traced) of the mean loss over valid positions."""
-    i = jnp.arange(1, losses_LxN.shape[0] + 1)
-    window_L = ((i >= first) & (i <= end)).astype(jnp.float32)
-    per_iter_L = jax.vmap(lambda loss: _mean(loss, mask_N))(losses_LxN.astype(jnp.float32))
-    return jnp.sum(window_L * per_iter_L) / jnp.maximum(jnp.sum(window_L), 1.0)
+    """Mean loss over the (iteration, valid position) pairs with first <= iteration <= end (1-based, may be traced;
+    first may be per position: 'prefix' holds each position from its own depth on)."""
+    i = _expand(jnp.arange(1, losses_LxN.shape[0] + 1), losses_LxN)
+    window = (i >= first) & (i <= end) & mask_N[None].astype(bool)
+    return _mean(losses_LxN.astype(jnp.float32), window)
 
 
 def stage2_targets(losses_LxN: jax.Array, depth, lookahead: str, task_depth=None) -> tuple[jax.Array, jax.Array]:
@@ -223,16 +225,18 @@ def make_halting_loss(
     tcfg,
     plan_of: Callable[[Any], DepthPlan],
     plain_loss,
-    prefix_depths: Callable[[jax.Array], tuple[jax.Array, jax.Array]] | None = None,
+    prefix_problems: Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]] | None = None,
 ) -> Callable:
     """loss_fn(params, x, y, mask, key, n_loop, step) for steps.make_train_step: the plain loss before step
     train.halting_start, the halting objective from it on (a lax.cond: only one branch runs).
-    prefix_depths(x) -> (stop depth, has one) per position: the 'prefix' lookahead's targets (the task's).
+    prefix_problems(x, y) -> (depth, has one, answer) per position of the problem ending there: the 'prefix'
+    lookahead's targets (the task's); with halting_stable the readouts are scored against those answers.
 
     Metrics of either branch: final_loss (the readout at the task's depth: the plain loss), halt_iters
     (expected iterations under p; stage 2: under the gate's own p) and halt_objective."""
     stage, lookahead = int(tcfg.halting_stage), tcfg.halting_lookahead
-    if stage == 2 and lookahead == "prefix" and prefix_depths is None:
+    prefix = stage == 2 and lookahead == "prefix"
+    if prefix and prefix_problems is None:
         raise ConfigError(
             "train.halting_lookahead='prefix' needs a task whose positions end shorter problems (config.task="
             "'lengthgen'): use 'next', 'all' or 'depth'"
@@ -240,10 +244,12 @@ def make_halting_loss(
 
     def halting_branch(params, x, y, mask, key, n_loop):
         plan = plan_of(n_loop)
+        if prefix:  # every position that ends a problem, at that problem's depth
+            gate_depth, gate_mask, prefix_answers = prefix_problems(x, y)
         out = model.apply(
             {"params": params},
             x,
-            y,
+            prefix_answers if prefix and tcfg.halting_stable else y,  # the readouts' targets
             mask,
             n_detached=plan.n_detached,
             max_detached=plan.max_detached,
@@ -254,21 +260,23 @@ def make_halting_loss(
             method=iteration_outputs,
             rngs=train_rngs(key),
         )
-        losses, halts, valid = out
+        losses, halts, read = out
+        valid = read & (y >= 0)  # the task's own answer positions
         task_depth = plan.depth if plan.task_depth is None else plan.task_depth
         final = _mean(jax.lax.dynamic_index_in_dim(losses, task_depth - 1, keepdims=False), valid)
         if stage == 1:
             loss, m = stage1_loss(losses, halts, plan.depth, valid, tcfg.halting, tcfg.halting_beta, tcfg.halting_prior)
         else:
-            if lookahead == "prefix":  # every position that ends a problem, at that problem's depth
-                gate_depth, gate_mask = prefix_depths(x)
+            if prefix:
                 gate, m = stage2_loss(losses, halts, plan.depth, gate_mask, "depth", gate_depth)
             else:
                 gate, m = stage2_loss(losses, halts, plan.depth, valid, lookahead, task_depth)
             # Adam's step does not depend on the loss's scale, but grad_clip's global norm does: beta keeps
             # the gate's gradient from shrinking the rest's when they train together (halting_freeze=False)
             loss = tcfg.halting_beta * gate
-            if tcfg.halting_stable:  # the answer must hold from the task's depth to the last iteration read out
+            if tcfg.halting_stable and prefix:  # every prefix's answer, from its own depth to the last read out
+                loss = loss + stable_loss(losses, read & gate_mask, gate_depth, plan.depth)
+            elif tcfg.halting_stable:  # the answer must hold from the task's depth to the last iteration read out
                 loss = loss + stable_loss(losses, valid, task_depth, plan.depth)
             elif not tcfg.halting_freeze:  # the rest keeps training on the task's plain loss meanwhile
                 loss = loss + final

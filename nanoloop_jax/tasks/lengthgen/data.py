@@ -28,6 +28,8 @@ import json
 import os
 import pathlib
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from nanoloop_jax.errors import ConfigError, UserError
@@ -182,6 +184,19 @@ def prefix_depths(lg, width: int) -> np.ndarray:
     else:
         n, has = j // 3 - 1, (j % 3 == 0) & (j >= 3)
     return np.where(has, np.maximum(1, lg.depth_scale * n + lg.depth_offset), 0).astype(np.int32)
+
+
+def prefix_answers(lg, x_BxT, y_BxT):
+    """(B, T) answer of the problem ending at each position (-1 where none does; numpy or jax arrays): parity's
+    position j holds the parity of the bits before it (the '=' slot's is y's), addition's slots are y's own
+    digits (a sum's low digits are the sum of the operands' low digits)."""
+    if lg.task != "parity":
+        return y_BxT
+    xp = jnp if isinstance(x_BxT, jax.Array) else np
+    bit_BxT = (x_BxT == STOI["1"]).astype(np.int32)
+    before_BxT = xp.cumsum(bit_BxT, axis=1) - bit_BxT  # bits strictly before each position
+    has_BxT = (xp.arange(x_BxT.shape[1]) >= 1)[None] & (x_BxT != STOI[PAD])
+    return xp.where(has_BxT, STOI["0"] + before_BxT % 2, -1)
 
 
 class LengthBatches:

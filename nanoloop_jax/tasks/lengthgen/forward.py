@@ -91,20 +91,21 @@ def make_train_step(
     if tcfg is not None and tcfg.halting != "none":
         extra = int(tcfg.halting_extra)
         plan = lambda depth: halting.DepthPlan(0, 0, depth + extra, max_depth + extra, depth)  # noqa: E731
-        loss_fn = halting.make_halting_loss(model, tcfg, plan, plain, None if lg is None else _prefix_depths_fn(lg))
+        loss_fn = halting.make_halting_loss(model, tcfg, plan, plain, None if lg is None else _prefix_problems_fn(lg))
         update_mask = halting.gate_only_updates(tcfg, abstract_params(model.config))
     return steps.make_train_step(model, tx, schedule, dynamic_depth=True, loss_fn=loss_fn, update_mask=update_mask)
 
 
-def _prefix_depths_fn(lg):
-    """x -> (depth, has one) per position: T of the problem ending at each non-padding position (data.py)."""
+def _prefix_problems_fn(lg):
+    """(x, y) -> (depth, has one, answer) of the problem ending at each non-padding position (data.py)."""
 
-    def prefix_depths(x_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def prefix_problems(x_BxT: jax.Array, y_BxT: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         depth_T = jnp.asarray(lengthgen_data.prefix_depths(lg, x_BxT.shape[1]))
         has_BxT = (depth_T > 0)[None] & (x_BxT != lengthgen_data.STOI[lengthgen_data.PAD])
-        return jnp.broadcast_to(depth_T, x_BxT.shape), has_BxT
+        answer_BxT = lengthgen_data.prefix_answers(lg, x_BxT, y_BxT)
+        return jnp.broadcast_to(depth_T, x_BxT.shape), has_BxT, answer_BxT
 
-    return prefix_depths
+    return prefix_problems
 
 
 def make_eval_step(model: LoopedGPT, max_depth: int):
