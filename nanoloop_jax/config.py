@@ -95,7 +95,8 @@ def base_config(task: str = "lm") -> ConfigDict:
     c.train.halting_start = 0  # step from which the halting objective replaces the task's plain loss
     c.train.halting_extra = 0  # lengthgen: iterations past T(n) the halting loss reads out (0: up to T(n))
     c.train.halting_stable = False  # stage 2, halting_freeze=False: the rest's task loss is the mean over
-    # iterations T(n)..T(n)+halting_extra (the answer held after T(n)), not at T(n) alone
+    # iterations T(n)..T(n)+halting_extra (the answer held after T(n)), not at T(n) alone; with 'prefix': every
+    # shorter problem's answer too, each position from its own depth on
     c.train.halting_bce_trunk = False  # stage 2, halting_freeze=False: the gate's loss also trains the loop
     # (the gate sees the states, not stop_gradient of them), so the state learns a "done" signal
 
