@@ -85,7 +85,7 @@ def test_depth_rule():
 
 def test_prefix_depths_are_the_depths_of_the_problems_ending_at_each_position():
     """Parity's position j is the '=' of a (j - 1)-bit problem; addition's slot at 3(k + 1) the last of a k-digit
-    one: the gate's 'prefix' targets are their T, checked against the problems' own layout and depth_for_length."""
+    one: the gate's 'prefix' targets are their T (n + 1 here), checked against the problems' own layouts."""
     lg = ConfigDict({"task": "parity", "depth_rule": "linear", "depth_scale": 1, "depth_offset": 1})
     np.testing.assert_array_equal(lengthgen_data.prefix_depths(lg, 7), [0, 1, 2, 3, 4, 5, 6])
     for n in (1, 4):  # the '=' of a length-n problem gets T(n)
@@ -114,6 +114,11 @@ def test_prefix_answers_are_the_answers_of_the_problems_ending_at_each_position(
     lg.task = "addition"
     x, y = lengthgen_data.addition_problems(np.array([57]), np.array([68]), 2)
     np.testing.assert_array_equal(lengthgen_data.prefix_answers(lg, x, y), y)  # the slots already are
+    # parity's answers are -1 exactly where no problem ends: the 'prefix' targets' mask (padding excluded)
+    lg.task, lg.depth_rule, lg.depth_scale, lg.depth_offset = "parity", "linear", 1, 1
+    depth_T = lengthgen_data.prefix_depths(lg, xp.shape[1])
+    got = np.asarray(lengthgen_data.prefix_answers(lg, xp, yp))
+    np.testing.assert_array_equal(got >= 0, (depth_T > 0)[None] & (xp != lengthgen_data.STOI["."]))
 
 
 CFG = tiny_config(vocab_size=14, n_prelude=0, n_block=1, n_coda=0, n_embd=16, bptt_k=None, pos_encoding="none")

@@ -186,17 +186,17 @@ def prefix_depths(lg, width: int) -> np.ndarray:
     return np.where(has, np.maximum(1, lg.depth_scale * n + lg.depth_offset), 0).astype(np.int32)
 
 
-def prefix_answers(lg, x_BxT, y_BxT):
-    """(B, T) answer of the problem ending at each position (-1 where none does; numpy or jax arrays): parity's
-    position j holds the parity of the bits before it (the '=' slot's is y's), addition's slots are y's own
-    digits (a sum's low digits are the sum of the operands' low digits)."""
+def prefix_answers(lg, x_BxT, y_BxT) -> jax.Array:
+    """(B, T) answer of the problem ending at each position, -1 exactly where none does (so >= 0 marks the
+    positions prefix_depths gives a depth, padding excluded): parity's position j holds the parity of the bits
+    before it (the '=' slot's is y's), addition's slots are y's own digits (a sum's low digits are the sum of
+    the operands' low digits)."""
     if lg.task != "parity":
-        return y_BxT
-    xp = jnp if isinstance(x_BxT, jax.Array) else np
-    bit_BxT = (x_BxT == STOI["1"]).astype(np.int32)
-    before_BxT = xp.cumsum(bit_BxT, axis=1) - bit_BxT  # bits strictly before each position
-    has_BxT = (xp.arange(x_BxT.shape[1]) >= 1)[None] & (x_BxT != STOI[PAD])
-    return xp.where(has_BxT, STOI["0"] + before_BxT % 2, -1)
+        return jnp.asarray(y_BxT)
+    bit_BxT = (jnp.asarray(x_BxT) == STOI["1"]).astype(jnp.int32)
+    before_BxT = jnp.cumsum(bit_BxT, axis=1) - bit_BxT  # bits strictly before each position
+    has_BxT = (jnp.arange(x_BxT.shape[1]) >= 1)[None] & (jnp.asarray(x_BxT) != STOI[PAD])
+    return jnp.where(has_BxT, STOI["0"] + before_BxT % 2, -1)
 
 
 class LengthBatches:

@@ -101,9 +101,8 @@ def _prefix_problems_fn(lg):
 
     def prefix_problems(x_BxT: jax.Array, y_BxT: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         depth_T = jnp.asarray(lengthgen_data.prefix_depths(lg, x_BxT.shape[1]))
-        has_BxT = (depth_T > 0)[None] & (x_BxT != lengthgen_data.STOI[lengthgen_data.PAD])
         answer_BxT = lengthgen_data.prefix_answers(lg, x_BxT, y_BxT)
-        return jnp.broadcast_to(depth_T, x_BxT.shape), has_BxT, answer_BxT
+        return jnp.broadcast_to(depth_T, x_BxT.shape), answer_BxT >= 0, answer_BxT
 
     return prefix_problems
 
