@@ -17,6 +17,7 @@ from nanoloop_jax.model.config import ModelConfig
 from nanoloop_jax.model.looped import LoopedGPT, abstract_params, init_params
 from nanoloop_jax.tasks.lengthgen import data as lengthgen_data
 from nanoloop_jax.tasks.lengthgen.evaluate import Result, format_table, read_csv, write_csv
+from nanoloop_jax.tasks.lengthgen.families import addition, parity
 from nanoloop_jax.tasks.lengthgen.forward import accuracies, answers_per_iteration, logits_at_depth, make_train_step
 from nanoloop_jax.train.steps import TrainState, cross_entropy
 
@@ -24,7 +25,8 @@ LENGTHGEN_CONFIGS = {  # task -> its looped config and that config's one-pass ba
     "parity": (parity_lengthgen, parity_lengthgen_baseline),
     "addition": (addition_lengthgen, addition_lengthgen_baseline),
 }
-ITOS = dict(enumerate(lengthgen_data.CHARS))
+ITOS = dict(enumerate(parity.CHARS))
+STOI = parity.FAMILY.stoi
 
 
 def _text(row) -> str:
@@ -33,8 +35,8 @@ def _text(row) -> str:
 
 def test_parity_problems_have_their_length_and_parity():
     for n in (1, 7, 30):
-        x, y = lengthgen_data.parity_problems(np.random.default_rng(n), 50, n)
-        assert x.shape == (50, lengthgen_data.seq_len("parity", n))
+        x, y = parity.FAMILY.problems(np.random.default_rng(n), 50, n, test=False)
+        assert x.shape == (50, parity.FAMILY.seq_len(n))
         for row, target in zip(x, y, strict=True):
             text = _text(row)
             assert text[0] == "^" and text[-1] == "=" and set(text[1:-1]) <= {"0", "1"} and len(text) == n + 2
@@ -43,15 +45,15 @@ def test_parity_problems_have_their_length_and_parity():
 
 def test_addition_problems_decode_to_their_sum():
     for n in (1, 3, 12):
-        x, y = lengthgen_data.make_problems("addition", np.random.default_rng(n), 40, n, test=False)
-        assert x.shape == y.shape == (40, lengthgen_data.seq_len("addition", n))
+        x, y = addition.FAMILY.problems(np.random.default_rng(n), 40, n, test=False)
+        assert x.shape == y.shape == (40, addition.FAMILY.seq_len(n))
         for row, target in zip(x, y, strict=True):
             text = _text(row)
             a, b = int(text[1::3][::-1]), int(text[2::3][::-1])
             assert set(text[3::3]) == {"_"} and len(str(a)) == len(str(b)) == n  # both operands exactly n digits
             answer = "".join(ITOS[int(t)] for t in target[target >= 0])
             assert int(answer[::-1]) == a + b and len(answer) == n + 1
-    x, _ = lengthgen_data.make_problems("addition", np.random.default_rng(0), 1000, 1, test=True)
+    x, _ = addition.FAMILY.problems(np.random.default_rng(0), 1000, 1, test=True)
     assert len(x) == 100  # 1-digit test set: all 100 problems, enumerated
 
 
@@ -63,7 +65,7 @@ def test_batches_hold_one_length_padded_to_one_width(tmp_path):
         n, x, y = batches.get(step)
         assert batches.length(step) == n  # known before the batch: the loop's depth T(n)
         seen.add(n)
-        assert x.shape == y.shape == (5, 8) and np.all(x[:, n + 2 :] == lengthgen_data.STOI["."])
+        assert x.shape == y.shape == (5, 8) and np.all(x[:, n + 2 :] == STOI["."])
         assert np.all((y >= 0).sum(1) == 1) and np.all(y[:, n + 1] >= 0)
     assert seen == set(range(2, 7))
     n, x, _ = batches.get(3)
@@ -89,9 +91,9 @@ def test_prefix_depths_are_the_depths_of_the_problems_ending_at_each_position():
     lg = ConfigDict({"task": "parity", "depth_rule": "linear", "depth_scale": 1, "depth_offset": 1})
     np.testing.assert_array_equal(lengthgen_data.prefix_depths(lg, 7), [0, 1, 2, 3, 4, 5, 6])
     for n in (1, 4):  # the '=' of a length-n problem gets T(n)
-        assert lengthgen_data.prefix_depths(lg, 7)[lengthgen_data.seq_len("parity", n) - 1] == n + 1
+        assert lengthgen_data.prefix_depths(lg, 7)[parity.FAMILY.seq_len(n) - 1] == n + 1
     lg.task = "addition"
-    x, y = lengthgen_data.addition_problems(np.array([57]), np.array([68]), 2)  # `^ 7 8 _ 5 6 _ 0 0 _`
+    x, y = addition.FAMILY.layout(np.array([57]), np.array([68]), 2)  # `^ 7 8 _ 5 6 _ 0 0 _`
     got = lengthgen_data.prefix_depths(lg, x.shape[1])
     np.testing.assert_array_equal(got, [0, 0, 0, 1, 0, 0, 2, 0, 0, 3])
     np.testing.assert_array_equal(got > 0, y[0] >= 0)  # exactly the answer slots
@@ -102,23 +104,23 @@ def test_prefix_depths_are_the_depths_of_the_problems_ending_at_each_position():
 
 def test_prefix_answers_are_the_answers_of_the_problems_ending_at_each_position():
     lg = ConfigDict({"task": "parity"})
-    x, y = lengthgen_data.parity_problems(np.random.default_rng(0), 6, 5)
+    x, y = parity.FAMILY.problems(np.random.default_rng(0), 6, 5, test=False)
     xp, yp = lengthgen_data.pad_rows(x, y, 9)
     for arr in (xp, jnp.asarray(xp)):  # numpy, and jax inside the training step
         got = np.asarray(lengthgen_data.prefix_answers(lg, arr, yp))
         for b in range(6):
-            bits = [int(lengthgen_data.CHARS[c]) for c in xp[b, 1:6]]
-            want = [-1] + [lengthgen_data.STOI[str(sum(bits[: j - 1]) % 2)] for j in range(1, 7)] + [-1, -1]
+            bits = [int(parity.CHARS[c]) for c in xp[b, 1:6]]
+            want = [-1] + [STOI[str(sum(bits[: j - 1]) % 2)] for j in range(1, 7)] + [-1, -1]
             assert got[b].tolist() == want
         np.testing.assert_array_equal(got[:, 6], yp[:, 6])  # the '=' slot: the problem's own answer
     lg.task = "addition"
-    x, y = lengthgen_data.addition_problems(np.array([57]), np.array([68]), 2)
+    x, y = addition.FAMILY.layout(np.array([57]), np.array([68]), 2)
     np.testing.assert_array_equal(lengthgen_data.prefix_answers(lg, x, y), y)  # the slots already are
     # parity's answers are -1 exactly where no problem ends: the 'prefix' targets' mask (padding excluded)
     lg.task, lg.depth_rule, lg.depth_scale, lg.depth_offset = "parity", "linear", 1, 1
     depth_T = lengthgen_data.prefix_depths(lg, xp.shape[1])
     got = np.asarray(lengthgen_data.prefix_answers(lg, xp, yp))
-    np.testing.assert_array_equal(got >= 0, (depth_T > 0)[None] & (xp != lengthgen_data.STOI["."]))
+    np.testing.assert_array_equal(got >= 0, (depth_T > 0)[None] & (xp != STOI["."]))
 
 
 CFG = tiny_config(vocab_size=14, n_prelude=0, n_block=1, n_coda=0, n_embd=16, bptt_k=None, pos_encoding="none")
@@ -192,7 +194,11 @@ def test_halting_probability_per_iteration_equals_a_written_out_loop():
 
 def test_accuracy_csv_columns(tmp_path):
     result = Result({20: (np.array([0.5, 1.0]), 1.0, 2), 40: (np.array([0.25, 0.5]), 0.75, 3)})
-    write_csv(tmp_path / "accuracy.csv", result)
+    write_csv(tmp_path / "d.csv", result)  # the reasoning families' header; read back alike
+    with open(tmp_path / "d.csv") as f:
+        assert next(csv.reader(f)) == ["difficulty", "n_loop", "accuracy"]
+    assert read_csv(tmp_path / "d.csv")[20] == {"1": 0.5, "2": 1.0, "adaptive": 1.0}
+    write_csv(tmp_path / "accuracy.csv", result, "length")  # parity's and addition's
     with open(tmp_path / "accuracy.csv") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["length", "n_loop", "accuracy"]

@@ -90,6 +90,21 @@ def test_causality():
     assert float(jnp.abs(logits[:, 6:] - logits2[:, 6:]).max()) > 1e-4
 
 
+
+def test_non_causal_attends_to_later_tokens_and_refuses_to_decode():
+    """model.causal=False: a change at position 6 reaches every position, earlier ones too (causal: only 6 on)."""
+    from nanoloop_jax.decode.recurrence import DecodeConfig, Recurrence
+    from nanoloop_jax.errors import ConfigError
+
+    cfg = dataclasses.replace(TINY, causal=False)
+    params, idx = _perturbed_params(cfg), _idx()
+    idx2 = idx.at[:, 6].set((idx[:, 6] + 1) % cfg.vocab_size)
+    logits, logits2 = (LoopedGPT(cfg).apply({"params": params}, i) for i in (idx, idx2))
+    assert float(jnp.abs(logits[:, :6] - logits2[:, :6]).min(axis=-1).max()) > 1e-6
+    assert float(jnp.abs(logits[:, 0] - logits2[:, 0]).max()) > 1e-4
+    with pytest.raises(ConfigError, match="cannot decode token by token"):
+        Recurrence(cfg, DecodeConfig(n_loop=2))
+
 def test_remat_equals_no_remat():
     params, idx = _perturbed_params(TINY), _idx()
     cfg_remat = dataclasses.replace(TINY, remat_policy="nothing_saveable")

@@ -155,6 +155,11 @@ class Recurrence:
 
     def __init__(self, config: ModelConfig, dc: DecodeConfig, vocab_limit: int | None = None) -> None:
         self.cfg, self.dc = config, dc.validate()
+        if not config.causal:
+            raise ConfigError(
+                "this model attends both ways (model.causal=False: it answers a whole problem in one pass) and "
+                "cannot decode token by token; evaluate it with python -m nanoloop_jax.tools.eval_lengthgen"
+            )
         if dc.exit_criterion == "gate" and not config.exit_gate:
             raise ConfigError("--exit_criterion=gate needs a model with a learned exit gate (model.exit_gate=True)")
         self.model = LoopedGPT(config)

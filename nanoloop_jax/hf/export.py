@@ -92,6 +92,8 @@ def _json(obj) -> bytes:
 def export(hf_dir: str, config: ModelConfig, params, tokenizer: Tokenizer, *, overwrite: bool = False) -> list[str]:
     """Write the Hugging Face directory; returns the names of the files written."""
     check_destination(hf_dir, overwrite)
+    if not config.causal:
+        raise ExportError("this model attends both ways (model.causal=False): a causal LM export cannot run it")
     if tokenizer.vocab_size > config.vocab_size:
         raise ExportError(
             f"the {tokenizer.name} tokenizer has {tokenizer.vocab_size} tokens but the model only "

@@ -31,7 +31,7 @@ ARCH_FIELDS = (
 )
 # Architecture fields nanoLOOP does not have: taken from a checkpoint that records them (older ones do not,
 # and had the default).
-EXTRA_ARCH_FIELDS = ("exit_gate",)
+EXTRA_ARCH_FIELDS = ("exit_gate", "causal")
 # Every field the computed function depends on: the architecture plus the position encoding and the norm's eps
 # (what a Hugging Face export writes, and what a resumed run may not change).
 FUNCTION_FIELDS = (*ARCH_FIELDS, *EXTRA_ARCH_FIELDS, "pos_encoding", "rope_theta", "norm_eps")
@@ -65,6 +65,10 @@ class ModelConfig:
     # A learned exit gate (not in nanoLOOP): lambda_i = sigmoid(w . rms(s_i) + b) after every iteration, the
     # probability of halting there (PonderNet / Ouro). Trained by train.halting; used by --exit_criterion=gate.
     exit_gate: bool = False
+    # Causal attention (nanoLOOP's, and what decoding needs). False: every position attends to every other,
+    # for tasks that read a whole problem and answer at its own cells in one pass (mazes, Sudoku); such a
+    # model cannot decode token by token.
+    causal: bool = True
     # JAX knobs (not in nanoLOOP).
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"  # storage dtype
@@ -129,6 +133,8 @@ class ModelConfig:
             raise ConfigError(f"model.pos_encoding must be one of {POS_ENCODINGS}, got {self.pos_encoding!r}")
         if self.pos_encoding == "rope" and (self.n_embd // self.n_head) % 2:
             raise ConfigError(f"model.pos_encoding='rope' needs an even head dim, got {self.n_embd // self.n_head}")
+        if not isinstance(self.causal, bool):
+            raise ConfigError(f"model.causal must be True or False, got {self.causal!r}")
         if not self.norm_eps > 0:
             raise ConfigError(f"model.norm_eps must be > 0, got {self.norm_eps!r}")
         return self

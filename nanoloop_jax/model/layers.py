@@ -148,11 +148,14 @@ class CausalSelfAttention(nn.Module):
         mask_TxS: jax.Array | None = None,
         rng: jax.Array | None = None,
     ) -> jax.Array:
-        """Attention of queries over keys/values: causal (S == T) without a mask, else as mask_TxS allows.
+        """Attention of queries over keys/values: causal (S == T) without a mask (every key with
+        model.causal=False), else as mask_TxS allows.
 
         rng: the key of the attention-weight dropout (None: no dropout).
         """
         cfg = self.config
+        if not cfg.causal and mask_TxS is None:
+            mask_TxS = jnp.ones((q_BxTxHxK.shape[1], k_BxSxHxK.shape[1]), bool)
         impl = kernels.attention_impl(
             cfg.attention,
             cfg.platform,

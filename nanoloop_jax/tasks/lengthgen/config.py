@@ -8,9 +8,9 @@ from ml_collections import ConfigDict
 def defaults() -> ConfigDict:
     """Every field of config.lengthgen, commented; configs/*_lengthgen.py change what their task needs."""
     c = ConfigDict()
-    c.task = "parity"  # 'parity' | 'addition'
-    c.train_lengths = (1, 20)  # min, max input length in training (bits; addition: operand digits)
-    c.test_lengths = (5, 10, 15, 20, 25, 30, 35, 40, 45, 50)  # evaluated lengths (at least one trained)
+    c.task = "parity"  # the problem family: nanoloop_jax/tasks/lengthgen/families/ (parity, addition, phop, ...)
+    c.train_lengths = (1, 20)  # min, max difficulty in training (bits; addition: digits; phop: hops; ...)
+    c.test_lengths = (5, 10, 15, 20, 25, 30, 35, 40, 45, 50)  # evaluated difficulties (at least one trained)
     c.curriculum_steps = 1200  # the longest training length grows from the shortest over these steps (0: off)
     c.num_train = 20_000  # training problems per length (sampled with replacement)
     c.num_test = 500  # test problems per length

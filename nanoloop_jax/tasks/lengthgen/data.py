@@ -1,21 +1,14 @@
-"""Length-generalization tasks (parity, decimal addition): one input length per batch, answers at fixed slots.
+"""Difficulty-graded problem tasks: one difficulty per batch, answers at fixed slots, every file from a seed.
 
 Following Fan et al. 2025 ("Looped Transformers for Length Generalization"), the model reads the whole
 problem and writes the whole answer in one forward pass (no autoregressive decoding): answer slots are
 input positions whose *output* is scored (y >= 0 there, -1 elsewhere), so the loss is taken only at the
-last loop iteration, on the answer.
-
-  parity    `^b1b2..bn=` -> the '=' slot outputs the parity bit (0/1). seq_len = n + 2.
-  addition  both operands exactly n digits (n = 1 includes 0), least significant digit first and padded
-            with one 0 to n+1 digits, interleaved with an answer slot: `^ a0 b0 _ a1 b1 _ .. an bn _`;
-            slot j outputs digit j of the sum (least significant first, n+1 digits, so a missing
-            carry-out is a 0). seq_len = 3n + 4.
-
-In addition's layout digit j of the sum depends on the two tokens just before its slot and on the carry
-from the slot three positions back, the same offsets at every length: a ripple carry that moves one slot
-per loop iteration, so T(n) = n + 1 iterations suffice at any n. Training rows are right-padded with '.'
-to one width (causal attention: padding after the answer changes nothing before it), so every batch has
-one shape and the training step compiles once.
+last loop iteration, on the answer. Each family (families/: parity and addition by input length, phop by
+hops, multiadd by operands, maze by side, sudoku by rating) has its own vocabulary, layout and generator;
+its difficulty d plays the role of the length n: train on easy d, test on harder ones, T(d) iterations.
+Training rows are right-padded with the family's padding token (id 0) to one width, so every batch has one
+shape and the training step compiles once (causal attention: padding after the answer changes nothing
+before it; the non-causal families pad with a token their problems already contain, see theirs).
 
 Files (data/<task>/prepare.py): `lengthgen.npz` with `x_<split>_<n>` (uint8 token ids, rows of seq_len(n))
 and `y_<split>_<n>` (int8 targets, -1 off the answer), plus meta.json. Everything is a pure function of
@@ -29,66 +22,17 @@ import os
 import pathlib
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from nanoloop_jax.errors import ConfigError, UserError
 from nanoloop_jax.fileio import write_atomic
-from nanoloop_jax.tasks.addition.data import fixed_problems, random_operands
+from nanoloop_jax.tasks.lengthgen.families import FAMILIES, family
 
-TASKS = ("parity", "addition")
+TASKS = tuple(FAMILIES)
 DEPTH_RULES = ("linear", "fixed")
-PAD = "."
-CHARS = ".0123456789=^_"  # one vocabulary for both tasks
-STOI = {ch: i for i, ch in enumerate(CHARS)}
+PAD_ID = 0  # every family's chars[0]
 FILE = "lengthgen.npz"
 TRAIN_STREAM, TEST_STREAM = 0, 100
-
-
-def seq_len(task: str, n: int) -> int:
-    """Tokens of a length-n problem."""
-    return n + 2 if task == "parity" else 3 * n + 4
-
-
-def _ids(text_rows: np.ndarray) -> np.ndarray:
-    """(N, L) array of single characters -> uint8 ids."""
-    lut = np.zeros(128, np.uint8)
-    lut[[ord(c) for c in CHARS]] = range(len(CHARS))
-    return lut[np.vectorize(ord)(text_rows)]
-
-
-def parity_problems(rng: np.random.Generator, count: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(x, y) for `count` uniform random n-bit strings: x = `^bits=`, y = parity bit at the '=' slot."""
-    bits = rng.integers(0, 2, size=(count, n))
-    x = np.empty((count, n + 2), np.uint8)
-    x[:, 0], x[:, 1:-1], x[:, -1] = STOI["^"], bits + STOI["0"], STOI["="]
-    y = np.full(x.shape, -1, np.int8)
-    y[:, -1] = bits.sum(axis=1) % 2 + STOI["0"]
-    return x, y
-
-
-def addition_problems(a: np.ndarray, b: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(x, y) of n-digit operand pairs in the interleaved layout (module docstring)."""
-    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
-    powers = 10 ** np.arange(n + 1, dtype=np.int64)  # digit j of v is v // 10^j % 10, j = 0..n
-    da, db, ds = ((v[:, None] // powers) % 10 for v in (a, b, a + b))
-    x = np.empty((len(a), 3 * (n + 1) + 1), np.uint8)
-    x[:, 0] = STOI["^"]
-    x[:, 1::3], x[:, 2::3], x[:, 3::3] = da + STOI["0"], db + STOI["0"], STOI["_"]
-    y = np.full(x.shape, -1, np.int8)
-    y[:, 3::3] = ds + STOI["0"]
-    return x, y
-
-
-def make_problems(task: str, rng: np.random.Generator, count: int, n: int, test: bool) -> tuple[np.ndarray, ...]:
-    """`count` length-n problems of a task (addition test sets enumerate 1 digit: 100 problems)."""
-    if task == "parity":
-        return parity_problems(rng, count, n)
-    if test:
-        a, b = fixed_problems(rng, count, n)
-    else:
-        a, b = random_operands(rng, np.full(count, n), np.full(count, n))
-    return addition_problems(np.asarray(a), np.asarray(b), n)
 
 
 def prepare_lengthgen(
@@ -104,26 +48,24 @@ def prepare_lengthgen(
     """Write lengthgen.npz (train rows for every length in the range, test rows per test length) and meta.json."""
     from nanoloop_jax.progress import bar
 
-    if task not in TASKS:
-        raise ConfigError(f"lengthgen.task must be one of {TASKS}, got {task!r}")
+    fam = family(task)
+    fam.check(tuple(train_lengths), tuple(test_lengths))
     lo, hi = train_lengths
-    if not 1 <= lo <= hi or min(test_lengths) < 1 or (task == "addition" and max(hi, *test_lengths) > 17):
-        raise ConfigError(f"bad lengths: train {train_lengths}, test {test_lengths} (addition: at most 17 digits)")
     jobs = [("train", n) for n in range(lo, hi + 1)] + [("test", n) for n in test_lengths]
     arrays = {}
     for split, n in bar(jobs, desc=f"{task} problems", disable=not progress):
         stream = (TRAIN_STREAM if split == "train" else TEST_STREAM) + n
         count = num_train if split == "train" else num_test
-        x, y = make_problems(task, np.random.default_rng([seed, stream]), count, n, split == "test")
+        x, y = fam.problems(np.random.default_rng([seed, stream]), count, n, split == "test")
         arrays[f"x_{split}_{n}"], arrays[f"y_{split}_{n}"] = x, y
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {
         "task": task,
         "lengthgen": True,
-        "vocab_size": len(CHARS),
-        "itos": {str(i): c for i, c in enumerate(CHARS)},
-        "stoi": STOI,
+        "vocab_size": len(fam.chars),
+        "itos": {str(i): c for i, c in enumerate(fam.chars)},
+        "stoi": fam.stoi,
         "train_lengths": [lo, hi],
         "test_lengths": sorted(test_lengths),
         "num_train": num_train,
@@ -169,34 +111,29 @@ def depth_for_length(lg, n_loop: int, n: int) -> int:
 def prefix_depths(lg, width: int) -> np.ndarray:
     """(width,) int32: at each position, T of the problem that ends there (0 where none does).
 
-    A problem's answer slot sits at the same index in every problem that extends it, so the prefix up to a
-    position is itself a problem of the task: parity's position j (1..) is the '=' slot of a (j - 1)-bit
-    problem, addition's slot k (index 3(k + 1)) the last slot of a k-digit one. T of that prefix problem is
-    when its answer can be ready, the depth train.halting_lookahead='prefix' trains the gate to stop at there."""
+    In some families a problem's answer slot sits at the same index in every problem that extends it, so the
+    prefix up to that position is itself a problem of the task (parity's position j >= 1 is the '=' slot of
+    a (j - 1)-bit problem; families/ say theirs). T of that prefix problem is when its answer can be ready,
+    the depth train.halting_lookahead='prefix' trains the gate to stop at there."""
     if lg.depth_rule != "linear":
         raise ConfigError(
             "train.halting_lookahead='prefix' stops each position at T of the problem ending there: it needs "
             f"lengthgen.depth_rule='linear', got {lg.depth_rule!r}"
         )
-    j = np.arange(width)
-    if lg.task == "parity":
-        n, has = j - 1, j >= 1
-    else:
-        n, has = j // 3 - 1, (j % 3 == 0) & (j >= 3)
+    prefix = family(lg.task).prefix_lengths(width)
+    if prefix is None:
+        raise ConfigError(
+            f"train.halting_lookahead='prefix' needs a family whose positions end shorter problems; "
+            f"lengthgen.task={lg.task!r} has none: use 'depth'"
+        )
+    n, has = prefix
     return np.where(has, np.maximum(1, lg.depth_scale * n + lg.depth_offset), 0).astype(np.int32)
 
 
 def prefix_answers(lg, x_BxT, y_BxT) -> jax.Array:
     """(B, T) answer of the problem ending at each position, -1 exactly where none does (so >= 0 marks the
-    positions prefix_depths gives a depth, padding excluded): parity's position j holds the parity of the bits
-    before it (the '=' slot's is y's), addition's slots are y's own digits (a sum's low digits are the sum of
-    the operands' low digits)."""
-    if lg.task != "parity":
-        return jnp.asarray(y_BxT)
-    bit_BxT = (jnp.asarray(x_BxT) == STOI["1"]).astype(jnp.int32)
-    before_BxT = jnp.cumsum(bit_BxT, axis=1) - bit_BxT  # bits strictly before each position
-    has_BxT = (jnp.arange(x_BxT.shape[1]) >= 1)[None] & (jnp.asarray(x_BxT) != STOI[PAD])
-    return jnp.where(has_BxT, STOI["0"] + before_BxT % 2, -1)
+    positions prefix_depths gives a depth, padding excluded): the family's prefix_answers."""
+    return family(lg.task).prefix_answers(x_BxT, y_BxT)
 
 
 class LengthBatches:
@@ -220,7 +157,7 @@ class LengthBatches:
             lo, hi = train_lengths
             self.pools = {n: (f[f"x_train_{n}"], f[f"y_train_{n}"]) for n in range(lo, hi + 1)}
         self.lengths = sorted(self.pools)
-        self.width = seq_len(task, self.lengths[-1])
+        self.width = family(task).seq_len(self.lengths[-1])
         self.batch_size, self.seed = batch_size, seed
 
     def longest(self, step: int) -> int:
@@ -240,7 +177,7 @@ class LengthBatches:
         return self._draw_length(step)[0]
 
     def get(self, step: int) -> tuple[int, np.ndarray, np.ndarray]:
-        """(n, x, y) for `step`: a pure function of (seed, step); x padded with PAD, y with -1, to self.width."""
+        """(n, x, y) for `step`: a pure function of (seed, step); x padded with PAD_ID, y with -1, to self.width."""
         n, rng = self._draw_length(step)
         xs, ys = self.pools[n]
         rows = rng.integers(0, len(xs), self.batch_size)
@@ -248,9 +185,9 @@ class LengthBatches:
 
 
 def pad_rows(x: np.ndarray, y: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad (B, L) ids with PAD and targets with -1 to (B, width), as int32."""
+    """Right-pad (B, L) ids with PAD_ID and targets with -1 to (B, width), as int32."""
     b, length = x.shape
-    xp = np.full((b, width), STOI[PAD], np.int32)
+    xp = np.full((b, width), PAD_ID, np.int32)
     yp = np.full((b, width), -1, np.int32)
     xp[:, :length], yp[:, :length] = x, y
     return xp, yp

@@ -3,9 +3,10 @@
 Every test length n runs the loop once up to max_depth iterations and reads the answer after each, so the
 table has every n_loop 1..max_depth; its columns are T(n) (the trained depth rule), `adaptive` (per
 problem, the iteration whose greedy answer is most probable) and a few fixed depths. `report` writes
-OUT_DIR/accuracy.csv (length,n_loop,accuracy: one row per length and n_loop 1..max_depth, then one with
-n_loop=adaptive) and OUT_DIR/accuracy.png (heat map, matplotlib: uv run --extra plot ...). Training
-(the lengthgen task, task.py) ends with it; `python -m nanoloop_jax.tools.eval_lengthgen` re-runs it on a checkpoint.
+OUT_DIR/accuracy.csv (difficulty,n_loop,accuracy: one row per difficulty and n_loop 1..max_depth, then one
+with n_loop=adaptive; parity's and addition's first column is named `length`) and OUT_DIR/accuracy.png
+(heat map, matplotlib: uv run --extra plot ...). Training (the lengthgen task, task.py) ends with it;
+`python -m nanoloop_jax.tools.eval_lengthgen` re-runs it on a checkpoint.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from nanoloop_jax.errors import UserError
 from nanoloop_jax.model.looped import LoopedGPT
 from nanoloop_jax.plotting import pyplot
 from nanoloop_jax.tasks.lengthgen import data as lengthgen_data
+from nanoloop_jax.tasks.lengthgen.families import family
 from nanoloop_jax.tasks.lengthgen.forward import accuracies, answers_per_iteration
 
 logger = log.get(__name__)
 
 
 class Result(dict):
-    """length -> (accuracy at n_loop 1..max_depth, adaptive accuracy, T(n))."""
+    """difficulty -> (accuracy at n_loop 1..max_depth, adaptive accuracy, T(n))."""
 
 
 def evaluate(
@@ -51,17 +53,17 @@ def evaluate(
         at_t = f"{per_depth[depth - 1]:.3f}" if depth <= max_depth else "n/a"
         stop = "gate" if model.config.exit_gate else "confidence"
         logger.info(
-            f"length {n}: T(n)={depth} acc {at_t}, adaptive ({stop} stop, {stop_iters:.1f} iterations) "
+            f"{family(lg.task).knob} {n}: T(n)={depth} acc {at_t}, adaptive ({stop} stop, {stop_iters:.1f} iterations) "
             f"{adaptive:.3f}, best n_loop {int(np.argmax(per_depth)) + 1}"
         )
     return out
 
 
-def write_csv(path: str, result: Result) -> None:
-    """length,n_loop,accuracy: n_loop 1..max_depth as numbers, then `adaptive`."""
+def write_csv(path: str, result: Result, column: str = "difficulty") -> None:
+    """<column>,n_loop,accuracy: n_loop 1..max_depth as numbers, then `adaptive` (column: the family's)."""
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["length", "n_loop", "accuracy"])
+        w.writerow([column, "n_loop", "accuracy"])
         for n, (per_depth, adaptive, _) in sorted(result.items()):
             for d, acc in enumerate(per_depth, start=1):
                 w.writerow([n, d, f"{acc:.4f}"])
@@ -69,18 +71,22 @@ def write_csv(path: str, result: Result) -> None:
 
 
 def read_csv(path: str) -> dict[int, dict[str, float]]:
-    """accuracy.csv -> {length: {n_loop (as written): accuracy}}."""
+    """accuracy.csv -> {difficulty: {n_loop (as written): accuracy}} (first column `difficulty` or `length`)."""
     out: dict[int, dict[str, float]] = {}
     with open(path) as f:
-        for row in csv.DictReader(f):
-            out.setdefault(int(row["length"]), {})[row["n_loop"]] = float(row["accuracy"])
+        reader = csv.DictReader(f)
+        column = reader.fieldnames[0]
+        for row in reader:
+            out.setdefault(int(row[column]), {})[row["n_loop"]] = float(row["accuracy"])
     return out
 
 
-def format_table(result: Result, fixed: Sequence[int], train_max: int, baseline: dict | None = None) -> str:
-    """Rows: lengths; columns: T(n), the accuracy there, adaptive, fixed n_loops, and a baseline run's n_loop 1."""
+def format_table(
+    result: Result, fixed: Sequence[int], train_max: int, baseline: dict | None = None, knob: str = "length"
+) -> str:
+    """Rows: difficulties; columns: T(n), the accuracy there, adaptive, fixed n_loops, and a baseline run's n_loop 1."""
     base_head = f" {'base@1':>6}" if baseline else ""
-    head = f"{'length':>6} {'T(n)':>5} {'acc@T':>6} {'adapt':>6} " + " ".join(f"{'n=' + str(d):>6}" for d in fixed)
+    head = f"{knob:>6} {'T(n)':>5} {'acc@T':>6} {'adapt':>6} " + " ".join(f"{'n=' + str(d):>6}" for d in fixed)
     lines = [head + base_head]
     for n, (per_depth, adaptive, depth) in sorted(result.items()):
         at_t = f"{per_depth[depth - 1]:6.3f}" if depth <= len(per_depth) else f"{'n/a':>6}"
@@ -89,13 +95,13 @@ def format_table(result: Result, fixed: Sequence[int], train_max: int, baseline:
         mark = " " if n <= train_max else "*"
         lines.append(f"{n:>5}{mark} {depth:>5} {at_t} {adaptive:6.3f} {cells}{base}")
     lines.append(
-        "(* = longer than any training input" + ("; base@1 = the baseline run at n_loop 1)" if baseline else ")")
+        "(* = harder than any training input" + ("; base@1 = the baseline run at n_loop 1)" if baseline else ")")
     )
     return "\n".join(lines)
 
 
-def plot_heatmap(path: str, result: Result, train_max: int, title: str) -> None:
-    """Length x n_loop accuracy, a white dot on T(n), the adaptive stop as the last column."""
+def plot_heatmap(path: str, result: Result, train_max: int, title: str, knob: str = "input length") -> None:
+    """Difficulty x n_loop accuracy, a white dot on T(n), the adaptive stop as the last column."""
     plt = pyplot()
 
     lengths = sorted(result)
@@ -117,7 +123,7 @@ def plot_heatmap(path: str, result: Result, train_max: int, title: str) -> None:
         ax.axhline(lengths.index(train_max) + 0.5, color="r", linewidth=2)
     ax.axvline(depth_max - 0.5, color="k", linewidth=2)
     ax.set_xlabel("n_loop at test time (white dot: T(n))")
-    ax.set_ylabel("input length (below the red line: longer than trained)")
+    ax.set_ylabel(f"{knob} (below the red line: harder than trained)")
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, label="exact-match accuracy")
     fig.tight_layout()
@@ -127,16 +133,16 @@ def plot_heatmap(path: str, result: Result, train_max: int, title: str) -> None:
 
 def report(out_dir: str, result: Result, lg, step: int, plot: bool = True, baseline: dict | None = None) -> list[str]:
     """Print the table, write accuracy.csv (and the heat map); returns the paths written."""
-    train_max = int(lg.train_lengths[1])
+    train_max, fam = int(lg.train_lengths[1]), family(lg.task)
     depth_max = max(len(v[0]) for v in result.values())
     fixed = sorted({1, *(d for d in (5, 10, 20, 30, 40, 50, 60) if d <= depth_max), depth_max})
     logger.info(
         f"{out_dir} (step {step}): {lg.task} exact-match accuracy, "
-        f"trained on lengths {lg.train_lengths[0]}..{train_max}"
+        f"trained on {fam.knob} {lg.train_lengths[0]}..{train_max}"
     )
-    logger.info(format_table(result, fixed, train_max, baseline))
+    logger.info(format_table(result, fixed, train_max, baseline, fam.knob))
     paths = [os.path.join(out_dir, "accuracy.csv")]
-    write_csv(paths[0], result)
+    write_csv(paths[0], result, fam.column)
     if plot:
         try:
             plot_heatmap(
@@ -144,6 +150,7 @@ def report(out_dir: str, result: Result, lg, step: int, plot: bool = True, basel
                 result,
                 train_max,
                 f"{os.path.basename(os.path.abspath(out_dir))} (step {step}): {lg.task}",
+                fam.knob,
             )
             paths.append(os.path.join(out_dir, "accuracy.png"))
         except UserError as err:  # matplotlib missing: the table and CSV are what matter

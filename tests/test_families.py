@@ -1,0 +1,80 @@
+"""Problem families of the difficulty-graded task (p-hop, multi-operand addition): answers checked by oracles
+written here, difficulty as labelled, determinism from the seed."""
+
+import numpy as np
+import pytest
+
+from nanoloop_jax.errors import ConfigError
+from nanoloop_jax.tasks.lengthgen.families import FAMILIES, family, multiadd, phop
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_every_family_is_deterministic_and_shaped(name):
+    fam = family(name)
+    d = 2 if fam.max_difficulty is None else min(3, fam.max_difficulty)
+    for test in (False, True):
+        x1, y1 = fam.problems(np.random.default_rng([5, d]), 12, d, test)
+        x2, y2 = fam.problems(np.random.default_rng([5, d]), 12, d, test)
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+        assert x1.dtype == np.uint8 and y1.dtype == np.int8 and x1.shape == y1.shape
+        assert x1.shape[1] == fam.seq_len(d) and x1.max() < len(fam.chars)
+        assert (y1 >= 0).any(axis=1).all() and y1.max() < len(fam.chars)
+        assert not (x1 == 0).all(axis=1).any()  # chars[0] is padding, not a whole problem
+    x3, _ = fam.problems(np.random.default_rng([6, d]), 12, d, False)
+    assert not np.array_equal(x1, x3)
+
+
+def _phop_parse(row, target):
+    text = "".join(phop.FAMILY.chars[t] for t in row)
+    table = dict(zip(text[1 : 2 * phop.A + 1 : 2], text[2 : 2 * phop.A + 1 : 2], strict=True))
+    start = text[2 * phop.A + 2]
+    answers = "".join(phop.FAMILY.chars[t] for t in target[target >= 0])
+    return text, table, start, answers
+
+
+@pytest.mark.parametrize("p", [1, 5, 23])
+def test_phop_answers_are_repeated_lookups_in_a_single_cycle(p):
+    x, y = phop.FAMILY.problems(np.random.default_rng(p), 30, p, test=False)
+    for row, target in zip(x, y, strict=True):
+        text, table, start, answers = _phop_parse(row, target)
+        assert text[0] == "^" and text[2 * phop.A + 1] == "|" and text[2 * phop.A + 3 :] == ">" * p
+        assert sorted(table) == sorted(table.values()) == sorted(phop.SYMBOLS)  # a permutation
+        cycle, v = [start], table[start]
+        while v != start:
+            cycle.append(v)
+            v = table[v]
+        assert len(cycle) == phop.A  # one cycle through every symbol
+        want, v = "", start
+        for _ in range(p):  # p hops, written out
+            v = table[v]
+            want += v
+        assert answers == want and len(answers) == p
+        assert all(target[2 * phop.A + 2 + k] >= 0 for k in range(1, p + 1))  # slot k: index 2A + 2 + k
+
+
+def test_phop_prefix_slot_k_ends_a_k_hop_problem():
+    x, y = phop.FAMILY.problems(np.random.default_rng(0), 4, 6, test=False)
+    n, has = phop.FAMILY.prefix_lengths(x.shape[1])
+    for k in range(1, 4):  # the first k slots of a 6-hop problem are a k-hop problem
+        xk, yk = phop.FAMILY.problems(np.random.default_rng(0), 4, k, test=False)
+        np.testing.assert_array_equal(xk, x[:, : xk.shape[1]])
+        np.testing.assert_array_equal(yk, y[:, : yk.shape[1]])
+        assert has[xk.shape[1] - 1] and n[xk.shape[1] - 1] == k
+    assert (has == (y[0] >= 0)).all()
+    with pytest.raises(ConfigError, match="up to 23 hops"):
+        phop.FAMILY.check((1, 8), (24,))
+
+
+@pytest.mark.parametrize("m", [2, 7, 100])
+def test_multiadd_answer_is_the_sum_of_the_operands(m):
+    x, y = multiadd.FAMILY.problems(np.random.default_rng(m), 25, m, test=False)
+    for row, target in zip(x, y, strict=True):
+        text = "".join(multiadd.FAMILY.chars[t] for t in row)
+        assert text[0] == "^" and text.endswith("=_____")
+        operands = text[1:-6].split("+")
+        assert len(operands) == m and all(len(a) == 3 and a.isdigit() for a in operands)
+        answer = "".join(multiadd.FAMILY.chars[t] for t in target[target >= 0])
+        assert int(answer[::-1]) == sum(int(a[::-1]) for a in operands)  # both least significant digit first
+    with pytest.raises(ConfigError, match="at least 2 operands"):
+        multiadd.FAMILY.check((1, 8), (10,))
