@@ -11,7 +11,18 @@ import pytest
 from helpers import perturbed, run, tiny_config, train_cmd
 from ml_collections import ConfigDict
 
-from configs import addition_lengthgen, addition_lengthgen_baseline, parity_lengthgen, parity_lengthgen_baseline
+from configs import (
+    addition_lengthgen,
+    addition_lengthgen_baseline,
+    maze_baseline,
+    maze_looped,
+    multiadd_baseline,
+    multiadd_looped,
+    parity_lengthgen,
+    parity_lengthgen_baseline,
+    phop_baseline,
+    phop_looped,
+)
 from nanoloop_jax.ckpt import convert
 from nanoloop_jax.model.config import ModelConfig
 from nanoloop_jax.model.looped import LoopedGPT, abstract_params, init_params
@@ -24,6 +35,9 @@ from nanoloop_jax.train.steps import TrainState, cross_entropy
 LENGTHGEN_CONFIGS = {  # task -> its looped config and that config's one-pass baseline
     "parity": (parity_lengthgen, parity_lengthgen_baseline),
     "addition": (addition_lengthgen, addition_lengthgen_baseline),
+    "phop": (phop_looped, phop_baseline),
+    "multiadd": (multiadd_looped, multiadd_baseline),
+    "maze": (maze_looped, maze_baseline),
 }
 ITOS = dict(enumerate(parity.CHARS))
 STOI = parity.FAMILY.stoi
@@ -210,7 +224,7 @@ def test_accuracy_csv_columns(tmp_path):
     assert "base@1" in table and "40*" in table
 
 
-@pytest.mark.parametrize("task", ["parity", "addition"])
+@pytest.mark.parametrize("task", sorted(LENGTHGEN_CONFIGS))
 def test_baseline_differs_from_looped_only_in_depth_and_stop(task):
     looped_config, baseline_config = LENGTHGEN_CONFIGS[task]
     looped, base = looped_config.get_config().to_dict(), baseline_config.get_config().to_dict()
@@ -224,6 +238,7 @@ def test_baseline_differs_from_looped_only_in_depth_and_stop(task):
     gate = {("model", "exit_gate"), ("train", "halting")} if task == "parity" else set()
     assert diff == {("out_dir", None), ("model", "n_loop"), ("lengthgen", "depth_rule")} | gate
     assert base["model"]["n_loop"] == 1 and base["model"]["pos_encoding"] == looped["model"]["pos_encoding"]
+    assert looped["lengthgen"]["task"] == task
 
 
 def _zero_params(cfg: ModelConfig) -> dict:
@@ -273,3 +288,30 @@ def test_train_py_trains_evaluates_and_writes_accuracy_csv(tmp_path):
     # n_loop 1..T(3)+1 = 5, then the confidence stop, for each test length
     assert rows[0] == ["length", "n_loop", "accuracy"]
     assert [r[:2] for r in rows[1:]] == [[n, d] for n in ("2", "3") for d in ("1", "2", "3", "4", "5", "adaptive")]
+
+
+def test_train_py_on_a_non_causal_family(tmp_path):
+    """configs/maze_looped.py (model.causal=False) end to end at toy size: data, training, accuracy.csv."""
+    flags = {
+        "out_dir": tmp_path / "out",
+        "data.data_dir": tmp_path / "data",
+        "model.n_embd": 16,
+        "model.n_head": 2,
+        "data.batch_size": 8,
+        "train.max_iters": 2,
+        "train.eval_interval": 2,
+        "train.eval_iters": 1,
+        "lengthgen.train_lengths": "(2,3)",
+        "lengthgen.test_lengths": "(3,4)",
+        "lengthgen.num_train": 8,
+        "lengthgen.num_test": 4,
+        "lengthgen.eval_extra_depth": 0,
+    }
+    res = run(train_cmd("configs/maze_looped.py", *(f"--config.{k}={v}" for k, v in flags.items())))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "side 4: T(n)=10" in res.stdout + res.stderr  # T(s) = 3s - 2, logged per side
+    with open(tmp_path / "out" / "accuracy.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["difficulty", "n_loop", "accuracy"]
+    # n_loop 1..max T = T(4) = 10, then the confidence stop, for each side
+    assert [r[:2] for r in rows[1:]] == [[s, d] for s in ("3", "4") for d in [*map(str, range(1, 11)), "adaptive"]]

@@ -4,8 +4,9 @@ A family makes problems of one integer difficulty d (parity: bits; addition: ope
 multiadd: operands; maze: side; sudoku: rating bucket). A problem is one row of token ids x whose *outputs*
 at the answer slots are scored: y holds the target id there and -1 elsewhere, and a problem is solved when
 every answer slot is right (exact match). The model reads the whole problem and writes the whole answer in
-one forward pass (no decoding), so the answer slots must come after everything they depend on (causal
-attention). Rows of one difficulty have one length, seq_len(d); training rows of several difficulties are
+one forward pass (no decoding): with causal attention (model.causal=True) the answer slots must come after
+everything they depend on; the whole-problem families (maze, sudoku) answer at their own cells and need
+model.causal=False. Rows of one difficulty have one length, seq_len(d); training rows of several difficulties are
 right-padded with chars[0] (the padding token, id 0) to one width.
 """
 

@@ -1,6 +1,6 @@
 """p-hop induction over a lookup table (after Sanford et al. 2024; Saunshi et al. 2025). Difficulty: p hops.
 
-  `^ k1 v1 k2 v2 .. kA vA | s > > .. >`      (A = 24 symbols, p answer slots '>')
+  `^ k1 v1 k2 v2 .. kA vA | s > > .. >`      (A = 16 symbols, p answer slots '>')
 
 The table lists a random cyclic permutation f of the A symbols as (key, value) pairs in random order; s is
 a random start symbol and answer slot k outputs f^k(s). Each hop is one induction-head step: find the
@@ -18,7 +18,7 @@ import numpy as np
 
 from nanoloop_jax.tasks.lengthgen.families.base import Family
 
-SYMBOLS = "abcdefghijklmnopqrstuvwx"  # A = 24
+SYMBOLS = "abcdefghijklmnop"  # A = 16
 A = len(SYMBOLS)
 
 

@@ -1,0 +1,37 @@
+"""Maze path finding with a looped block (after Bansal et al. 2022): dead-end filling, one round per iteration.
+
+  python train.py --config=configs/maze_looped.py
+
+prepares data/maze if missing (nanoloop_jax/tasks/lengthgen/families/maze.py: a perfect s x s maze on a canvas
+of row stride 16, each cell's token its open passages, start and goal marked; the answer at every cell is
+whether it is on the start-goal path), trains on sides 2..6 (one side per batch, T(s) = 3s - 2 iterations),
+then writes the exact-match accuracy (every cell right) of sides 3..13 at every n_loop and with the
+confidence stop to out_dir/accuracy.csv and accuracy.png. The baseline with the same parameters run once:
+configs/maze_baseline.py. Results: README "Reasoning tasks".
+"""
+
+from configs import phop_looped
+
+
+def get_config():
+    c = phop_looped.get_config()  # a 1-block RoPE looped transformer, 64 wide, full backprop through T(s)
+    c.out_dir = "out-maze-looped"  # its own directory: train.py resumes from whatever out_dir holds
+    c.data.dataset = "maze"  # made by train.py from the lengthgen section when data/maze is missing
+    c.data.data_dir = "data/maze"
+    c.data.batch_size = 16  # 96-token canvases at 16 iterations: half phop's batch keeps a step ~0.5 s
+    c.model.block_size = 256  # a 13 x 13 maze is 208 tokens
+    c.model.causal = False  # a cell's answer depends on the cells on both sides of it
+    c.model.n_loop = 16  # T(6): the depth of the hardest training maze (the baseline runs 1)
+    c.lengthgen.task = "maze"
+    c.lengthgen.train_lengths = (2, 6)  # maze sides in training (2..8: ~2 s a step on one core)
+    c.lengthgen.test_lengths = (3, 4, 6, 8, 10, 13)  # beyond training: 8, 10 and 13
+    # Dead-end filling (fill_rounds in maze.py) needs <= 3s - 2 rounds on 90-95% of mazes at every side (5,000
+    # mazes per side: 97% at 7, 92% at 13); the answer holds once filled, so the adaptive stop can go further.
+    c.lengthgen.depth_scale, c.lengthgen.depth_offset = 3, -2
+    c.lengthgen.num_train = 10_000  # mazes per side
+    c.train.eval_iters = 5  # batches per split in each evaluation: 128-token rows are slow
+    c.train.max_iters = 1500  # sized for ~15 min on one core
+    c.opt.lr_decay_iters = 1500  # = max_iters
+    c.lengthgen.curriculum_steps = 500  # the largest trained side grows from 2 over these steps
+    c.lengthgen.eval_batch_size = 100  # 208-token rows at up to 47 iterations
+    return c
