@@ -90,7 +90,6 @@ def test_causality():
     assert float(jnp.abs(logits[:, 6:] - logits2[:, 6:]).max()) > 1e-4
 
 
-
 def test_non_causal_attends_to_later_tokens_and_refuses_to_decode():
     """model.causal=False: a change at position 6 reaches every position, earlier ones too (causal: only 6 on)."""
     from nanoloop_jax.decode.recurrence import DecodeConfig, Recurrence
@@ -104,6 +103,7 @@ def test_non_causal_attends_to_later_tokens_and_refuses_to_decode():
     assert float(jnp.abs(logits[:, 0] - logits2[:, 0]).max()) > 1e-4
     with pytest.raises(ConfigError, match="cannot decode token by token"):
         Recurrence(cfg, DecodeConfig(n_loop=2))
+
 
 def test_remat_equals_no_remat():
     params, idx = _perturbed_params(TINY), _idx()
