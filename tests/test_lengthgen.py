@@ -22,6 +22,8 @@ from configs import (
     parity_lengthgen_baseline,
     phop_baseline,
     phop_looped,
+    sudoku_baseline,
+    sudoku_looped,
 )
 from nanoloop_jax.ckpt import convert
 from nanoloop_jax.model.config import ModelConfig
@@ -38,6 +40,7 @@ LENGTHGEN_CONFIGS = {  # task -> its looped config and that config's one-pass ba
     "phop": (phop_looped, phop_baseline),
     "multiadd": (multiadd_looped, multiadd_baseline),
     "maze": (maze_looped, maze_baseline),
+    "sudoku": (sudoku_looped, sudoku_baseline),
 }
 ITOS = dict(enumerate(parity.CHARS))
 STOI = parity.FAMILY.stoi

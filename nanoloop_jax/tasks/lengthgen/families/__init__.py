@@ -4,10 +4,10 @@ what a family gives (vocabulary, layout, generator)."""
 from __future__ import annotations
 
 from nanoloop_jax.errors import ConfigError
-from nanoloop_jax.tasks.lengthgen.families import addition, maze, multiadd, parity, phop
+from nanoloop_jax.tasks.lengthgen.families import addition, maze, multiadd, parity, phop, sudoku
 from nanoloop_jax.tasks.lengthgen.families.base import Family
 
-FAMILIES: dict[str, Family] = {m.FAMILY.name: m.FAMILY for m in (parity, addition, phop, multiadd, maze)}
+FAMILIES: dict[str, Family] = {m.FAMILY.name: m.FAMILY for m in (parity, addition, phop, multiadd, maze, sudoku)}
 
 
 def family(name: str) -> Family:
