@@ -26,9 +26,9 @@ do not (seed 2 had not learned 20 bits in 3,000 steps: best val loss 0.095). At 
 lr_decay_iters 5000, 16 min) seeds 1 and 2 learn every trained length (1.000 at 20 bits) and reach .956/.956 and
 .798/.798 at 30 bits, but .536/.542 and .518/.516 at 40: more steps alone do not carry them to 40. The same
 recipe with the gate's weight at 0.1: own stop = T(n) again, but 0.516 and 0.490 at 40 bits (seeds 0 and 1);
-with a detached gate (halting_bce_trunk=False, seed 0): T(n) 0.780 at 40 bits but the own stop 0.456 (it cannot read "done" from
-states the gate's loss did not shape); the 'prefix' gate without the stable loss (beta 0.1 / 0.03, seed 0):
-own stop 0.496 / 0.548 at 40 bits, T(n) 0.410 / 0.468.
+with a detached gate (halting_bce_trunk=False, seed 0): T(n) 0.780 at 40 bits but the own stop 0.456 (it
+cannot read "done" from states the gate's loss did not shape); the 'prefix' gate without the stable loss
+(beta 0.1 / 0.03, seed 0): own stop 0.496 / 0.548 at 40 bits, T(n) 0.410 / 0.468.
 
 The recipe before the gate (the paper's loss at T(n) only, no gate; 2 CPU cores, load 3-8): 3,000 steps in
 14 min (830 s), evaluation 46 s;
