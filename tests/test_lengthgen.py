@@ -261,27 +261,35 @@ def test_converter_refuses_rope_and_nope():
     assert convert.from_nanoloop(sd, args)[0].pos_encoding == "learned"  # a ckpt.pt always converts to learned
 
 
-def test_train_py_trains_evaluates_and_writes_accuracy_csv(tmp_path):
-    """train.py on a lengthgen config: prepares the data, trains in the one Trainer loop (val loss on held-out
-    problems of a trained length), checkpoints, and ends with the per-length accuracy.csv."""
+def _toy_train(tmp_path, config: str, **overrides):
+    """train.py on `config` at toy size (2 steps, a few problems) with these extra --config flags."""
     flags = {
         "out_dir": tmp_path / "out",
         "data.data_dir": tmp_path / "data",
         "model.n_embd": 16,
         "model.n_head": 2,
-        "model.block_size": 8,
         "data.batch_size": 8,
         "train.max_iters": 2,
+        "lengthgen.num_train": 8,
+        **overrides,
+    }
+    return run(train_cmd(config, *(f"--config.{k}={v}" for k, v in flags.items())))
+
+
+def test_train_py_trains_evaluates_and_writes_accuracy_csv(tmp_path):
+    """train.py on a lengthgen config: prepares the data, trains in the one Trainer loop (val loss on held-out
+    problems of a trained length), checkpoints, and ends with the per-length accuracy.csv."""
+    flags = {
+        "model.block_size": 8,
         "train.eval_interval": 1,
         "train.eval_iters": 2,
         "train.log_interval": 1,
         "lengthgen.train_lengths": "(1,2)",
         "lengthgen.test_lengths": "(2,3)",
-        "lengthgen.num_train": 8,
         "lengthgen.num_test": 6,
         "lengthgen.eval_extra_depth": 1,
     }
-    res = run(train_cmd("configs/parity_lengthgen.py", *(f"--config.{k}={v}" for k, v in flags.items())))
+    res = _toy_train(tmp_path, "configs/parity_lengthgen.py", **flags)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (
         "step 2: train loss" in res.stdout and "val loss" in res.stdout and "saving checkpoint at step 2" in res.stdout
@@ -296,21 +304,14 @@ def test_train_py_trains_evaluates_and_writes_accuracy_csv(tmp_path):
 def test_train_py_on_a_non_causal_family(tmp_path):
     """configs/maze_looped.py (model.causal=False) end to end at toy size: data, training, accuracy.csv."""
     flags = {
-        "out_dir": tmp_path / "out",
-        "data.data_dir": tmp_path / "data",
-        "model.n_embd": 16,
-        "model.n_head": 2,
-        "data.batch_size": 8,
-        "train.max_iters": 2,
         "train.eval_interval": 2,
         "train.eval_iters": 1,
         "lengthgen.train_lengths": "(2,3)",
         "lengthgen.test_lengths": "(3,4)",
-        "lengthgen.num_train": 8,
         "lengthgen.num_test": 4,
         "lengthgen.eval_extra_depth": 0,
     }
-    res = run(train_cmd("configs/maze_looped.py", *(f"--config.{k}={v}" for k, v in flags.items())))
+    res = _toy_train(tmp_path, "configs/maze_looped.py", **flags)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "side 4: T(n)=10" in res.stdout + res.stderr  # T(s) = 3s - 2, logged per side
     with open(tmp_path / "out" / "accuracy.csv") as f:
