@@ -65,13 +65,13 @@ def _one_step(shape, cfg=CFG, halting_cfg=None):
     return float(metrics["loss"]), new_state
 
 
-def _close(loss, state, want_loss, want_params):
+def _close(loss, state, want_loss, want_params, rtol=1e-5):
     np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
     leaves = jax.tree_util.tree_leaves_with_path(state.params)
     for (path, got), want in zip(leaves, jax.tree_util.tree_leaves(want_params), strict=True):
         # relative to the tensor's norm (sums reduced in another order differ in the last bits)
         rel = np.linalg.norm(np.asarray(got) - want) / np.linalg.norm(want)
-        assert rel <= 1e-5, (jax.tree_util.keystr(path), rel)
+        assert rel <= rtol, (jax.tree_util.keystr(path), rel)
 
 
 def test_sharded_halting_step_equals_single_device():
@@ -80,7 +80,9 @@ def test_sharded_halting_step_equals_single_device():
     tcfg.update(dict(halting="ouro", halting_beta=0.1))
     want_loss, want_state = _one_step((1, 1, 1), cfg, tcfg)
     loss, state = _one_step((2, 2, 2), cfg, tcfg)
-    _close(loss, state, want_loss, jax.tree_util.tree_map(np.asarray, want_state.params))
+    # every iteration's readout and the gate's cumulative products: sums in another order move one Adam step of
+    # the recurrent MLP by 1.4e-5 of its norm on this machine (reproduced at 7406619); a sharding bug moves O(1)
+    _close(loss, state, want_loss, jax.tree_util.tree_map(np.asarray, want_state.params), rtol=5e-5)
 
 
 @pytest.fixture(scope="module")

@@ -30,12 +30,6 @@ class Family:
     def stoi(self) -> dict[str, int]:
         return {ch: i for i, ch in enumerate(self.chars)}
 
-    def ids(self, text_rows: np.ndarray) -> np.ndarray:
-        """An array of single characters -> uint8 ids (same shape)."""
-        lut = np.zeros(128, np.uint8)
-        lut[[ord(c) for c in self.chars]] = range(len(self.chars))
-        return lut[np.vectorize(ord)(text_rows)]
-
     def seq_len(self, d: int) -> int:
         """Tokens of a difficulty-d problem."""
         raise NotImplementedError
