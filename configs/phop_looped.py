@@ -3,10 +3,10 @@
   python train.py --config=configs/phop_looped.py
 
 prepares data/phop if missing (nanoloop_jax/tasks/lengthgen/families/phop.py: a random cyclic lookup table of
-12 symbols, one token per entry, a start symbol and p answer slots, slot k = f^k(start)), trains on p = 1..5
-hops (one p per batch, T(p) = 2p + 1 iterations), then writes the exact-match accuracy (all p slots right) of
-p = 1..11 at every n_loop and with the confidence stop to out_dir/accuracy.csv and accuracy.png. The baseline
-with the same parameters run once: configs/phop_baseline.py. Results: README "Reasoning tasks".
+16 symbols, a start symbol and p answer slots, slot k = f^k(start)), trains on p = 1..6 hops (one p per
+batch, T(p) = 2p + 1 iterations), then writes the exact-match accuracy (all p slots right) of p = 1..12 at
+every n_loop and with the confidence stop to out_dir/accuracy.csv and accuracy.png. The baseline with the
+same parameters run once: configs/phop_baseline.py. Results: README "Reasoning tasks".
 """
 
 from configs import parity_lengthgen
@@ -17,9 +17,9 @@ def get_config():
     c.out_dir = "out-phop-looped"  # its own directory: train.py resumes from whatever out_dir holds
     c.data.dataset = "phop"  # made by train.py from the lengthgen section when data/phop is missing
     c.data.data_dir = "data/phop"
-    c.model.block_size = 32  # 11 hops are 26 tokens
+    c.model.block_size = 64  # 12 hops are 47 tokens
     c.model.pos_encoding = "rope"  # slot k reads slot k-1 and the start at fixed relative offsets
-    c.model.n_loop = 11  # T(5): the depth of the hardest training problem (the baseline runs 1)
+    c.model.n_loop = 13  # T(6): the depth of the hardest training problem (the baseline runs 1)
     c.model.exit_gate = False  # the confidence stop is the adaptive depth (parity's gate recipe needs 3x steps)
     c.train.halting = "none"
     c.opt.learning_rate = 3e-3  # as addition's: short run
@@ -27,8 +27,8 @@ def get_config():
     c.opt.lr_decay_iters = 2000  # = max_iters
     c.train.max_iters = 2000  # sized for ~15 min on one core
     c.lengthgen.task = "phop"
-    c.lengthgen.train_lengths = (1, 5)  # hops in training
-    c.lengthgen.test_lengths = (1, 2, 3, 5, 7, 9, 11)  # beyond training: 7, 9 and 11 (the most a 12-cycle has)
+    c.lengthgen.train_lengths = (1, 6)  # hops in training
+    c.lengthgen.test_lengths = (1, 2, 4, 6, 8, 10, 12)  # up to twice the most trained
     # T(p) = 2p + 1: slot k = f(slot k - 1) takes two attention steps (read slot k - 1, then look its symbol up
     # among the keys), and iteration 1 pairs each value with its key
     c.lengthgen.depth_scale, c.lengthgen.depth_offset = 2, 1
