@@ -86,14 +86,15 @@ def format_table(
 ) -> str:
     """Rows: difficulties; columns: T(n), the accuracy there, adaptive, fixed n_loops, and a baseline run's n_loop 1."""
     base_head = f" {'base@1':>6}" if baseline else ""
-    head = f"{knob:>6} {'T(n)':>5} {'acc@T':>6} {'adapt':>6} " + " ".join(f"{'n=' + str(d):>6}" for d in fixed)
+    w = max(6, len(knob))  # the first column fits the knob's name ('operands')
+    head = f"{knob:>{w}} {'T(n)':>5} {'acc@T':>6} {'adapt':>6} " + " ".join(f"{'n=' + str(d):>6}" for d in fixed)
     lines = [head + base_head]
     for n, (per_depth, adaptive, depth) in sorted(result.items()):
         at_t = f"{per_depth[depth - 1]:6.3f}" if depth <= len(per_depth) else f"{'n/a':>6}"
         cells = " ".join(f"{per_depth[d - 1]:6.3f}" if d <= len(per_depth) else f"{'':>6}" for d in fixed)
         base = f" {baseline[n]['1']:6.3f}" if baseline and n in baseline else (f" {'':>6}" if baseline else "")
         mark = " " if n <= train_max else "*"
-        lines.append(f"{n:>5}{mark} {depth:>5} {at_t} {adaptive:6.3f} {cells}{base}")
+        lines.append(f"{n:>{w - 1}}{mark} {depth:>5} {at_t} {adaptive:6.3f} {cells}{base}")
     lines.append(
         "(* = harder than any training input" + ("; base@1 = the baseline run at n_loop 1)" if baseline else ")")
     )
