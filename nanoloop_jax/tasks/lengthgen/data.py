@@ -10,9 +10,9 @@ Training rows are right-padded with the family's padding token (id 0) to one wid
 shape and the training step compiles once (causal attention: padding after the answer changes nothing
 before it; the non-causal families pad with a token their problems already contain, see theirs).
 
-Files (data/<task>/prepare.py): `lengthgen.npz` with `x_<split>_<n>` (uint8 token ids, rows of seq_len(n))
-and `y_<split>_<n>` (int8 targets, -1 off the answer), plus meta.json. Everything is a pure function of
-the seed.
+Files (made by train.py when missing; parity's and addition's also by data/<task>/prepare.py):
+`lengthgen.npz` with `x_<split>_<n>` (uint8 token ids, rows of seq_len(n)) and `y_<split>_<n>` (int8
+targets, -1 off the answer), plus meta.json. Everything is a pure function of the seed.
 """
 
 from __future__ import annotations
