@@ -5,13 +5,16 @@ n_block LayerCaches: iteration i of the recurrent block uses slot i, or i mod K 
 (one per coda block). Code outside this module reaches a layer by part and slot (`cache.slot(i)`,
 `cache.with_slot(i, ...)`), never by an offset into a flat list.
 
-A LayerCache holds one attention layer's K and V for S entries, each (N, K, S) with N = B·H: batch and
-heads merged, so every cache has rank 3 at any batch size. Why not (B, H, K, S): at batch 1 XLA drops the
+A LayerCache holds one attention layer's K and V for S entries, each (N, S, K) with N = B·H: batch and
+heads merged, so every cache has rank 3 at any batch size. Why not (B, H, S, K): at batch 1 XLA drops the
 size-1 batch axis of the attention dot and reads the cache through a bitcast, for which it duplicates the
 in-place update and copies every cache at every layer and step (96 full-cache copies per decode step of
-the Shakespeare looped model, counted in the compiled HLO). (N, K, S) is exactly the operand of
-kernels.cache_attention's dots, so they read the cache in place at batch 1 and 8 alike (N = 1, a one-head
-model at batch 1, is the one shape that still copies).
+the Shakespeare looped model, counted in the compiled HLO). (N, S, K) is an operand kernels.cache_attention's
+dots read in place at batch 1, 8 and 64 alike (N = 1, a one-head model at batch 1, is the one shape that still
+copies). Why S before K: a decode step writes one entry per layer (and the adaptive decoder's Huginn fill
+copies one per skipped iteration); with K innermost an entry is N runs of K contiguous values, where the
+(N, K, S) layout of earlier versions scattered it over N·K cache lines. At batch 64 (a 2 MB cache per K or V)
+that made each skipped iteration's fill cost ~0.45 ms, a third of a computed iteration (BENCHMARKS.md).
 
 Dimension legend: B batch, T new positions, H heads, K head dim, N = B·H, S cache entries.
 """
@@ -25,7 +28,7 @@ import jax.numpy as jnp
 
 
 class LayerCache(NamedTuple):
-    """One attention layer's K and V, each (N, K, S) with N = B·H (see the module docstring)."""
+    """One attention layer's K and V, each (N, S, K) with N = B·H (see the module docstring)."""
 
     k: jax.Array
     v: jax.Array
@@ -48,20 +51,20 @@ class CacheWrite(NamedTuple):
 
 def empty_layer_cache(batch: int, n_head: int, head_dim: int, entries: int, dtype) -> LayerCache:
     """A zero K/V cache of `entries` positions for one attention layer."""
-    shape = (batch * n_head, head_dim, entries)
+    shape = (batch * n_head, entries, head_dim)
     return LayerCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
 
-def _write(cache_NxKxS: jax.Array, kv_BxTxHxK: jax.Array, at: CacheWrite) -> jax.Array:
+def _write(cache_NxSxK: jax.Array, kv_BxTxHxK: jax.Array, at: CacheWrite) -> jax.Array:
     """Store the K or V of T positions at entries slot0.., keeping the old entry where write_BxT is False."""
     b, t, h, k = kv_BxTxHxK.shape
-    kv_NxKxT = kv_BxTxHxK.transpose(0, 2, 3, 1).reshape(b * h, k, t).astype(cache_NxKxS.dtype)
-    start = (0, 0, at.slot0)
+    kv_NxTxK = kv_BxTxHxK.transpose(0, 2, 1, 3).reshape(b * h, t, k).astype(cache_NxSxK.dtype)
+    start = (0, at.slot0, 0)
     if at.write_BxT is not None:
-        old_NxKxT = jax.lax.dynamic_slice(cache_NxKxS, start, kv_NxKxT.shape)
-        write_Nx1xT = jnp.broadcast_to(at.write_BxT[:, None], (b, h, t)).reshape(b * h, 1, t)
-        kv_NxKxT = jnp.where(write_Nx1xT, kv_NxKxT, old_NxKxT)
-    return jax.lax.dynamic_update_slice(cache_NxKxS, kv_NxKxT, start)
+        old_NxTxK = jax.lax.dynamic_slice(cache_NxSxK, start, kv_NxTxK.shape)
+        write_NxTx1 = jnp.broadcast_to(at.write_BxT[:, None], (b, h, t)).reshape(b * h, t, 1)
+        kv_NxTxK = jnp.where(write_NxTx1, kv_NxTxK, old_NxTxK)
+    return jax.lax.dynamic_update_slice(cache_NxSxK, kv_NxTxK, start)
 
 
 def write_layer(cache: LayerCache, k_BxTxHxK: jax.Array, v_BxTxHxK: jax.Array, at: CacheWrite) -> LayerCache:
@@ -71,8 +74,8 @@ def write_layer(cache: LayerCache, k_BxTxHxK: jax.Array, v_BxTxHxK: jax.Array, a
 
 def _copy_entries(src: jax.Array, dst: jax.Array, slot0, t: int) -> jax.Array:
     """dst with entries slot0..slot0+t copied from src."""
-    start = (0, 0, slot0)
-    return jax.lax.dynamic_update_slice(dst, jax.lax.dynamic_slice(src, start, src.shape[:-1] + (t,)), start)
+    start = (0, slot0, 0)
+    return jax.lax.dynamic_update_slice(dst, jax.lax.dynamic_slice(src, start, (src.shape[0], t, src.shape[2])), start)
 
 
 Layers = tuple[LayerCache, ...]
@@ -94,11 +97,11 @@ def scatter_entries(layers: Layers, rows_R: jax.Array, sub: Layers, n_head: int,
     rows wrote into); rows >= B are dropped. Only the T written entries move, not the rows' whole caches."""
     n = _row_entries(rows_R, n_head)
 
-    def put(full_NxKxS, part_RxKxS):
-        new_RxKxT = jax.lax.dynamic_slice_in_dim(part_RxKxS, slot0, t, axis=2)
+    def put(full_NxSxK, part_RxSxK):
+        new_RxTxK = jax.lax.dynamic_slice_in_dim(part_RxSxK, slot0, t, axis=1)
         entries_T = slot0 + jnp.arange(t)
-        k = jnp.arange(full_NxKxS.shape[1])
-        return full_NxKxS.at[n[:, None, None], k[None, :, None], entries_T[None, None, :]].set(new_RxKxT, mode="drop")
+        k = jnp.arange(full_NxSxK.shape[2])
+        return full_NxSxK.at[n[:, None, None], entries_T[None, :, None], k[None, None, :]].set(new_RxTxK, mode="drop")
 
     return jax.tree_util.tree_map(put, layers, sub)
 
@@ -123,7 +126,7 @@ class DecodeCache(NamedTuple):
     @property
     def entries(self) -> int:
         """Positions each cache holds (S)."""
-        return jax.tree_util.tree_leaves(self)[0].shape[-1]
+        return jax.tree_util.tree_leaves(self)[0].shape[1]
 
     def nbytes(self) -> int:
         """Bytes of all K/V buffers (also of a jax.eval_shape'd cache)."""

@@ -161,25 +161,25 @@ def attention_weights(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array, mask_TxS: jax.
 
 def cache_attention(
     q_BxTxHxK: jax.Array,
-    k_NxKxS: jax.Array,
-    v_NxKxS: jax.Array,
+    k_NxSxK: jax.Array,
+    v_NxSxK: jax.Array,
     mask_TxS: jax.Array,
     dropout: Callable[[jax.Array, int], jax.Array] | None = None,
 ) -> jax.Array:
     """Attention of T new queries over a decode cache's S entries (model/cache.py: N = B·H), as mask_TxS allows.
 
-    The dots take the cache in its stored (N, K, S) shape, so XLA reads it in place (no per-step copy of
+    The dots take the cache in its stored (N, S, K) shape, so XLA reads it in place (no per-step copy of
     the caches it updates); the queries move to (N, T, K) instead. Softmax in float32, scale 1/sqrt(K), as
     full_attention; dropout(weights (B, H, T, S), 0) as there.
     """
     b, t, h, k = q_BxTxHxK.shape
     q_BxTxHxK = q_BxTxHxK * jnp.asarray(1.0 / math.sqrt(k), q_BxTxHxK.dtype)
     q_NxTxK = q_BxTxHxK.transpose(0, 2, 1, 3).reshape(b * h, t, k)
-    att_NxTxS = jnp.einsum("ntk,nks->nts", q_NxTxK, k_NxKxS, preferred_element_type=jnp.float32)
+    att_NxTxS = jnp.einsum("ntk,nsk->nts", q_NxTxK, k_NxSxK, preferred_element_type=jnp.float32)
     att_NxTxS = jax.nn.softmax(jnp.where(mask_TxS, att_NxTxS, -jnp.inf), axis=-1)
     if dropout is not None:
         att_NxTxS = dropout(att_NxTxS.reshape(b, h, t, -1), 0).reshape(b * h, t, -1)
-    y_NxTxK = jnp.einsum("nts,nks->ntk", att_NxTxS.astype(v_NxKxS.dtype), v_NxKxS)
+    y_NxTxK = jnp.einsum("nts,nsk->ntk", att_NxTxS.astype(v_NxSxK.dtype), v_NxSxK)
     return y_NxTxK.reshape(b, h, t, k).transpose(0, 2, 1, 3)
 
 
