@@ -47,7 +47,10 @@ flags.DEFINE_list(
     "exits", [], "Sample mode: exit rules for the table, CRITERION:THRESHOLD (argmax:PATIENCE), e.g. kl:0.001."
 )
 flags.DEFINE_list(
-    "draft", [], "Sample mode: self-speculative drafts for the table, DRAFT_N_LOOP:DRAFT_TOKENS, e.g. 4:8."
+    "draft",
+    [],
+    "Sample mode: self-speculative drafts for the table, DRAFT_N_LOOP:DRAFT_TOKENS[:CRITERION:THRESHOLD], e.g. "
+    "4:8 (a fixed draft depth) or 16:8:kl:0.001 (drafts stopped by an exit rule).",
 )
 flags.DEFINE_integer("n_loop", None, "Sample mode: verifying depth of the table (default: the model's n_loop).")
 flags.DEFINE_integer("min_loops", 1, "Sample mode: iterations every token computes before an exit rule may stop it.")

@@ -46,6 +46,12 @@ flags.DEFINE_integer("kv_share", 0, "K > 0: iteration i uses KV-cache slot i mod
 flags.DEFINE_bool("warm_start", False, "A token's recurrent state starts from the previous token's final state.")
 flags.DEFINE_integer("draft_n_loop", 0, "Self-speculative decoding: draft tokens with this many iterations (0: off).")
 flags.DEFINE_integer("draft_tokens", 4, "Self-speculative decoding: tokens drafted per round.")
+flags.DEFINE_string(
+    "draft_exit",
+    None,
+    "Self-speculative decoding with drafts stopped by an exit rule, CRITERION:THRESHOLD (e.g. kl:0.001): each "
+    "drafted token loops until the rule fires, at most --draft_n_loop iterations (default: n_loop).",
+)
 flags.DEFINE_bool("stats", False, "After the samples, print tokens/s, iterations per token and the KV-cache size.")
 flags.DEFINE_enum(
     "window",
@@ -122,15 +128,28 @@ def decode_config(trained_n_loop: int):
     from nanoloop_jax.decode.recurrence import DecodeConfig
 
     criterion = FLAGS.exit_criterion or ("latent_diff" if FLAGS.exit_threshold else "none")
+    n_loop = FLAGS.n_loop or trained_n_loop
+    draft_exit, draft_eps, patience = "none", 0.0, FLAGS.exit_patience
+    if FLAGS.draft_exit:
+        from nanoloop_jax.tools.frontier import parse_exit
+
+        try:
+            draft_exit, draft_eps = parse_exit(FLAGS.draft_exit)
+        except UserError:
+            raise SampleError(f"--draft_exit={FLAGS.draft_exit!r} must be CRITERION:THRESHOLD, e.g. kl:0.001") from None
+        if draft_exit == "argmax":  # its number is the patience
+            draft_eps, patience = 0.0, int(draft_eps)
     dc = DecodeConfig(
-        n_loop=FLAGS.n_loop or trained_n_loop,
+        n_loop=n_loop,
         exit_criterion=criterion,
         min_loops=FLAGS.min_loops,
-        exit_patience=FLAGS.exit_patience,
+        exit_patience=patience,
         kv_share=FLAGS.kv_share,
         warm_start=FLAGS.warm_start,
-        draft_n_loop=FLAGS.draft_n_loop,
+        draft_n_loop=FLAGS.draft_n_loop or (n_loop if draft_exit != "none" else 0),
         draft_tokens=FLAGS.draft_tokens,
+        draft_exit=draft_exit,
+        draft_threshold=draft_eps,
     )
     try:
         return dc.validate()

@@ -24,7 +24,11 @@ holds past T(n)): the gate has learned when the answer is ready. What swings wit
 length generalization: seed 0 reaches the issue's target (own stop 0.994 >= 0.95 at 40 bits), seeds 1 and 2
 do not (seed 2 had not learned 20 bits in 3,000 steps: best val loss 0.095). At 5,000 steps (max_iters and
 lr_decay_iters 5000, 16 min) seeds 1 and 2 learn every trained length (1.000 at 20 bits) and reach .956/.956 and
-.798/.798 at 30 bits, but .536/.542 and .518/.516 at 40: more steps alone do not carry them to 40. The same
+.798/.798 at 30 bits, but .536/.542 and .518/.516 at 40: more steps alone do not carry them to 40. Drawing
+long inputs more often (--config.lengthgen.length_weighting=linear, p(n) ∝ n; seeds 1 and 2, 3,000 steps, 6.7
+and 11.9 min, session of 2026-12-06): 1.000/1.000 and .982/.982 at 20 bits (seed 2 learns every trained length
+now), .868/.872 and .924/.912 at 25, .466/.466 and .694/.678 at 30, .480/.484 and .490/.490 at 40: it helps
+the trained lengths, not the extrapolation to 40. The same
 recipe with the gate's weight at 0.1: own stop = T(n) again, but 0.516 and 0.490 at 40 bits (seeds 0 and 1);
 with a detached gate (halting_bce_trunk=False, seed 0): T(n) 0.780 at 40 bits but the own stop 0.456 (it
 cannot read "done" from states the gate's loss did not shape); the 'prefix' gate without the stable loss

@@ -127,7 +127,7 @@ def test_bench_py_sample_table_on_a_trained_run(tmp_path):
     cmd = [sys.executable, str(REPO_ROOT / "bench.py"), "--mode=sample", f"--out_dir={out_dir}", "--n_loop=4"]
     # a threshold no latent change reaches exits at the first allowed iteration on any machine's numerics
     # (0.5 sat on the edge: CI's CPU iterated all 4 times)
-    args = ["--exits=latent_diff:1000", "--draft=2:2", "--sample_batch_size=2", "--max_new_tokens=6"]
+    args = ["--exits=latent_diff:1000", "--draft=2:2,4:2:kl:0.001", "--sample_batch_size=2", "--max_new_tokens=6"]
     # without the suite's shared persistent XLA cache: one suspect fewer for the flake noted below
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT"))}
     proc = subprocess.run(
@@ -136,13 +136,15 @@ def test_bench_py_sample_table_on_a_trained_run(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "no exit" in proc.stdout and "latent_diff:1000" in proc.stdout and "spec D2 L2" in proc.stdout
+    assert "spec D4 L2 kl:0.001" in proc.stdout  # drafts stopped by an exit rule, up to the full depth
     assert "decode step profile" in proc.stdout
     rows = json.loads(out.read_text())["rows"]
-    assert [r["batch_size"] for r in rows] == [2] * 3
+    assert [r["batch_size"] for r in rows] == [2] * 4
     by = {r["variant"]: r for r in rows}
     assert by["no exit"]["ratio"] == 1.0 and by["no exit"]["iterations_per_token"] == 4.0
     exits = by["latent_diff:1000"]["iterations_per_token"]
     assert exits <= 4.0 and by["spec D2 L2"]["iterations_per_token"] == 4.0  # verified at the full depth
+    assert by["spec D4 L2 kl:0.001"]["iterations_per_token"] == 4.0
     if exits == 4.0:
         # Under the full suite's load (CI, and once here) this column has shown 4.00 even at latent_diff:1000,
         # which fires after the first iteration; alone and in smaller groups it shows 1.00. Until that is
@@ -150,10 +152,13 @@ def test_bench_py_sample_table_on_a_trained_run(tmp_path):
         warnings.warn(
             f"latent_diff:1000 never exited in bench.py's table:\n{proc.stdout}\n{proc.stderr[-3000:]}", stacklevel=2
         )
-    bad = subprocess.run([*cmd, "--draft=4:2"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
-        "error: --draft entry '4:2': need 1 <= DRAFT_N_LOOP < n_loop (4) and DRAFT_TOKENS >= 1"
-    ]
+    for entry, message in [
+        ("4:2", "need 1 <= DRAFT_N_LOOP < n_loop (4) and DRAFT_TOKENS >= 1"),
+        ("5:2:kl:0.01", "need 1 <= DRAFT_N_LOOP <= n_loop (4) and DRAFT_TOKENS >= 1"),
+        ("4:2:kl", "its exit rule 'kl' must be CRITERION:THRESHOLD, e.g. kl:0.001"),
+    ]:
+        bad = subprocess.run([*cmd, f"--draft={entry}"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [f"error: --draft entry '{entry}': {message}"]
 
 
 def test_sample_mode_times_the_window_asked_for_and_reports_it_once(capsys):

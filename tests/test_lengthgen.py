@@ -90,6 +90,19 @@ def test_batches_hold_one_length_padded_to_one_width(tmp_path):
     assert lengthgen_data.load_test(tmp_path, 8)[0].shape == (10, 10)
 
 
+def test_linear_length_weighting_draws_lengths_in_proportion(tmp_path):
+    """length_weighting='linear': length n is drawn with probability n / sum (2..6: 2/20 .. 6/20), within the
+    curriculum's bound; an unknown weighting is one line."""
+    lengthgen_data.prepare_lengthgen(tmp_path, "parity", (2, 6), (8,), 30, 10, progress=False)
+    batches = lengthgen_data.LengthBatches(tmp_path, "parity", (2, 6), 5, seed=0, weighting="linear")
+    counts = np.bincount([batches.length(step) for step in range(4000)], minlength=7)[2:]
+    np.testing.assert_allclose(counts / 4000, np.arange(2, 7) / 20, atol=0.025)  # ~4 standard errors
+    early = lengthgen_data.LengthBatches(tmp_path, "parity", (2, 6), 5, 0, curriculum_steps=100, weighting="linear")
+    assert max(early.length(step) for step in range(25)) <= 3  # the curriculum still bounds the lengths
+    with pytest.raises(ValueError, match="length_weighting must be one of"):
+        lengthgen_data.LengthBatches(tmp_path, "parity", (2, 6), 5, seed=0, weighting="quadratic")
+
+
 def test_depth_rule():
     lg = ConfigDict({"depth_rule": "linear", "depth_scale": 1, "depth_offset": 1})
     assert [lengthgen_data.depth_for_length(lg, 7, n) for n in (1, 20, 50)] == [2, 21, 51]

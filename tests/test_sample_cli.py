@@ -181,6 +181,8 @@ def test_bad_inputs_are_one_line_and_exit_1(runs, tiny_run, tmp_path, capsys):
         "--init_from='gpt2' is not supported": [*common, "--init_from=gpt2"],
         "kv_share (5) must be in 0..n_loop (3)": [*common, "--kv_share=5"],
         "draft_n_loop (3) must be in 1..n_loop-1": [*common, "--draft_n_loop=3"],
+        "draft_n_loop (4) must be in 1..n_loop (3)": [*common, "--draft_n_loop=4", "--draft_exit=kl:0.01"],
+        "--draft_exit='kl' must be CRITERION:THRESHOLD": [*common, "--draft_exit=kl"],
         "--exit_criterion=kl needs --exit_threshold": [*common, "--exit_criterion=kl"],
         "verifies drafts in one parallel pass": [*common, "--draft_n_loop=1", "--warm_start"],
     }

@@ -73,6 +73,8 @@ class DecodeConfig:
     compact_rows: bool = False  # with an exit rule, each iteration runs only the rows still active (see above)
     draft_n_loop: int = 0  # self-speculative decoding: draft with this many iterations (0: off)
     draft_tokens: int = 4  # tokens drafted per speculative round
+    draft_exit: str = "none"  # the draft's own exit rule, stopping each drafted token within draft_n_loop iterations
+    draft_threshold: float = 0.0  # its threshold (argmax: its patience is exit_patience)
 
     def validate(self) -> DecodeConfig:
         """Raise ConfigError with one line for a bad setting or combination; return self."""
@@ -88,8 +90,15 @@ class DecodeConfig:
             raise ConfigError(f"exit_patience must be >= 1, got {self.exit_patience}")
         if not 0 <= self.kv_share <= self.n_loop:
             raise ConfigError(f"kv_share ({self.kv_share}) must be in 0..n_loop ({self.n_loop}); 0 turns sharing off")
+        if self.draft_exit not in EXIT_CRITERIA:
+            raise ConfigError(f"unknown draft exit rule {self.draft_exit!r}; choose one of {', '.join(EXIT_CRITERIA)}")
+        if self.draft_exit != "none" and not self.draft_n_loop:
+            raise ConfigError("a draft exit rule needs speculative decoding: set draft_n_loop (up to n_loop)")
         if self.draft_n_loop:
-            if not 1 <= self.draft_n_loop < self.n_loop:
+            if self.draft_exit != "none":  # an exit rule bounds the draft's cost: it may loop up to the full depth
+                if not 1 <= self.draft_n_loop <= self.n_loop:
+                    raise ConfigError(f"draft_n_loop ({self.draft_n_loop}) must be in 1..n_loop ({self.n_loop})")
+            elif not 1 <= self.draft_n_loop < self.n_loop:
                 raise ConfigError(f"draft_n_loop ({self.draft_n_loop}) must be in 1..n_loop-1 ({self.n_loop - 1})")
             if self.draft_tokens < 1:
                 raise ConfigError(f"draft_tokens must be >= 1, got {self.draft_tokens}")

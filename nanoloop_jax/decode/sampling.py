@@ -17,11 +17,14 @@ windows depend on the token count alone, so the host knows when a prefill is due
 need no branch.
 
 Self-speculative decoding (draft_n_loop = D, draft_tokens = L): a round drafts L tokens with the same
-model looped D times (prelude, loop slots 0..D-1 and coda of the shared cache: DecodeCache.first_slots),
-then runs all L + 1 positions through the full depth in one pass (which rewrites every cache entry of
-those positions) and keeps the longest prefix the full model agrees with, plus one token of its own
-(speculation.py: greedy and sampled acceptance, batch-wide prefix). Rejected positions are rolled back by
-the position counter alone: nothing attends past it and the next round overwrites them.
+model looped D times (prelude, loop slots 0..D-1 and coda of the shared cache: DecodeCache.first_slots), or,
+with a draft exit rule (draft_exit, e.g. kl), up to D iterations (D may be n_loop), each drafted token
+stopping by that rule: a drafted token then costs what an exiting token costs, and agrees with the full
+depth as often as the rule's stop does. Then it runs all L + 1 positions through the full depth in one pass
+(which rewrites every cache entry of those positions) and keeps the longest prefix the full model agrees
+with, plus one token of its own (speculation.py: greedy and sampled acceptance, batch-wide prefix).
+Rejected positions are rolled back by the position counter alone: nothing attends past it and the next
+round overwrites them.
 
 Dimension legend: B batch, T positions in this call, S cache slots (block_size), D n_embd, V vocab,
 C decode steps in a chunk, L draft tokens, N new tokens, P prompt length.
@@ -191,7 +194,10 @@ class KVDecoder:
         self.n_loop = self.dc.n_loop
         self.rec = Recurrence(config, self.dc, sample_config.vocab_limit)
         if self.dc.draft_n_loop:
-            self.draft = Recurrence(config, DecodeConfig(n_loop=self.dc.draft_n_loop), sample_config.vocab_limit)
+            draft_dc = DecodeConfig(
+                n_loop=self.dc.draft_n_loop, exit_criterion=self.dc.draft_exit, exit_patience=self.dc.exit_patience
+            )
+            self.draft = Recurrence(config, draft_dc, sample_config.vocab_limit)
         self.chunk_size = chunk_size
         self.return_logits = return_logits
         self.n_keep = max(1, config.block_size // 2)
@@ -269,6 +275,7 @@ class KVDecoder:
         """Speculative rounds while fewer than n_wanted tokens are out and L + 1 positions fit in the caches."""
         dc, sc = self.dc, self.sc
         n_draft, b = dc.draft_tokens, state.pending_B.shape[0]
+        draft_eps = jnp.float32(dc.draft_threshold) if dc.draft_exit != "none" else eps
 
         def draft(st: DecodeState, key):
             """L tokens drafted with draft_n_loop iterations: (tokens (B, L), their q (B, L, V) if sampled, cache)."""
@@ -276,7 +283,7 @@ class KVDecoder:
             for j in range(n_draft):
                 out = self.draft.forward(
                     params, tok_B[:, None], st.n_ctx + j, 1, cache.first_slots(dc.draft_n_loop), st.s_last_BxD,
-                    noise_key, eps,
+                    noise_key, draft_eps,
                 )  # fmt: skip
                 cache = cache.with_first_slots(out.cache)
                 q_BxV = out.logits[:, 0]

@@ -28,7 +28,7 @@ from nanoloop_jax.decode.sampling import KVDecoder, SampleConfig
 from nanoloop_jax.errors import UserError
 from nanoloop_jax.model.config import ModelConfig
 from nanoloop_jax.tools.benchmark import init_bench_params
-from nanoloop_jax.tools.frontier import exit_rule
+from nanoloop_jax.tools.frontier import exit_rule, parse_exit
 
 
 @dataclasses.dataclass
@@ -78,22 +78,35 @@ class Variant:
     threshold: float | None
 
 
-def parse_draft(entry: str, n_loop: int) -> tuple[int, int]:
-    """'4:8' -> (draft_n_loop 4, draft_tokens 8), checked against the verifying depth."""
-    d, _, tokens = entry.partition(":")
+def parse_draft(entry: str, n_loop: int) -> tuple[int, int, str, float]:
+    """'4:8' -> (draft_n_loop 4, draft_tokens 8, no draft exit rule); '16:8:kl:0.001' -> drafts of up to 16
+    iterations each stopped by kl at 0.001 (frontier.parse_exit's CRITERION:THRESHOLD), checked against n_loop."""
+    d, _, rest = entry.partition(":")
+    tokens, _, rule = rest.partition(":")
     try:
         d_loop, n_tok = int(d), int(tokens or 4)
     except ValueError:
-        raise UserError(f"--draft entry {entry!r} must be DRAFT_N_LOOP:DRAFT_TOKENS, e.g. 4:8") from None
-    if not 1 <= d_loop < n_loop or n_tok < 1:
-        raise UserError(f"--draft entry {entry!r}: need 1 <= DRAFT_N_LOOP < n_loop ({n_loop}) and DRAFT_TOKENS >= 1")
-    return d_loop, n_tok
+        raise UserError(
+            f"--draft entry {entry!r} must be DRAFT_N_LOOP:DRAFT_TOKENS[:CRITERION:THRESHOLD], e.g. 4:8"
+        ) from None
+    try:
+        crit, eps = parse_exit(rule) if rule else ("none", 0.0)
+    except UserError:
+        raise UserError(
+            f"--draft entry {entry!r}: its exit rule {rule!r} must be CRITERION:THRESHOLD, e.g. kl:0.001"
+        ) from None
+    top, bound = (n_loop, "<=") if crit != "none" else (n_loop - 1, "<")  # an exit rule may draft at full depth
+    if not 1 <= d_loop <= top or n_tok < 1:
+        raise UserError(
+            f"--draft entry {entry!r}: need 1 <= DRAFT_N_LOOP {bound} n_loop ({n_loop}) and DRAFT_TOKENS >= 1"
+        )
+    return d_loop, n_tok, crit, eps
 
 
 def variants(
     n_loop: int,
     exits: list[tuple[str, float]],
-    drafts: list[tuple[int, int]],
+    drafts: list[tuple[int, int, str, float]],
     min_loops: int = 1,
     compacted_too: bool = False,
 ) -> list[Variant]:
@@ -105,10 +118,11 @@ def variants(
             for compact in (False, True) if compacted_too else (False,):
                 dc, threshold = exit_rule(crit, eps, n_loop, min_loops=min_loops, compact_rows=compact)
                 out.append(Variant(f"{crit}:{eps:g}" + (" compacted" if compact else ""), dc, threshold))
-    for d_loop, n_tok in drafts:
-        out.append(
-            Variant(f"spec D{d_loop} L{n_tok}", DecodeConfig(n_loop, draft_n_loop=d_loop, draft_tokens=n_tok), None)
-        )
+    for d_loop, n_tok, crit, eps in drafts:
+        rule = f" {crit}:{eps:g}" if crit != "none" else ""
+        patience = {"exit_patience": int(eps), "draft_threshold": 0.0} if crit == "argmax" else {"draft_threshold": eps}
+        dc = DecodeConfig(n_loop, draft_n_loop=d_loop, draft_tokens=n_tok, draft_exit=crit, **patience)
+        out.append(Variant(f"spec D{d_loop} L{n_tok}{rule}", dc, None))
     return out
 
 

@@ -12,6 +12,8 @@ def defaults() -> ConfigDict:
     c.train_lengths = (1, 20)  # min, max difficulty in training (bits; addition: digits; phop: hops; ...)
     c.test_lengths = (5, 10, 15, 20, 25, 30, 35, 40, 45, 50)  # evaluated difficulties (at least one trained)
     c.curriculum_steps = 1200  # the longest training length grows from the shortest over these steps (0: off)
+    c.length_weighting = "uniform"  # 'uniform': every drawable length alike | 'linear': p(n) ∝ n (long inputs
+    # more often; with the prefix loss a length-n batch also trains every shorter prefix)
     c.num_train = 20_000  # training problems per length (sampled with replacement)
     c.num_test = 500  # test problems per length
     c.data_seed = 0  # every data file is a pure function of this

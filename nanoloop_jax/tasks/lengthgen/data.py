@@ -30,6 +30,7 @@ from nanoloop_jax.tasks.lengthgen.families import FAMILIES, family
 
 TASKS = tuple(FAMILIES)
 DEPTH_RULES = ("linear", "fixed")
+LENGTH_WEIGHTINGS = ("uniform", "linear")
 PAD_ID = 0  # every family's chars[0]
 FILE = "lengthgen.npz"
 TRAIN_STREAM, TEST_STREAM = 0, 100
@@ -140,7 +141,8 @@ class LengthBatches:
     """Training batches: step s draws one length n in train_lengths and batch_size rows of that length, padded.
 
     With curriculum_steps > 0 the longest length drawn grows linearly from the shortest to the longest
-    over the first curriculum_steps steps (Fan et al. train with a length curriculum too).
+    over the first curriculum_steps steps (Fan et al. train with a length curriculum too). weighting: how a
+    length is drawn among those allowed, 'uniform' or 'linear' (probability proportional to n).
     """
 
     def __init__(
@@ -151,8 +153,11 @@ class LengthBatches:
         batch_size: int,
         seed: int,
         curriculum_steps: int = 0,
+        weighting: str = "uniform",
     ) -> None:
-        self.curriculum_steps = curriculum_steps
+        if weighting not in LENGTH_WEIGHTINGS:
+            raise ConfigError(f"lengthgen.length_weighting must be one of {LENGTH_WEIGHTINGS}, got {weighting!r}")
+        self.curriculum_steps, self.weighting = curriculum_steps, weighting
         with np.load(pathlib.Path(data_dir) / FILE) as f:
             lo, hi = train_lengths
             self.pools = {n: (f[f"x_train_{n}"], f[f"y_train_{n}"]) for n in range(lo, hi + 1)}
@@ -170,7 +175,11 @@ class LengthBatches:
     def _draw_length(self, step: int) -> tuple[int, np.random.Generator]:
         """The length of `step` and the generator that then draws its rows."""
         rng = np.random.default_rng([self.seed, 0x1E96, step])
-        return int(rng.choice(self.lengths[: self.longest(step) - self.lengths[0] + 1])), rng
+        allowed = self.lengths[: self.longest(step) - self.lengths[0] + 1]
+        if self.weighting == "linear":
+            w = np.asarray(allowed, np.float64)
+            return int(rng.choice(allowed, p=w / w.sum())), rng
+        return int(rng.choice(allowed)), rng
 
     def length(self, step: int) -> int:
         """The input length n of the batch of `step` (so the loop knows its depth T(n) before the batch)."""

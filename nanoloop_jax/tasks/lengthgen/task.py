@@ -72,9 +72,9 @@ class LengthGeneralization(Task):
         self.max_depth = max(self.depths.values())  # the scan length of the one compiled step
         bs = sharding.local_batch_size(config.data.batch_size)
         self.batches = lengthgen_data.LengthBatches(
-            self.data_dir, lg.task, lg.train_lengths, bs, config.seed, lg.curriculum_steps
+            self.data_dir, lg.task, lg.train_lengths, bs, config.seed, lg.curriculum_steps, lg.length_weighting
         )
-        # unseen draws of the training distribution (every length, no curriculum)
+        # unseen draws of the trained lengths (every length alike, no curriculum)
         self.eval_batches = lengthgen_data.LengthBatches(
             self.data_dir, lg.task, lg.train_lengths, bs, config.seed + EVAL_SEED_OFFSET
         )
