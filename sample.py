@@ -129,7 +129,7 @@ def decode_config(trained_n_loop: int):
 
     criterion = FLAGS.exit_criterion or ("latent_diff" if FLAGS.exit_threshold else "none")
     n_loop = FLAGS.n_loop or trained_n_loop
-    draft_exit, draft_eps, patience = "none", 0.0, FLAGS.exit_patience
+    draft_exit, draft_eps = "none", 0.0
     if FLAGS.draft_exit:
         from nanoloop_jax.tools.frontier import parse_exit
 
@@ -137,13 +137,11 @@ def decode_config(trained_n_loop: int):
             draft_exit, draft_eps = parse_exit(FLAGS.draft_exit)
         except UserError:
             raise SampleError(f"--draft_exit={FLAGS.draft_exit!r} must be CRITERION:THRESHOLD, e.g. kl:0.001") from None
-        if draft_exit == "argmax":  # its number is the patience
-            draft_eps, patience = 0.0, int(draft_eps)
     dc = DecodeConfig(
         n_loop=n_loop,
         exit_criterion=criterion,
         min_loops=FLAGS.min_loops,
-        exit_patience=patience,
+        exit_patience=FLAGS.exit_patience,
         kv_share=FLAGS.kv_share,
         warm_start=FLAGS.warm_start,
         draft_n_loop=FLAGS.draft_n_loop or (n_loop if draft_exit != "none" else 0),

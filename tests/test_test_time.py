@@ -136,6 +136,7 @@ def test_kv_share_fixes_the_cache_size_and_changes_only_what_sharing_implies():
         # drafts stopped by an exit rule, up to the full depth (the draft and the verifier use the same slots)
         ("none", {"draft_n_loop": 4, "draft_exit": "latent_diff", "draft_threshold": 0.3}),
         ("kl", {"draft_n_loop": 3, "draft_exit": "kl", "draft_threshold": 0.01}),
+        ("none", {"draft_n_loop": 4, "draft_exit": "argmax", "draft_threshold": 1}),  # the number is its patience
     ],
 )
 def test_speculative_greedy_equals_plain_past_block_size(criterion, draft):

@@ -74,7 +74,7 @@ class DecodeConfig:
     draft_n_loop: int = 0  # self-speculative decoding: draft with this many iterations (0: off)
     draft_tokens: int = 4  # tokens drafted per speculative round
     draft_exit: str = "none"  # the draft's own exit rule, stopping each drafted token within draft_n_loop iterations
-    draft_threshold: float = 0.0  # its threshold (argmax: its patience is exit_patience)
+    draft_threshold: float = 0.0  # its threshold (argmax: its patience, the draft's own exit_patience)
 
     def validate(self) -> DecodeConfig:
         """Raise ConfigError with one line for a bad setting or combination; return self."""

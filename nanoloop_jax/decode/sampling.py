@@ -194,9 +194,9 @@ class KVDecoder:
         self.n_loop = self.dc.n_loop
         self.rec = Recurrence(config, self.dc, sample_config.vocab_limit)
         if self.dc.draft_n_loop:
-            draft_dc = DecodeConfig(
-                n_loop=self.dc.draft_n_loop, exit_criterion=self.dc.draft_exit, exit_patience=self.dc.exit_patience
-            )
+            dc = self.dc  # argmax drafts: draft_threshold is their patience (parse_exit's argmax:PATIENCE)
+            patience = int(dc.draft_threshold) if dc.draft_exit == "argmax" else dc.exit_patience
+            draft_dc = DecodeConfig(n_loop=dc.draft_n_loop, exit_criterion=dc.draft_exit, exit_patience=patience)
             self.draft = Recurrence(config, draft_dc, sample_config.vocab_limit)
         self.chunk_size = chunk_size
         self.return_logits = return_logits
@@ -275,7 +275,7 @@ class KVDecoder:
         """Speculative rounds while fewer than n_wanted tokens are out and L + 1 positions fit in the caches."""
         dc, sc = self.dc, self.sc
         n_draft, b = dc.draft_tokens, state.pending_B.shape[0]
-        draft_eps = jnp.float32(dc.draft_threshold) if dc.draft_exit != "none" else eps
+        draft_eps = jnp.float32(dc.draft_threshold)  # unused by a draft without an exit rule
 
         def draft(st: DecodeState, key):
             """L tokens drafted with draft_n_loop iterations: (tokens (B, L), their q (B, L, V) if sampled, cache)."""

@@ -120,8 +120,7 @@ def variants(
                 out.append(Variant(f"{crit}:{eps:g}" + (" compacted" if compact else ""), dc, threshold))
     for d_loop, n_tok, crit, eps in drafts:
         rule = f" {crit}:{eps:g}" if crit != "none" else ""
-        patience = {"exit_patience": int(eps), "draft_threshold": 0.0} if crit == "argmax" else {"draft_threshold": eps}
-        dc = DecodeConfig(n_loop, draft_n_loop=d_loop, draft_tokens=n_tok, draft_exit=crit, **patience)
+        dc = DecodeConfig(n_loop, draft_n_loop=d_loop, draft_tokens=n_tok, draft_exit=crit, draft_threshold=eps)
         out.append(Variant(f"spec D{d_loop} L{n_tok}{rule}", dc, None))
     return out
 
