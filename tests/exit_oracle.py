@@ -35,7 +35,8 @@ class Oracle:
         self.n_loop, self.criterion, self.eps = n_loop, criterion, eps
         self.min_loops, self.patience, self.warm = min_loops, patience, warm
         self.n_slots = kv_share or n_loop
-        self.window = cfg.block_size  # every layer attends to the last block_size positions
+        # every layer attends to the last attn_window positions, else the last block_size
+        self.window = cfg.block_size if cfg.attn_window is None else cfg.attn_window
         self.kv = {}  # (layer name, slot) -> {position: (k (H, K), v (H, K))}
 
     def _block(self, bp, x, pos, layer):

@@ -83,12 +83,17 @@ def hf_greedy(model, prompt, n_new, **kwargs) -> list[int]:
 CHARS = "\n !',.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
-@pytest.fixture(scope="module", params=["learned", "rope", "none"])
+@pytest.fixture(scope="module", params=["learned", "rope", "none", "rope_window"])
 def exported(request, tmp_path_factory):
     """(config, params, hf_dir, model) of a perturbed tiny model (biases on) with each position encoding; the NoPE
-    one has an exit gate (its weights are exported and loaded, not used)."""
+    one has an exit gate (its weights are exported and loaded, not used), rope_window sliding-window attention."""
+    pos_encoding, windowed = request.param.split("_")[0], request.param.endswith("window")
     config = tiny_config(
-        pos_encoding=request.param, bias=True, vocab_size=len(CHARS), exit_gate=request.param == "none"
+        pos_encoding=pos_encoding,
+        bias=True,
+        vocab_size=len(CHARS),
+        exit_gate=pos_encoding == "none",
+        attn_window=5 if windowed else None,
     )
     params = perturbed_params(config, 0.3)
     hf_dir = tmp_path_factory.mktemp("hf") / request.param

@@ -115,3 +115,31 @@ def test_slide_reproduces_nanoloops_own_generate_far_past_block_size():
         got = dec.generate(params, prompt, want.shape[1], jax.random.PRNGKey(0)).tokens_BxN
         assert np.array_equal(got, want) == same, window
         np.testing.assert_array_equal(got[:, : cfg.block_size - 4], want[:, : cfg.block_size - 4])
+
+
+@pytest.mark.parametrize("pos_encoding", ["learned", "rope", "none"])
+def test_attn_window_forward_and_kv_decode_equal_the_sliding_window_oracle(pos_encoding):
+    """model.attn_window: every layer of the full forward and of the KV decoder attends to the last 5 positions."""
+    cfg = dataclasses.replace(TINY, pos_encoding=pos_encoding, attn_window=5)
+    params = _params(pos_encoding)[1]  # the window adds no parameters
+    idx = _prompt(14, batch=1)
+    logits = np.asarray(LoopedGPT(cfg).apply({"params": params}, idx, n_loop=3))[0]
+    ref, _ = Oracle(cfg, params, n_loop=3).run(idx[0])
+    np.testing.assert_allclose(logits, ref, atol=1e-4)
+    whole = np.asarray(LoopedGPT(_params(pos_encoding)[0]).apply({"params": params}, idx, n_loop=3))[0]
+    assert np.abs(whole[-1] - logits[-1]).max() > 1e-2  # the window changes what a late position sees
+    np.testing.assert_allclose(whole[:5], logits[:5], atol=1e-5)  # ... not what the first 5 see
+    new = NEW if pos_encoding != "learned" else TINY.block_size - 5  # learned: within the position table
+    dec = KVDecoder(cfg, GREEDY, DecodeConfig(3), chunk_size=8, return_logits=True)
+    gen = dec.generate(params, idx[:, :5], new, jax.random.PRNGKey(3))
+    seq = np.concatenate([idx[0, :5], gen.tokens_BxN[0, :-1]])
+    ref_logits, _ = Oracle(cfg, params, n_loop=3).run(seq)
+    np.testing.assert_allclose(gen.logits_BxNxV[0], ref_logits[4:], atol=1e-4)
+
+
+@pytest.mark.parametrize("bad", [0, TINY.block_size + 1, 2.5])
+def test_attn_window_out_of_range_is_one_line(bad):
+    from nanoloop_jax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model.attn_window must be None \(the whole context\) or an integer in"):
+        dataclasses.replace(TINY, attn_window=bad).validate()

@@ -148,7 +148,8 @@ def cache_write(pos0, t: int, ring: int, window: int) -> CacheWrite:
     """Slots and mask for T new positions pos0.. in caches of `ring` entries: position p lives in entry p mod ring.
 
     Each new position attends to the cached positions in (p − window, p]: the whole context for learned
-    positions (which never pass block_size), sliding-window attention in every layer for rope/none. A ring
+    positions (which never pass block_size), sliding-window attention in every layer for rope/none (window:
+    ModelConfig.attn_span, the model's own attn_window where it has one, as its full forward). A ring
     longer than the window leaves room for speculative positions that may be rolled back. The T entries
     must not wrap around the end of the ring within one call (the decoder keeps to that).
     """
@@ -288,7 +289,7 @@ class Recurrence:
         the loop in one too or (kv_share / warm_start) one position at a time. t_out: see LoopedGPT.readout."""
         b, t = tok_BxT.shape
         pos_T = pos0 + jnp.arange(t)
-        at = cache_write(pos0, t, cache.entries, self.cfg.block_size)
+        at = cache_write(pos0, t, cache.entries, self.cfg.attn_span)
         e_BxTxD, s_BxTxD, cache = self._m(
             params, LoopedGPT.start, tok_BxT, pos_T, None, cache, at, rngs={"noise": noise_key}
         )
@@ -304,7 +305,7 @@ class Recurrence:
                 # the stream's first position starts cold, every later one from its predecessor's final state
                 if self.dc.warm_start:
                     s_Bx1xD = jnp.where(pos0 + t_idx > 0, s_warm_BxD[:, None].astype(s_Bx1xD.dtype), s_Bx1xD)
-                at_1 = cache_write(pos0 + t_idx, 1, cache.entries, self.cfg.block_size)
+                at_1 = cache_write(pos0 + t_idx, 1, cache.entries, self.cfg.attn_span)
                 s_Bx1xD, iters_Bx1, cache = self._loop(
                     params, s_Bx1xD, e_Bx1xD, pos_T[t_idx][None], valid_Bx1, cache, at_1, eps
                 )

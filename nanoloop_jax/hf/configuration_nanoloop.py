@@ -32,6 +32,7 @@ class NanoLoopConfig(PretrainedConfig):
         rope_theta: float = 10000.0,
         norm_eps: float = 1.1920928955078125e-07,  # torch.nn.RMSNorm's default for float32 (its machine epsilon)
         exit_gate: bool = False,  # a learned exit gate's weights are present (not used by forward)
+        attn_window: int | None = None,  # sliding-window attention: keys at most attn_window - 1 back (None: all)
         # a plain forward builds no KV cache (lm-eval's scoring calls); generate() asks for one (use_cache=True)
         use_cache: bool = False,
         **kwargs,
@@ -50,6 +51,7 @@ class NanoLoopConfig(PretrainedConfig):
         self.rope_theta = rope_theta
         self.norm_eps = norm_eps
         self.exit_gate = exit_gate
+        self.attn_window = attn_window
         self.use_cache = use_cache
         kwargs.setdefault("tie_word_embeddings", True)
         super().__init__(**kwargs)

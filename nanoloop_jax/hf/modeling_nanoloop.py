@@ -170,12 +170,16 @@ class NanoLoopForCausalLM(PreTrainedModel, GenerationMixin):
         self.transformer.wte = value
 
     def _mask(self, attention_mask, b: int, t: int, past: int, device) -> torch.Tensor:
-        """(B or 1, 1, T, S) bool: causal, within the last block_size positions for rope/NoPE, not padding."""
+        """(B or 1, 1, T, S) bool: causal, within the last attn_window positions (else the last block_size for
+        rope/NoPE), not padding."""
         q_T = torch.arange(past, past + t, device=device)[:, None]
         k_S = torch.arange(past + t, device=device)[None, :]
         mask_TxS = k_S <= q_T
-        if self.config.pos_encoding != "learned":
-            mask_TxS = mask_TxS & (k_S > q_T - self.config.block_size)
+        window = getattr(self.config, "attn_window", None)  # configs exported before the field have none
+        if window is None and self.config.pos_encoding != "learned":
+            window = self.config.block_size
+        if window is not None:
+            mask_TxS = mask_TxS & (k_S > q_T - window)
         mask = mask_TxS[None, None]
         if attention_mask is not None:
             mask = mask & attention_mask[:, None, None, -(past + t) :].bool()

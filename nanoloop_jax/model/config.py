@@ -31,7 +31,7 @@ ARCH_FIELDS = (
 )
 # Architecture fields nanoLOOP does not have: taken from a checkpoint that records them (older ones do not,
 # and had the default).
-EXTRA_ARCH_FIELDS = ("exit_gate", "causal")
+EXTRA_ARCH_FIELDS = ("exit_gate", "causal", "attn_window")
 # Every field the computed function depends on: the architecture plus the position encoding and the norm's eps
 # (what a Hugging Face export writes, and what a resumed run may not change).
 FUNCTION_FIELDS = (*ARCH_FIELDS, *EXTRA_ARCH_FIELDS, "pos_encoding", "rope_theta", "norm_eps")
@@ -69,6 +69,11 @@ class ModelConfig:
     # for tasks that read a whole problem and answer at its own cells in one pass (mazes, Sudoku); such a
     # model cannot decode token by token.
     causal: bool = True
+    # Sliding-window attention (not in nanoLOOP; Mistral's sliding_window): a position attends to the positions
+    # at most attn_window - 1 before it (and after it, with causal=False), in every layer. None: the whole
+    # context. With a window, what a position knows after i loop iterations is local (i·(attn_window - 1)
+    # positions back), the same at every position and length: the length-generalization configs use it.
+    attn_window: int | None = None
     # JAX knobs (not in nanoLOOP).
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"  # storage dtype
@@ -135,6 +140,13 @@ class ModelConfig:
             raise ConfigError(f"model.pos_encoding='rope' needs an even head dim, got {self.n_embd // self.n_head}")
         if not isinstance(self.causal, bool):
             raise ConfigError(f"model.causal must be True or False, got {self.causal!r}")
+        if self.attn_window is not None and (
+            not isinstance(self.attn_window, int) or not 1 <= self.attn_window <= self.block_size
+        ):
+            raise ConfigError(
+                f"model.attn_window must be None (the whole context) or an integer in 1..block_size "
+                f"({self.block_size}), got {self.attn_window!r}"
+            )
         if not self.norm_eps > 0:
             raise ConfigError(f"model.norm_eps must be > 0, got {self.norm_eps!r}")
         return self
@@ -143,6 +155,11 @@ class ModelConfig:
     def n_layer_total(self) -> int:
         """Unique blocks (prelude + recur + coda): the depth used for the c_proj init scale."""
         return self.n_prelude + self.n_block + self.n_coda
+
+    @property
+    def attn_span(self) -> int:
+        """Keys a position attends to at most (itself included): attn_window, else block_size."""
+        return self.block_size if self.attn_window is None else self.attn_window
 
     def loop_split(self, n_loop: int | None = None) -> tuple[int, int]:
         """(iterations without gradient, iterations with gradient) for truncated BPTT."""

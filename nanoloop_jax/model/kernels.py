@@ -95,8 +95,9 @@ def attention_impl(
 ) -> str:
     """The attention that runs: `requested`, or the platform's choice for 'auto'; falls back where it can't run.
 
-    dropout: attention-weight dropout is active (training with dropout > 0); masked: an explicit
-    (decoder window) mask instead of the plain causal one. An explicitly requested kernel that cannot
+    dropout: attention-weight dropout is active (training with dropout > 0); masked: an explicit mask
+    (the decoder's cache window, model.attn_window, model.causal=False) instead of the plain causal one: those
+    run xla attention, one (T, S) product with the mask. An explicitly requested kernel that cannot
     run here warns once and falls back; 'auto' falls back silently.
     """
     platform = resolve_platform(platform)
@@ -157,6 +158,13 @@ def attention_weights(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array, mask_TxS: jax.
         mask_TxS = jnp.tril(jnp.ones((t, s), dtype=bool), k=s - t)
     att_BxHxTxS = jnp.where(mask_TxS, att_BxHxTxS, -jnp.inf)
     return jax.nn.softmax(att_BxHxTxS, axis=-1)
+
+
+def self_attention_mask(t: int, causal: bool, window: int | None) -> jax.Array:
+    """(T, T) bool: whether query i sees key j; j <= i when causal, |i - j| < window with a window (None: any)."""
+    i_T, j_T = jnp.arange(t)[:, None], jnp.arange(t)[None]
+    mask_TxT = j_T <= i_T if causal else jnp.ones((t, t), bool)
+    return mask_TxT if window is None else mask_TxT & (jnp.abs(i_T - j_T) < window)
 
 
 def cache_attention(

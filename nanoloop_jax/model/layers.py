@@ -154,8 +154,8 @@ class CausalSelfAttention(nn.Module):
         rng: the key of the attention-weight dropout (None: no dropout).
         """
         cfg = self.config
-        if not cfg.causal and mask_TxS is None:
-            mask_TxS = jnp.ones((q_BxTxHxK.shape[1], k_BxSxHxK.shape[1]), bool)
+        if mask_TxS is None and (not cfg.causal or cfg.attn_window is not None):
+            mask_TxS = kernels.self_attention_mask(q_BxTxHxK.shape[1], cfg.causal, cfg.attn_window)
         impl = kernels.attention_impl(
             cfg.attention,
             cfg.platform,
