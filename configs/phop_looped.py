@@ -19,6 +19,7 @@ def get_config():
     c.data.data_dir = "data/phop"
     c.model.block_size = 64  # 12 hops are 47 tokens
     c.model.pos_encoding = "rope"  # slot k reads slot k-1 and the start at fixed relative offsets
+    c.model.attn_window = None  # a hop looks its symbol up anywhere in the table (parity's window is 2)
     c.model.n_loop = 13  # T(6): the depth of the hardest training problem (the baseline runs 1)
     c.model.exit_gate = False  # the confidence stop is the adaptive depth (parity's gate recipe needs 3x steps)
     c.train.halting = "none"

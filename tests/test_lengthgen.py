@@ -252,7 +252,10 @@ def test_baseline_differs_from_looped_only_in_depth_and_stop(task):
     }
     # the gate (65 parameters) and its objective are the looped run's own stop; one pass has nothing to stop
     gate = {("model", "exit_gate"), ("train", "halting")} if task == "parity" else set()
-    assert diff == {("out_dir", None), ("model", "n_loop"), ("lengthgen", "depth_rule")} | gate
+    # a sliding window is widened by the loop; one pass gets the whole context instead
+    window = {("model", "attn_window")} if looped["model"]["attn_window"] is not None else set()
+    assert diff == {("out_dir", None), ("model", "n_loop"), ("lengthgen", "depth_rule")} | gate | window
+    assert base["model"]["attn_window"] is None
     assert base["model"]["n_loop"] == 1 and base["model"]["pos_encoding"] == looped["model"]["pos_encoding"]
     assert looped["lengthgen"]["task"] == task
 
