@@ -130,11 +130,15 @@ def test_attn_window_forward_and_kv_decode_equal_the_sliding_window_oracle(pos_e
     assert np.abs(whole[-1] - logits[-1]).max() > 1e-2  # the window changes what a late position sees
     np.testing.assert_allclose(whole[:5], logits[:5], atol=1e-5)  # ... not what the first 5 see
     new = NEW if pos_encoding != "learned" else TINY.block_size - 5  # learned: within the position table
-    dec = KVDecoder(cfg, GREEDY, DecodeConfig(3), chunk_size=8, return_logits=True)
+    draft = 1 if pos_encoding == "rope" else 0  # rope: self-speculative rounds through the same window
+    dc = DecodeConfig(3, draft_n_loop=draft, draft_tokens=3)
+    dec = KVDecoder(cfg, GREEDY, dc, chunk_size=8, return_logits=True)
     gen = dec.generate(params, idx[:, :5], new, jax.random.PRNGKey(3))
     seq = np.concatenate([idx[0, :5], gen.tokens_BxN[0, :-1]])
     ref_logits, _ = Oracle(cfg, params, n_loop=3).run(seq)
     np.testing.assert_allclose(gen.logits_BxNxV[0], ref_logits[4:], atol=1e-4)
+    if draft:
+        assert dec.stats["rounds"] > 0
 
 
 @pytest.mark.parametrize("bad", [0, TINY.block_size + 1, 2.5])
