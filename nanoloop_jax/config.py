@@ -54,7 +54,7 @@ def base_config(task: str = "lm") -> ConfigDict:
     c.model.rope_theta = ModelConfig.rope_theta  # RoPE base (pos_encoding='rope')
     c.model.exit_gate = False  # a learned halting gate after every iteration (train.halting trains it)
     c.model.causal = True  # causal attention; False: whole-problem tasks (maze, Sudoku) that never decode
-    c.model.attn_window = config_dict.placeholder(int)  # sliding-window attention: keys <= this - 1 back; None = all
+    c.model.attn_window = config_dict.placeholder(int)  # sliding-window attention: keys < this away; None = all
 
     c.data = ConfigDict()
     c.data.dataset = "openwebtext"  # name under data/; shakespeare* are prepared automatically if missing

@@ -53,6 +53,7 @@ import jax
 import jax.numpy as jnp
 
 from nanoloop_jax.errors import ConfigError
+from nanoloop_jax.model import kernels
 from nanoloop_jax.model.cache import CacheWrite, DecodeCache, gather_rows, scatter_entries
 from nanoloop_jax.model.config import ModelConfig
 from nanoloop_jax.model.looped import LoopedGPT
@@ -156,7 +157,7 @@ def cache_write(pos0, t: int, ring: int, window: int) -> CacheWrite:
     last = pos0 + t - 1  # the newest position in the cache after this call
     pos_S = last - jnp.mod(jnp.mod(last, ring) - jnp.arange(ring), ring)  # the position each entry holds
     pos_T = pos0 + jnp.arange(t)
-    mask_TxS = (pos_S[None] <= pos_T[:, None]) & (pos_S[None] > pos_T[:, None] - window) & (pos_S[None] >= 0)
+    mask_TxS = kernels.window_mask(pos_T, pos_S, True, window) & (pos_S[None] >= 0)  # >= 0: entries never written
     return CacheWrite(jnp.mod(pos0, ring), mask_TxS)
 
 

@@ -160,11 +160,13 @@ def attention_weights(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array, mask_TxS: jax.
     return jax.nn.softmax(att_BxHxTxS, axis=-1)
 
 
-def self_attention_mask(t: int, causal: bool, window: int | None) -> jax.Array:
-    """(T, T) bool: whether query i sees key j; j <= i when causal, |i - j| < window with a window (None: any)."""
-    i_T, j_T = jnp.arange(t)[:, None], jnp.arange(t)[None]
-    mask_TxT = j_T <= i_T if causal else jnp.ones((t, t), bool)
-    return mask_TxT if window is None else mask_TxT & (jnp.abs(i_T - j_T) < window)
+def window_mask(pos_T: jax.Array, pos_S: jax.Array, causal: bool, window: int | None) -> jax.Array:
+    """(T, S) bool: whether a query at position pos_T[t] sees the key at pos_S[s]: key <= query when causal,
+    |query - key| < window with a window (None: any distance). The training forward and the decoder's caches
+    both build their masks here."""
+    dist_TxS = pos_T[:, None] - pos_S[None]
+    mask_TxS = dist_TxS >= 0 if causal else jnp.ones(dist_TxS.shape, bool)
+    return mask_TxS if window is None else mask_TxS & (jnp.abs(dist_TxS) < window)
 
 
 def cache_attention(

@@ -155,7 +155,8 @@ class CausalSelfAttention(nn.Module):
         """
         cfg = self.config
         if mask_TxS is None and (not cfg.causal or cfg.attn_window is not None):
-            mask_TxS = kernels.self_attention_mask(q_BxTxHxK.shape[1], cfg.causal, cfg.attn_window)
+            pos_T = jnp.arange(q_BxTxHxK.shape[1])  # self-attention: keys are the queries' positions
+            mask_TxS = kernels.window_mask(pos_T, pos_T, cfg.causal, cfg.attn_window)
         impl = kernels.attention_impl(
             cfg.attention,
             cfg.platform,
