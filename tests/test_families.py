@@ -67,14 +67,19 @@ def test_phop_prefix_slot_k_ends_a_k_hop_problem():
 
 
 @pytest.mark.parametrize("m", [2, 7, 100])
-def test_multiadd_answer_is_the_sum_of_the_operands(m):
+def test_multiadd_rows_answer_their_running_sums(m):
     x, y = multiadd.FAMILY.problems(np.random.default_rng(m), 25, m, test=False)
+    assert x.shape[1] == 6 * (m + 1)
+    chars = multiadd.FAMILY.chars
     for row, target in zip(x, y, strict=True):
-        text = "".join(multiadd.FAMILY.chars[t] for t in row)
-        assert text[0] == "^" and text.endswith("=_____")
-        operands = text[1:-6].split("+")
-        assert len(operands) == m and all(len(a) == 3 and a.isdigit() for a in operands)
-        answer = "".join(multiadd.FAMILY.chars[t] for t in target[target >= 0])
-        assert int(answer[::-1]) == sum(int(a[::-1]) for a in operands)  # both least significant digit first
+        text = "".join(chars[t] for t in row)
+        rows = [text[i : i + 6] for i in range(0, len(text), 6)]  # long addition: one number per row of 6
+        assert rows[-1] == "=_____" and all(r[0] == "+" and r[1:].isdigit() and r[4:] == "00" for r in rows[:-1])
+        operands = [int(r[1:][::-1]) for r in rows[:-1]]  # least significant digit first
+        assert len(operands) == m and max(operands) < 1000
+        answers = target.reshape(m + 1, 6)
+        assert (answers[:, 0] == -1).all() and (answers[:, 1:] >= 0).all()  # every digit cell, no sign cell
+        sums = [int("".join(chars[t] for t in r[1:])[::-1]) for r in answers]
+        assert sums == [sum(operands[: i + 1]) for i in range(m)] + [sum(operands)]  # running, then the whole
     with pytest.raises(ConfigError, match="at least 2 operands"):
         multiadd.FAMILY.check((1, 8), (10,))

@@ -1,12 +1,23 @@
 """Multi-operand addition (after Saunshi et al. 2025): the sum of m three-digit numbers. Difficulty: m operands.
 
-  `^ a1 + a2 + .. + am = _ _ _ _ _`
+Layout: long addition as written on paper, a canvas of rows of stride 6 with the digit columns aligned:
 
-Every operand is 3 digits (000-999, leading zeros written), least significant digit first like the sum, so
-digit j sits at the same offset in every operand; the 5 answer slots '_' output the sum's digits, least
-significant first (m <= 100 keeps it below 100,000). Causal attention: the slots follow every operand. A
-loop can add one operand per iteration (a running sum), so the depth grows with m; a one-pass model must add
-m numbers, carries included, in its fixed depth. Exact match: all 5 digits right. seq_len = 4m + 6.
+  + a1_0 a1_1 a1_2 0 0      operand row i: '+', then its digits least significant first, 5 columns
+  + a2_0 a2_1 a2_2 0 0      (3-digit operands, leading zeros written; columns 3 and 4 are '0')
+  ..
+  + am_0 am_1 am_2 0 0
+  = _    _    _    _ _      the answer row: 5 slots '_' output the sum's digits, least significant first
+
+Every digit cell outputs the running sum: operand row i's five cells the digits of a1 + .. + ai (so rows 1..i are
+an i-operand problem of their own), and the answer row's slots the digits of the whole sum. Exact match: every
+running sum right, the whole sum included. seq_len(m) = 6 (m + 1); m <= 100 keeps the sum below 100,000.
+
+Column j of every row sits at the same offset, so the cell above is always 6 positions back and the column
+before 1 back, at every m. A loop attending causally through a window of 7 (model.attn_window=7: offsets
+0..-6) can run long addition one row per iteration: a cell's running-sum digit is the digit above it plus
+its own, plus the carry out of the column before; the state per cell (a digit and a carry) is bounded
+whatever m is, and the last row's last column settles after about m + 5 iterations. A one-pass model must add
+up to m numbers, carries included, at every row in its fixed depth.
 """
 
 from __future__ import annotations
@@ -16,16 +27,17 @@ import numpy as np
 from nanoloop_jax.errors import ConfigError
 from nanoloop_jax.tasks.lengthgen.families.base import Family
 
-DIGITS, SUM_DIGITS = 3, 5
+DIGITS, SUM_DIGITS = 3, 5  # operand digits; sum digits = columns per row
+STRIDE = SUM_DIGITS + 1  # a row: its sign ('+' or '=') and 5 columns
 
 
 class MultiAdd(Family):
     name, knob = "multiadd", "operands"
-    chars = ".0123456789+=^_"  # '.' pads
+    chars = ".0123456789+=_"  # '.' pads
     max_difficulty = 100  # sums below 10^5
 
     def seq_len(self, d: int) -> int:
-        return 4 * d + 6
+        return STRIDE * (d + 1)
 
     def check(self, train, test) -> None:
         super().check(train, test)
@@ -35,16 +47,16 @@ class MultiAdd(Family):
     def problems(self, rng, count, d, test):
         stoi = self.stoi
         a_NxM = rng.integers(0, 10**DIGITS, size=(count, d))
-        digits_NxMx3 = (a_NxM[..., None] // 10 ** np.arange(DIGITS)) % 10
-        x = np.full((count, self.seq_len(d)), stoi["+"], np.uint8)  # operand m at 1 + 4m .. 3 + 4m, '+' after
-        x[:, 0] = stoi["^"]
-        for m in range(d):
-            x[:, 1 + 4 * m : 1 + 4 * m + DIGITS] = digits_NxMx3[:, m] + stoi["0"]
-        x[:, 4 * d], x[:, 4 * d + 1 :] = stoi["="], stoi["_"]
-        sum_digits_NxS = (a_NxM.sum(axis=1)[:, None] // 10 ** np.arange(SUM_DIGITS)) % 10
-        y = np.full(x.shape, -1, np.int8)
-        y[:, 4 * d + 1 :] = sum_digits_NxS + stoi["0"]
-        return x, y
+        digits_NxMxS = (a_NxM[..., None] // 10 ** np.arange(SUM_DIGITS)) % 10  # columns 3, 4: 0
+        canvas_NxRxW = np.empty((count, d + 1, STRIDE), np.uint8)
+        canvas_NxRxW[:, :d, 0] = stoi["+"]
+        canvas_NxRxW[:, :d, 1:] = digits_NxMxS + stoi["0"]
+        canvas_NxRxW[:, d, 0], canvas_NxRxW[:, d, 1:] = stoi["="], stoi["_"]
+        y_NxRxW = np.full(canvas_NxRxW.shape, -1, np.int8)
+        running_NxM1 = np.cumsum(a_NxM, axis=1)
+        running_NxM1 = np.concatenate([running_NxM1, running_NxM1[:, -1:]], axis=1)  # the answer row: the sum
+        y_NxRxW[:, :, 1:] = (running_NxM1[..., None] // 10 ** np.arange(SUM_DIGITS)) % 10 + stoi["0"]
+        return canvas_NxRxW.reshape(count, -1), y_NxRxW.reshape(count, -1)
 
 
 FAMILY = MultiAdd()
