@@ -13,11 +13,12 @@ Attention is causal through a window of 7 (model.attn_window): a cell reads the 
 column before it (1 back) and the rest of the row above, the same local step at every m.
 
 Measured (session of 2026-12-07, each seed pinned to one of 2 CPU cores while the other ran another job,
-6,000 steps, 28.9-29.2 min + 42-50 s evaluation), exact match at T(m) / at n_loop 16 = T(8), the trained depth /
+6,000 steps, 27.5-29.2 min + 42-50 s evaluation), exact match at T(m) / at n_loop 16 = T(8), the trained depth /
 best n_loop above 16:
   operands        6                 8                 10*               12*               16*
   seed 0    .978/.988/.994    .854/.854/.922    .650/.434/.720    .290/.052/.318    .018/.000/.036
   seed 1    .968/.972/.974    .882/.882/.914    .790/.488/.826    .612/.004/.654    .046/.000/.078
+  seed 2    .994/.996/.996    .988/.988/.986    .958/.772/.966    .882/.042/.922    .552/.000/.682
 The loss sat at 1.0-1.2 nats for the first ~2,000 steps (a run stopped at 3,000 steps had exact match 0.006 at
 2 operands), then fell to 0.003. Before (session of 2026-12-07, 3,000 steps each): the answer row alone scored
 (no running sums), window 7, non-causal: loss 1.44 at step 2,300; the running sums, non-causal: exact match
