@@ -47,16 +47,20 @@ class MultiAdd(Family):
     def problems(self, rng, count, d, test):
         stoi = self.stoi
         a_NxM = rng.integers(0, 10**DIGITS, size=(count, d))
-        digits_NxMxS = (a_NxM[..., None] // 10 ** np.arange(SUM_DIGITS)) % 10  # columns 3, 4: 0
         canvas_NxRxW = np.empty((count, d + 1, STRIDE), np.uint8)
         canvas_NxRxW[:, :d, 0] = stoi["+"]
-        canvas_NxRxW[:, :d, 1:] = digits_NxMxS + stoi["0"]
+        canvas_NxRxW[:, :d, 1:] = _columns(a_NxM) + stoi["0"]  # columns 3, 4: 0
         canvas_NxRxW[:, d, 0], canvas_NxRxW[:, d, 1:] = stoi["="], stoi["_"]
+        running_NxM = np.cumsum(a_NxM, axis=1)
+        sums_NxR = np.concatenate([running_NxM, running_NxM[:, -1:]], axis=1)  # the answer row: the whole sum
         y_NxRxW = np.full(canvas_NxRxW.shape, -1, np.int8)
-        running_NxM1 = np.cumsum(a_NxM, axis=1)
-        running_NxM1 = np.concatenate([running_NxM1, running_NxM1[:, -1:]], axis=1)  # the answer row: the sum
-        y_NxRxW[:, :, 1:] = (running_NxM1[..., None] // 10 ** np.arange(SUM_DIGITS)) % 10 + stoi["0"]
+        y_NxRxW[:, :, 1:] = _columns(sums_NxR) + stoi["0"]
         return canvas_NxRxW.reshape(count, -1), y_NxRxW.reshape(count, -1)
+
+
+def _columns(n: np.ndarray) -> np.ndarray:
+    """The 5 decimal digits of each number in n, least significant first (a new last axis)."""
+    return (n[..., None] // 10 ** np.arange(SUM_DIGITS)) % 10
 
 
 FAMILY = MultiAdd()
