@@ -19,8 +19,9 @@ best n_loop above 16:
   seed 0    .978/.988/.994    .854/.854/.922    .650/.434/.720    .290/.052/.318    .018/.000/.036
   seed 1    .968/.972/.974    .882/.882/.914    .790/.488/.826    .612/.004/.654    .046/.000/.078
   seed 2    .994/.996/.996    .988/.988/.986    .958/.772/.966    .882/.042/.922    .552/.000/.682
-From a fresh clone (seed 0, not pinned, 33.1 min, partly beside other jobs) this did NOT reproduce: .250 at T(8), val loss 0.017 at step 5,500
-rising to 0.084 at 6,000 (the evaluated checkpoint; the pinned runs ended at 0.008 / 0.008 / 0.001).
+From a fresh clone (seed 0, not pinned, 33.1 min, partly beside other jobs) this did NOT reproduce: .250 at
+T(8), val loss 0.017 at step 5,500 rising to 0.084 at 6,000 (the evaluated checkpoint; the pinned runs ended
+at 0.008 / 0.008 / 0.001).
 The loss sat at 1.0-1.2 nats for the first ~2,000 steps (a run stopped at 3,000 steps had exact match 0.006 at
 2 operands), then fell to 0.003. Before (session of 2026-12-07, 3,000 steps each): the answer row alone scored
 (no running sums), window 7, non-causal: loss 1.44 at step 2,300; the running sums, non-causal: exact match
