@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nanoloop_jax.tasks.addition.data import fixed_problems, random_operands
-from nanoloop_jax.tasks.lengthgen.families.base import Family
+from nanoloop_jax.tasks.lengthgen.families.base import Family, decimal_digits
 from nanoloop_jax.tasks.lengthgen.families.parity import CHARS
 
 
@@ -37,8 +37,7 @@ class Addition(Family):
         """(x, y) of d-digit operand pairs in the interleaved layout (module docstring)."""
         stoi = self.stoi
         a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
-        powers = 10 ** np.arange(d + 1, dtype=np.int64)  # digit j of v is v // 10^j % 10, j = 0..d
-        da, db, ds = ((v[:, None] // powers) % 10 for v in (a, b, a + b))
+        da, db, ds = (decimal_digits(v, d + 1) for v in (a, b, a + b))
         x = np.empty((len(a), 3 * (d + 1) + 1), np.uint8)
         x[:, 0] = stoi["^"]
         x[:, 1::3], x[:, 2::3], x[:, 3::3] = da + stoi["0"], db + stoi["0"], stoi["_"]

@@ -60,3 +60,9 @@ class Family:
     def prefix_answers(self, x_BxT, y_BxT):
         """(B, T) jnp answer of the problem ending at each position, -1 where none does."""
         raise NotImplementedError
+
+
+def decimal_digits(v: np.ndarray, n: int) -> np.ndarray:
+    """The n lowest decimal digits of each integer in v, least significant first, on a new last axis (int64):
+    digit j of v is v // 10^j % 10."""
+    return (np.asarray(v, np.int64)[..., None] // 10 ** np.arange(n, dtype=np.int64)) % 10

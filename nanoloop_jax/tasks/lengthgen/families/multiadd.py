@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from nanoloop_jax.errors import ConfigError
-from nanoloop_jax.tasks.lengthgen.families.base import Family
+from nanoloop_jax.tasks.lengthgen.families.base import Family, decimal_digits
 
 DIGITS, SUM_DIGITS = 3, 5  # operand digits; sum digits = columns per row
 STRIDE = SUM_DIGITS + 1  # a row: its sign ('+' or '=') and 5 columns
@@ -49,18 +49,13 @@ class MultiAdd(Family):
         a_NxM = rng.integers(0, 10**DIGITS, size=(count, d))
         canvas_NxRxW = np.empty((count, d + 1, STRIDE), np.uint8)
         canvas_NxRxW[:, :d, 0] = stoi["+"]
-        canvas_NxRxW[:, :d, 1:] = _columns(a_NxM) + stoi["0"]  # columns 3, 4: 0
+        canvas_NxRxW[:, :d, 1:] = decimal_digits(a_NxM, SUM_DIGITS) + stoi["0"]  # columns 3, 4: 0
         canvas_NxRxW[:, d, 0], canvas_NxRxW[:, d, 1:] = stoi["="], stoi["_"]
         running_NxM = np.cumsum(a_NxM, axis=1)
         sums_NxR = np.concatenate([running_NxM, running_NxM[:, -1:]], axis=1)  # the answer row: the whole sum
         y_NxRxW = np.full(canvas_NxRxW.shape, -1, np.int8)
-        y_NxRxW[:, :, 1:] = _columns(sums_NxR) + stoi["0"]
+        y_NxRxW[:, :, 1:] = decimal_digits(sums_NxR, SUM_DIGITS) + stoi["0"]
         return canvas_NxRxW.reshape(count, -1), y_NxRxW.reshape(count, -1)
-
-
-def _columns(n: np.ndarray) -> np.ndarray:
-    """The 5 decimal digits of each number in n, least significant first (a new last axis)."""
-    return (n[..., None] // 10 ** np.arange(SUM_DIGITS)) % 10
 
 
 FAMILY = MultiAdd()
