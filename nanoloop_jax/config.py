@@ -81,6 +81,8 @@ def base_config(task: str = "lm") -> ConfigDict:
     c.train.eval_only = False  # evaluate once and exit
     c.train.always_save_checkpoint = True  # save at every eval, not only when val loss improves
     c.train.keep_checkpoints = 3  # newest checkpoints kept on disk
+    c.train.final_eval = "last"  # the task's final evaluation (lengthgen: accuracy.csv) reads the last step's
+    # params | 'best_val': those of the lowest val loss, kept in OUT_DIR/best_val/ (nanoloop_jax/train/best_val.py)
     c.train.async_checkpointing = True  # write checkpoints in the background while training continues
     c.train.eval_n_loops = ()  # e.g. (1, 2, 4, 8), on the command line 1,2,4,8: also val loss at these depths
     c.train.tensorboard = False  # also write metrics.jsonl's numbers as TensorBoard files to OUT_DIR/tensorboard/

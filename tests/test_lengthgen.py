@@ -310,6 +310,9 @@ def test_train_py_trains_evaluates_and_writes_accuracy_csv(tmp_path):
     assert (
         "step 2: train loss" in res.stdout and "val loss" in res.stdout and "saving checkpoint at step 2" in res.stdout
     )
+    # train.final_eval 'last' (the default): the table is the last step's, and no best_val params are kept
+    assert "(step 2): parity exact-match accuracy" in res.stdout + res.stderr
+    assert not (tmp_path / "out" / "best_val").exists()
     with open(tmp_path / "out" / "accuracy.csv") as f:
         rows = list(csv.reader(f))
     # n_loop 1..T(3)+1 = 5, then the confidence stop, for each test length

@@ -17,7 +17,7 @@ from nanoloop_jax.model import flops
 from nanoloop_jax.model.looped import LoopedGPT
 from nanoloop_jax.model.looped import describe as describe_model
 from nanoloop_jax.tasks.base import Task
-from nanoloop_jax.train import metrics
+from nanoloop_jax.train import best_val, metrics
 from nanoloop_jax.train.metrics import MetricsLogger
 from nanoloop_jax.train.optim import lr_schedule, make_optimizer
 from nanoloop_jax.train.preemption import Preemption
@@ -41,6 +41,7 @@ class Trainer:
     """Holds the mesh, the task, jitted steps and state of one run; `run()` trains to max_iters."""
 
     def __init__(self, config, start: Start, task: Task, mesh, rules, logger: MetricsLogger, preemption: Preemption):
+        best_val.check(config.train)
         self.config, self.task, self.mesh, self.rules = config, task, mesh, rules
         self.logger, self.preemption = logger, preemption
         self.model_config, self.state, self.state_shardings, self.best_val_loss = start
@@ -53,6 +54,7 @@ class Trainer:
         self.mngr = checkpoint.manager(
             config.out_dir, max_to_keep=config.train.keep_checkpoints, async_save=config.train.async_checkpointing
         )
+        self.best = best_val.BestVal(config) if config.train.final_eval == "best_val" else None
         preemption.watch(self._nothing_to_save, self._nothing_saved_line)
 
     def _build_steps(self) -> None:
@@ -141,15 +143,18 @@ class Trainer:
                 out[job.name] = float(np.mean(losses))
         return out
 
-    def save(self, step: int) -> float:
-        """Save the state as checkpoint `step` (asynchronously where enabled); seconds the call blocked."""
-        t0 = time.perf_counter()
-        meta = {
+    def _meta(self, step: int) -> dict:
+        return {
             "step": int(step),
             "best_val_loss": float(self.best_val_loss),
             "model_config": checkpoint.config_to_dict(self.model_config),
             "config": checkpoint.config_json(self.config),
         }
+
+    def save(self, step: int) -> float:
+        """Save the state as checkpoint `step` (asynchronously where enabled); seconds the call blocked."""
+        t0 = time.perf_counter()
+        meta = self._meta(step)
         self._saving = True
         try:
             checkpoint.save(self.mngr, step, params=self.state.params, opt_state=self.state.opt_state, meta=meta)
@@ -237,7 +242,7 @@ class Trainer:
                 if self._stop_signalled():
                     raise _Stop
             pending = self._flush(pending)
-            summary.update(self.task.finish(self.model, self.state.params, self.done_step))
+            summary.update(self.task.finish(self.model, *self._final_params()))
         except _Stop:
             self.preemption.take()
             pending = self._flush(pending)
@@ -256,6 +261,13 @@ class Trainer:
         summary.update(best_val_loss=self.best_val_loss, end_step=self.done_step)
         logger.info(self._summary_line(summary, time.perf_counter() - started))
         return summary
+
+    def _final_params(self) -> tuple:
+        """(params, step) the task's final evaluation reads: the last step's, or the best val loss's."""
+        if self.best is None:
+            return self.state.params, self.done_step
+        step, params = self.best.params(self.done_step, self.state.params, sharding.replicated(self.mesh))
+        return params, step
 
     def _summary_line(self, summary: dict, seconds: float) -> str:
         """The run's last line: steps, best val loss, wall time and where its newest checkpoint is."""
@@ -291,6 +303,12 @@ class Trainer:
         summary.update(losses)
         improved = losses["val"] < self.best_val_loss
         self.best_val_loss = min(self.best_val_loss, losses["val"])
+        if improved and self.best is not None:
+            self._saving = True  # the SIGTERM watchdog waits for it
+            try:
+                self.best.save(step, self.state.params, self._meta(step))
+            finally:
+                self._saving = False
         if (improved or self.config.train.always_save_checkpoint) and step > start:
             save_s = self.save(step)
             logger.info(f"saving checkpoint at step {step} to {self.config.out_dir} ({save_s:.2f} s)")
