@@ -35,36 +35,52 @@ def test_forward_flops_are_the_forward_terms():
     assert flops.flops_per_token(full) == pytest.approx(3 * flops.flops_per_token(full, backward=False))
 
 
+def _lm_run(config, mc) -> dict:
+    """run_flops's arguments for a language-model config at n_loop (what tasks/lm.py reports)."""
+    tokens = config.data.batch_size * mc.block_size
+    return dict(
+        model_config=mc,
+        remaining_steps=config.train.max_iters,
+        tokens_per_step=tokens * config.data.gradient_accumulation_steps,
+        train_depths=[mc.n_loop],
+        eval_tokens=tokens,
+        eval_iters=config.train.eval_iters,
+        eval_interval=config.train.eval_interval,
+        eval_depths=[mc.n_loop] * 2,
+    )
+
+
 def test_full_size_config_on_a_cpu_gets_one_warning_pointing_to_the_cpu_variant():
     config, mc = _config("")
-    kw = dict(remaining_steps=config.train.max_iters, eval_depths=[mc.n_loop] * 2, n_devices=1)
-    line = metrics.too_large_warning(config, mc, 50e9, platform="cpu", **kw)  # ~50 GFLOP/s: a 2-core CPU
+    kw = dict(n_devices=1, **_lm_run(config, mc))
+    line = metrics.too_large_warning(50e9, platform="cpu", **kw)  # ~50 GFLOP/s: a 2-core CPU
     assert line.startswith("warning: this config is far too large for 1 CPU device(s): its 5,000 steps")
     assert "at the measured 50.0 GFLOP/s" in line and "configs/shakespeare_char_looped.py:cpu" in line
     assert "\n" not in line
-    assert metrics.too_large_warning(config, mc, 50e9, platform="gpu", **kw) is None  # accelerators: no advice
+    assert metrics.too_large_warning(50e9, platform="gpu", **kw) is None  # accelerators: no advice
     cpu_config, cpu_mc = _config("cpu")
-    assert (
-        metrics.too_large_warning(
-            cpu_config,
-            cpu_mc,
-            20e9,
-            platform="cpu",
-            remaining_steps=cpu_config.train.max_iters,
-            eval_depths=[cpu_mc.n_loop] * 2,
-            n_devices=1,
-        )
-        is None
-    )
+    assert metrics.too_large_warning(20e9, platform="cpu", n_devices=1, **_lm_run(cpu_config, cpu_mc)) is None
 
 
 def test_run_flops_counts_the_evaluations():
     config, mc = _config("")
-    train_only = metrics.run_flops(config, mc, 10, eval_depths=[])
-    with_evals = metrics.run_flops(config, mc, 10, eval_depths=[mc.n_loop, mc.n_loop, 1])
+    run = {**_lm_run(config, mc), "remaining_steps": 10}
+    train_only = metrics.run_flops(**{**run, "eval_depths": []})
+    with_evals = metrics.run_flops(**{**run, "eval_depths": [mc.n_loop, mc.n_loop, 1]})
     per_eval = config.train.eval_iters * config.data.batch_size * mc.block_size
     want = per_eval * (2 * flops.flops_per_token(mc, backward=False) + flops.flops_per_token(mc, 1, backward=False))
     assert with_evals - train_only == pytest.approx(want)  # 10 steps, eval_interval 250: the eval at the start
+
+
+def test_run_flops_counts_the_tasks_rows_and_depths_not_block_size_and_n_loop():
+    """A lengthgen run trains rows of its problems' width at T(n) <= n_loop (multiadd: 54 of 128 positions,
+    10..16 iterations); counting block_size at n_loop overestimated its time 2-3x and misfired the warning."""
+    config, mc = _config("")
+    run = {**_lm_run(config, mc), "eval_depths": []}
+    narrow = metrics.run_flops(**{**run, "tokens_per_step": run["tokens_per_step"] // 4, "train_depths": [2, 4]})
+    per_token = (flops.flops_per_token(mc, 2) + flops.flops_per_token(mc, 4)) / 2
+    assert narrow == pytest.approx(config.train.max_iters * run["tokens_per_step"] // 4 * per_token)
+    assert narrow < metrics.run_flops(**run) / 4
 
 
 def test_tensorboard_files_hold_the_metrics_jsonl_numbers(tmp_path):

@@ -9,6 +9,7 @@ import os
 import time
 
 import jax
+import numpy as np
 
 from nanoloop_jax.errors import UserError
 from nanoloop_jax.model import flops
@@ -72,15 +73,29 @@ def step_seconds(
     return t_done - max(t_dispatch, t_prev_done), t_done
 
 
-def run_flops(config, model_config: ModelConfig, remaining_steps: int, eval_depths: list[int]) -> float:
-    """FLOPs of the rest of a run (flops.py's loop-aware counts): its train steps plus its evaluations."""
-    tokens_per_step = config.data.batch_size * config.data.gradient_accumulation_steps * model_config.block_size
-    train = remaining_steps * tokens_per_step * flops.flops_per_token(model_config)
-    eval_tokens = config.train.eval_iters * config.data.batch_size * model_config.block_size
-    # one entry per eval job (language modelling: train and val at n_loop, val at each extra depth)
-    per_eval = sum(eval_tokens * flops.flops_per_token(model_config, n, backward=False) for n in eval_depths)
-    n_evals = remaining_steps // config.train.eval_interval + 1
-    return train + n_evals * per_eval
+def run_flops(
+    model_config: ModelConfig,
+    remaining_steps: int,
+    *,
+    tokens_per_step: int,
+    train_depths: list[int],
+    eval_tokens: int,
+    eval_iters: int,
+    eval_interval: int,
+    eval_depths: list[int],
+) -> float:
+    """FLOPs of the rest of a run (flops.py's loop-aware counts): its train steps plus its evaluations.
+
+    The task's own shapes (Task.tokens_per_step, Task.eval_tokens: a lengthgen row is its problems' width, not
+    block_size), `train_depths` the depths of (a sample of) the remaining steps, `eval_depths` one per eval job.
+    """
+    per_token = np.mean([flops.flops_per_token(model_config, d) for d in train_depths]) if train_depths else 0.0
+    train = remaining_steps * tokens_per_step * per_token
+    per_eval = sum(
+        eval_iters * eval_tokens * flops.flops_per_token(model_config, n, backward=False) for n in eval_depths
+    )
+    n_evals = remaining_steps // eval_interval + 1
+    return float(train + n_evals * per_eval)
 
 
 def wall_time(seconds: float) -> str:
@@ -94,23 +109,15 @@ def wall_time(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
-def too_large_warning(
-    config,
-    model_config: ModelConfig,
-    flop_per_s: float,
-    *,
-    remaining_steps: int,
-    eval_depths: list[int],
-    platform: str,
-    n_devices: int,
-) -> str | None:
-    """One line when, at the measured speed, the rest of a CPU run would take more than TOO_LARGE_S; else None."""
-    total = run_flops(config, model_config, remaining_steps, eval_depths)
+def too_large_warning(flop_per_s: float, *, platform: str, n_devices: int, **run) -> str | None:
+    """One line when, at the measured speed, the rest of a CPU run (`run`: run_flops's arguments) would take more
+    than TOO_LARGE_S; else None."""
+    total = run_flops(**run)
     seconds = total / flop_per_s
     if platform != "cpu" or seconds <= TOO_LARGE_S:
         return None
     return (
-        f"warning: this config is far too large for {n_devices} CPU device(s): its {remaining_steps:,} steps and "
-        f"evaluations ({total:.2g} FLOPs) need about {wall_time(seconds)} at the measured "
+        f"warning: this config is far too large for {n_devices} CPU device(s): its {run['remaining_steps']:,} steps "
+        f"and evaluations ({total:.2g} FLOPs) need about {wall_time(seconds)} at the measured "
         f"{flop_per_s / 1e9:.1f} GFLOP/s; on a CPU use a ':cpu' variant ({CPU_CONFIGS}) or a GPU/TPU"
     )

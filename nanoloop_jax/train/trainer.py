@@ -318,14 +318,20 @@ class Trainer:
         """The first measured speed of the run: warn up front if the config is far too large for these devices
         (then True)."""
         self.speed = flop_per_s
+        remaining = self.config.train.max_iters - self.done_step
+        sampled = range(self.done_step, self.config.train.max_iters, max(1, remaining // 256))  # depth may vary
         line = metrics.too_large_warning(
-            self.config,
-            self.model_config,
             flop_per_s,
-            remaining_steps=self.config.train.max_iters - self.done_step,
-            eval_depths=[job.batch(0)[1] for job in self.task.eval_jobs()],
             platform=jax.devices()[0].platform,
             n_devices=jax.device_count(),
+            model_config=self.model_config,
+            remaining_steps=remaining,
+            tokens_per_step=self.task.tokens_per_step,
+            train_depths=[self.task.depth(s) for s in sampled],
+            eval_tokens=self.task.eval_tokens,
+            eval_iters=self.config.train.eval_iters,
+            eval_interval=self.config.train.eval_interval,
+            eval_depths=[job.batch(0)[1] for job in self.task.eval_jobs()],
         )
         if line:
             logger.warning(line)
