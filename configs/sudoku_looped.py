@@ -28,4 +28,6 @@ def get_config():
     c.lengthgen.depth_scale, c.lengthgen.depth_offset = 2, 1
     c.lengthgen.num_train = 5_000  # puzzles per rating (generation: ~10 s per rating)
     c.lengthgen.curriculum_steps = 500  # the hardest trained rating grows from 1 over these steps
+    c.train.max_iters, c.opt.lr_decay_iters = 2000, 2000  # sized for ~15 min on one core (p-hop's need 6,000)
+    c.train.final_eval = "last"  # as measured (README "Reasoning tasks")
     return c

@@ -25,20 +25,21 @@ def test_every_family_is_deterministic_and_shaped(name):
     assert not np.array_equal(x1, x3)
 
 
-def _phop_parse(row, target):
+def _phop_parse(row):
+    """(text, table, start) of a p-hop row, read from its characters: '^' before every key."""
     text = "".join(phop.FAMILY.chars[t] for t in row)
-    table = dict(zip(text[1 : 2 * phop.A + 1 : 2], text[2 : 2 * phop.A + 1 : 2], strict=True))
-    start = text[2 * phop.A + 2]
-    answers = "".join(phop.FAMILY.chars[t] for t in target[target >= 0])
-    return text, table, start, answers
+    table = dict(zip(text[1 : 3 * phop.A : 3], text[2 : 3 * phop.A : 3], strict=True))
+    return text, table, text[3 * phop.A + 1]
 
 
 @pytest.mark.parametrize("p", [1, 5, 15])
-def test_phop_answers_are_repeated_lookups_in_a_single_cycle(p):
-    x, y = phop.FAMILY.problems(np.random.default_rng(p), 30, p, test=False)
+@pytest.mark.parametrize("test", [False, True])
+def test_phop_answers_are_repeated_lookups_in_a_single_cycle(p, test):
+    x, y = phop.FAMILY.problems(np.random.default_rng(p), 30, p, test=test)
+    slots = 3 * phop.A + 2  # slot k (1-based) at index 3A + 1 + k
     for row, target in zip(x, y, strict=True):
-        text, table, start, answers = _phop_parse(row, target)
-        assert text[0] == "^" and text[2 * phop.A + 1] == "|" and text[2 * phop.A + 3 :] == ">" * p
+        text, table, start = _phop_parse(row)
+        assert text[0 : 3 * phop.A : 3] == "^" * phop.A and text[3 * phop.A] == "|" and text[slots:] == ">" * p
         assert sorted(table) == sorted(table.values()) == sorted(phop.SYMBOLS)  # a permutation
         cycle, v = [start], table[start]
         while v != start:
@@ -49,15 +50,25 @@ def test_phop_answers_are_repeated_lookups_in_a_single_cycle(p):
         for _ in range(p):  # p hops, written out
             v = table[v]
             want += v
-        assert answers == want and len(answers) == p
-        assert all(target[2 * phop.A + 2 + k] >= 0 for k in range(1, p + 1))  # slot k: index 2A + 2 + k
+        assert "".join(phop.FAMILY.chars[t] for t in target[slots:]) == want
+        # training rows: each value whose key is earlier in the table also answers its own next hop; test rows
+        # answer the slots alone
+        keys = text[1 : 3 * phop.A : 3]
+        for i, value in enumerate(text[2 : 3 * phop.A : 3]):
+            label = target[2 + 3 * i]
+            if test or keys.index(value) > i:
+                assert label == -1
+            else:
+                assert phop.FAMILY.chars[label] == table[value]
+        others = np.delete(target[:slots], np.arange(2, 3 * phop.A, 3))
+        assert (others == -1).all()
 
 
 def test_phop_prefix_slot_k_ends_a_k_hop_problem():
-    x, y = phop.FAMILY.problems(np.random.default_rng(0), 4, 6, test=False)
+    x, y = phop.FAMILY.problems(np.random.default_rng(0), 4, 6, test=True)
     n, has = phop.FAMILY.prefix_lengths(x.shape[1])
     for k in range(1, 4):  # the first k slots of a 6-hop problem are a k-hop problem
-        xk, yk = phop.FAMILY.problems(np.random.default_rng(0), 4, k, test=False)
+        xk, yk = phop.FAMILY.problems(np.random.default_rng(0), 4, k, test=True)
         np.testing.assert_array_equal(xk, x[:, : xk.shape[1]])
         np.testing.assert_array_equal(yk, y[:, : yk.shape[1]])
         assert has[xk.shape[1] - 1] and n[xk.shape[1] - 1] == k

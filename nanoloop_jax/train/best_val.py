@@ -61,8 +61,9 @@ class BestVal:
             logger.warning(f"final evaluation: no best-val params in {self.out_dir}; using the last step {last_step}")
             return last_step, last_params
         loaded = checkpoint.load_params(self.out_dir, sharding=sharding)
+        which = "the last step too" if loaded.step == last_step else f"not the last step {last_step}"
         logger.info(
             f"final evaluation: the best-val params of step {loaded.step} (val loss {loaded.best_val_loss:.4f}, "
-            f"{self.out_dir}), not the last step {last_step} (train.final_eval='best_val')"
+            f"{self.out_dir}), {which} (train.final_eval='best_val')"
         )
         return loaded.step, loaded.params
