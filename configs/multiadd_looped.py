@@ -12,16 +12,21 @@ accuracy.png. The baseline with the same parameters run once: configs/multiadd_b
 Attention is causal through a window of 7 (model.attn_window): a cell reads the cell above it (6 back), the
 column before it (1 back) and the rest of the row above, the same local step at every m.
 
-Measured (session of 2026-12-07, each seed pinned to one of 2 CPU cores while the other ran another job,
-6,000 steps, 27.5-29.2 min + 42-50 s evaluation), exact match at T(m) / at n_loop 16 = T(8), the trained depth /
-best n_loop above 16:
+Measured (session of 2026-12-07), exact match at T(m) / at n_loop 16 = T(8), the trained depth / best n_loop
+above 16. From a fresh clone with the command above (not pinned: XLA's two threads), the best-val params
+(train.final_eval; step 5,500 / 5,500 / 6,000), 23.4-40.7 min + 43-66 s evaluation, partly beside other jobs:
   operands        6                 8                 10*               12*               16*
+  seed 0    .880/.858/.846    .684/.684/.682    .268/.094/.290    .044/.000/.054    .000/.000/.000
+  seed 1    .860/.722/.670    .522/.522/.418    .184/.076/.184    .022/.000/.024    .000/.000/.000
+  seed 2   1.000/1.000/1.000  .996/.996/1.000   .980/.848/1.000   .954/.088/.988    .686/.000/.766
+An earlier session, each seed pinned to one of 2 CPU cores (one XLA thread) while the other ran another job,
+the last step's params, 27.5-29.2 min + 42-50 s evaluation:
   seed 0    .978/.988/.994    .854/.854/.922    .650/.434/.720    .290/.052/.318    .018/.000/.036
   seed 1    .968/.972/.974    .882/.882/.914    .790/.488/.826    .612/.004/.654    .046/.000/.078
   seed 2    .994/.996/.996    .988/.988/.986    .958/.772/.966    .882/.042/.922    .552/.000/.682
-From a fresh clone (seed 0, not pinned, 33.1 min, partly beside other jobs) this did NOT reproduce: .250 at
-T(8), val loss 0.017 at step 5,500 rising to 0.084 at 6,000 (the evaluated checkpoint; the pinned runs ended
-at 0.008 / 0.008 / 0.001).
+The thread count is part of the seed: two unpinned seed-0 runs logged the same losses at every eval, the pinned
+one another trajectory (val loss 0.0026 at step 5,500 against 0.0169). Unpinned, the last step's params of seed
+0 scored .250 at T(8): its val loss rose from 0.017 at step 5,500 to 0.084 at 6,000 (seed 1: 0.025 to 0.052).
 The loss sat at 1.0-1.2 nats for the first ~2,000 steps (a run stopped at 3,000 steps had exact match 0.006 at
 2 operands), then fell to 0.003. Before (session of 2026-12-07, 3,000 steps each): the answer row alone scored
 (no running sums), window 7, non-causal: loss 1.44 at step 2,300; the running sums, non-causal: exact match
@@ -42,7 +47,7 @@ def get_config():
     c.model.attn_window = 7  # offsets 0..-6: the cell above (one row of 6 back) and the column before it, the
     # same local step at every m (causal: rows 1..i are an i-operand problem of their own)
     c.model.n_loop = 16  # T(8): the depth of the hardest training problem (the baseline runs 1)
-    c.train.max_iters = 6000  # at 3,000 the loss had not left its plateau (above): 29 min on one core
+    c.train.max_iters = 6000  # at 3,000 the loss had not left its plateau (above): ~23 min on 2 cores
     c.opt.lr_decay_iters = 6000  # = max_iters
     # accuracy.csv from the params of the lowest val loss (OUT_DIR/best_val/), not the last step's: one run's val
     # loss rose from 0.017 at step 5,500 to 0.084 at 6,000, and the last step scored .250 at T(8) (below)
