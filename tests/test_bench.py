@@ -153,8 +153,9 @@ def test_bench_py_sample_table_on_a_trained_run(tmp_path):
             f"latent_diff:1000 never exited in bench.py's table:\n{proc.stdout}\n{proc.stderr[-3000:]}", stacklevel=2
         )
     for entry, message in [
-        ("4:2", "need 1 <= DRAFT_N_LOOP < n_loop (4) and DRAFT_TOKENS >= 1"),
-        ("5:2:kl:0.01", "need 1 <= DRAFT_N_LOOP <= n_loop (4) and DRAFT_TOKENS >= 1"),
+        ("4:2", "draft_n_loop (4) must be in 1..n_loop-1 (3)"),
+        ("5:2:kl:0.01", "draft_n_loop (5) must be in 1..n_loop (4)"),
+        ("2:0", "draft_tokens must be >= 1, got 0"),
         ("4:2:kl", "its exit rule 'kl' must be CRITERION:THRESHOLD, e.g. kl:0.001"),
     ]:
         bad = subprocess.run([*cmd, f"--draft={entry}"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)

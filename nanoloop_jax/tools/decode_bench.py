@@ -25,7 +25,7 @@ from nanoloop_jax.data.batches import data_dir_of
 from nanoloop_jax.data.tokenizer import model_tokenizer
 from nanoloop_jax.decode.recurrence import DecodeConfig
 from nanoloop_jax.decode.sampling import KVDecoder, SampleConfig
-from nanoloop_jax.errors import UserError
+from nanoloop_jax.errors import ConfigError, UserError
 from nanoloop_jax.model.config import ModelConfig
 from nanoloop_jax.tools.benchmark import init_bench_params
 from nanoloop_jax.tools.frontier import exit_rule, parse_exit
@@ -95,11 +95,10 @@ def parse_draft(entry: str, n_loop: int) -> tuple[int, int, str, float]:
         raise UserError(
             f"--draft entry {entry!r}: its exit rule {rule!r} must be CRITERION:THRESHOLD, e.g. kl:0.001"
         ) from None
-    top, bound = (n_loop, "<=") if crit != "none" else (n_loop - 1, "<")  # an exit rule may draft at full depth
-    if not 1 <= d_loop <= top or n_tok < 1:
-        raise UserError(
-            f"--draft entry {entry!r}: need 1 <= DRAFT_N_LOOP {bound} n_loop ({n_loop}) and DRAFT_TOKENS >= 1"
-        )
+    try:  # the bounds are DecodeConfig's (an exit rule may draft at the full depth)
+        DecodeConfig(n_loop, draft_n_loop=d_loop, draft_tokens=n_tok, draft_exit=crit, draft_threshold=eps).validate()
+    except ConfigError as err:
+        raise UserError(f"--draft entry {entry!r}: {err}") from None
     return d_loop, n_tok, crit, eps
 
 
