@@ -92,5 +92,7 @@ def test_multiadd_rows_answer_their_running_sums(m):
         assert (answers[:, 0] == -1).all() and (answers[:, 1:] >= 0).all()  # every digit cell, no sign cell
         sums = [int("".join(chars[t] for t in r[1:])[::-1]) for r in answers]
         assert sums == [sum(operands[: i + 1]) for i in range(m)] + [sum(operands)]  # running, then the whole
-    with pytest.raises(ConfigError, match="at least 2 operands"):
+    with pytest.raises(ConfigError, match=r"multiadd difficulties \(operands\) start at 2"):
         multiadd.FAMILY.check((1, 8), (10,))
+    with pytest.raises(ConfigError, match=r"multiadd difficulties \(operands\) start at 2"):
+        multiadd.FAMILY.check((2, 8), (1,))

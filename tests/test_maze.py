@@ -122,9 +122,9 @@ def test_fill_rounds_against_a_serial_fill(s):
 
 def test_check_rejects_sides_below_2_and_above_15():
     FAMILY.check((2, 5), (7, 15))
-    with pytest.raises(ConfigError, match="maze sides start at 2"):
+    with pytest.raises(ConfigError, match=r"maze difficulties \(side\) start at 2: got train"):
         FAMILY.check((1, 5), (7,))
-    with pytest.raises(ConfigError, match="maze sides start at 2"):
+    with pytest.raises(ConfigError, match=r"maze difficulties \(side\) start at 2: got train"):
         FAMILY.check((2, 5), (1,))
     with pytest.raises(ConfigError, match="up to 15 side"):
         FAMILY.check((2, 5), (16,))

@@ -24,6 +24,7 @@ class Family:
     chars: str  # the vocabulary: id i is chars[i]; chars[0] is the padding
     knob: str  # what the difficulty counts, for log lines ('bits', 'hops', 'side', ...)
     column: str = "difficulty"  # accuracy.csv's first column
+    min_difficulty: int = 1  # the smallest difficulty the generator makes (a maze side, multiadd's operands: 2)
     max_difficulty: int | None = None  # the largest difficulty the generator makes (None: no bound)
 
     @property
@@ -44,6 +45,11 @@ class Family:
         lo, hi = train
         if not 1 <= lo <= hi or min(test) < 1:
             raise ConfigError(f"bad {self.name} difficulties: train {train}, test {test} (whole numbers >= 1)")
+        if min(lo, *test) < self.min_difficulty:
+            raise ConfigError(
+                f"{self.name} difficulties ({self.knob}) start at {self.min_difficulty}: got train {train}, test "
+                f"{test}; raise lengthgen.train_lengths / test_lengths"
+            )
         top = max(hi, *test)
         if self.max_difficulty is not None and top > self.max_difficulty:
             raise ConfigError(
