@@ -289,8 +289,14 @@ def test_sigterm_during_compile_exits_within_10s_with_nothing_to_save(tmp_path):
     # "mesh:" is the last line before the steps are compiled (a few seconds, even for this tiny model)
     seconds = _sigterm_when(cmd, log, lambda: log.exists() and "mesh:" in log.read_text())
     assert seconds < 10, seconds
-    # the watchdog ends a compile: its line is the run's last
-    assert log.read_text().splitlines()[-1] == "SIGTERM: no step trained yet, nothing to save; exiting cleanly"
+    # a compile that outlasts the watchdog's grace period is ended by it (its line is the run's last); one that
+    # ends first (a warm compilation cache: seen in a clean-clone .ci/run) hands the stop to the loop, which says
+    # the same line and then the run's summary. Either way: nothing trained, nothing saved.
+    lines = log.read_text().splitlines()
+    nothing = "SIGTERM: no step trained yet, nothing to save; exiting cleanly"
+    assert lines[-1] == nothing or (
+        lines[-2] == nothing and lines[-1].startswith("stopped by SIGTERM: steps 0 -> 0 (0 trained) in ")
+    ), lines[-3:]
     assert checkpoint.all_steps(str(out)) == []
 
 
