@@ -40,30 +40,28 @@ class BestVal:
     def __init__(self, config) -> None:
         self.out_dir = best_dir(config.out_dir)
         self.config = config
-        self._config_written = False
 
     def save(self, step: int, params, meta: dict) -> None:
-        """The params of `step` (whose val loss is meta's best_val_loss) replace the kept ones."""
-        if jax.process_index() == 0 and not self._config_written:
-            os.makedirs(self.out_dir, exist_ok=True)
-            checkpoint.write_run_config(self.out_dir, self.config)
-            self._config_written = True
+        """The params of `step` (whose val loss is meta's best_val_loss) replace the kept ones; config.json beside
+        them, as in every run directory."""
         mngr = checkpoint.manager(self.out_dir, max_to_keep=1, async_save=False)
         try:
             checkpoint.save(mngr, step, params=params, opt_state=None, meta=meta)
             mngr.wait_until_finished()
         finally:
             mngr.close()
+        if jax.process_index() == 0:
+            checkpoint.write_run_config(self.out_dir, self.config)
 
     def params(self, last_step: int, last_params, sharding):
-        """(step, params) the final evaluation reads: the kept best, or the last step's if none was kept."""
+        """(params, step) the final evaluation reads: the kept best, or the last step's if none was kept."""
         if checkpoint.latest_step(self.out_dir) is None:
             logger.warning(f"final evaluation: no best-val params in {self.out_dir}; using the last step {last_step}")
-            return last_step, last_params
+            return last_params, last_step
         loaded = checkpoint.load_params(self.out_dir, sharding=sharding)
         which = "the last step too" if loaded.step == last_step else f"not the last step {last_step}"
         logger.info(
             f"final evaluation: the best-val params of step {loaded.step} (val loss {loaded.best_val_loss:.4f}, "
             f"{self.out_dir}), {which} (train.final_eval='best_val')"
         )
-        return loaded.step, loaded.params
+        return loaded.params, loaded.step

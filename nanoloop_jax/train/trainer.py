@@ -3,6 +3,7 @@ checkpoints, safe stops. It knows no task by name."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -154,14 +155,21 @@ class Trainer:
     def save(self, step: int) -> float:
         """Save the state as checkpoint `step` (asynchronously where enabled); seconds the call blocked."""
         t0 = time.perf_counter()
-        meta = self._meta(step)
-        self._saving = True
-        try:
-            checkpoint.save(self.mngr, step, params=self.state.params, opt_state=self.state.opt_state, meta=meta)
-        finally:
-            self._saving = False
+        with self._writing():
+            checkpoint.save(
+                self.mngr, step, params=self.state.params, opt_state=self.state.opt_state, meta=self._meta(step)
+            )
         self.saved_step = step
         return time.perf_counter() - t0
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """A checkpoint write in progress: the SIGTERM watchdog does not end the process during it."""
+        self._saving = True
+        try:
+            yield
+        finally:
+            self._saving = False
 
     def _stop_signalled(self) -> bool:
         """SIGTERM seen by any process (all processes must agree to save the same step)."""
@@ -266,8 +274,7 @@ class Trainer:
         """(params, step) the task's final evaluation reads: the last step's, or the best val loss's."""
         if self.best is None:
             return self.state.params, self.done_step
-        step, params = self.best.params(self.done_step, self.state.params, sharding.replicated(self.mesh))
-        return params, step
+        return self.best.params(self.done_step, self.state.params, sharding.replicated(self.mesh))
 
     def _summary_line(self, summary: dict, seconds: float) -> str:
         """The run's last line: steps, best val loss, wall time and where its newest checkpoint is."""
@@ -304,11 +311,8 @@ class Trainer:
         improved = losses["val"] < self.best_val_loss
         self.best_val_loss = min(self.best_val_loss, losses["val"])
         if improved and self.best is not None:
-            self._saving = True  # the SIGTERM watchdog waits for it
-            try:
+            with self._writing():
                 self.best.save(step, self.state.params, self._meta(step))
-            finally:
-                self._saving = False
         if (improved or self.config.train.always_save_checkpoint) and step > start:
             save_s = self.save(step)
             logger.info(f"saving checkpoint at step {step} to {self.config.out_dir} ({save_s:.2f} s)")

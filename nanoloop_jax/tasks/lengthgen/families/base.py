@@ -43,8 +43,8 @@ class Family:
     def check(self, train: tuple[int, int], test: tuple[int, ...]) -> None:
         """A one-line ConfigError for difficulties this family cannot make."""
         lo, hi = train
-        if not 1 <= lo <= hi or min(test) < 1:
-            raise ConfigError(f"bad {self.name} difficulties: train {train}, test {test} (whole numbers >= 1)")
+        if lo > hi:
+            raise ConfigError(f"bad {self.name} difficulties: train {train} must be (easiest, hardest), easiest first")
         if min(lo, *test) < self.min_difficulty:
             raise ConfigError(
                 f"{self.name} difficulties ({self.knob}) start at {self.min_difficulty}: got train {train}, test "
